@@ -1,0 +1,378 @@
+"""The backend contract: what a backend declares, what it implements, and how it is found.
+
+A backend is an object with a ``name``, a ``capabilities`` declaration and one method per operation it
+implements (see ``OPERATIONS``). Tensors cross the boundary as torch tensors, CPU or CUDA, shaped as in
+SPEC.md (``Q [B,Hq,Sq,D]``, ``K,V [B,Hk,Sk,D]``). A method that is absent means "not implemented" and is
+reported as such, never as a failure. A case the backend declares unsupported is reported as
+*unsupported* with the readable reasons of :meth:`Backend.not_supported_reasons` (the xformers model).
+
+Bad input at the boundary raises :class:`InvalidInputError` with a message naming the problem
+(SPEC ATT-11, KD-8); :mod:`implementations.validate` holds the shared checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+CausalVariant = Literal["top_left", "bottom_right"]
+CAUSAL_VARIANTS: tuple[CausalVariant, ...] = ("top_left", "bottom_right")
+
+#: Operations of the contract, in the order the suite checks them, with their signatures.
+OPERATIONS: dict[str, str] = {
+    "attention": "attention(q, k, v, *, causal=None, scale=None, tiles=None) -> (out, lse)",
+    "attention_backward": (
+        "attention_backward(q, k, v, out, lse, dout, *, causal=None, scale=None, tiles=None) -> (dq, dk, dv)"
+    ),
+    "softmax_stats": "softmax_stats(x, *, block=None) -> (m, l)",
+    "softmax_merge": "softmax_merge(m1, l1, m2, l2) -> (m, l)",
+    "kd_loss": "kd_loss(s, t, *, temperature, alpha=1.0, labels=None, ignore_index=-100) -> (loss, ds)",
+    "reduce_sum": "reduce_sum(x) -> (value, schedule)",
+}
+
+
+class InvalidInputError(ValueError):
+    """The one error type a backend raises for bad input; the message names the problem (ATT-11, KD-8)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised by a factory when its backend cannot run here (no GPU, package missing, ...)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares. The conformance matrix is generated from these fields.
+
+    Attention fields describe ``attention``/``attention_backward``; ``*_dtypes`` of the other operations
+    say which input dtypes they accept (empty: the operation is not declared even if a method exists).
+    """
+
+    devices: tuple[str, ...] = ("cpu",)
+    #: attention forward input dtypes
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+    #: attention backward input dtypes (empty: no backward)
+    backward_dtypes: tuple[torch.dtype, ...] = ()
+    #: inclusive range of head dims, and a multiple they must be of
+    head_dims: tuple[int, int] = (1, 256)
+    head_dim_multiple: int = 1
+    #: longest Sq or Sk the backend accepts (None: no limit)
+    max_seq_len: int | None = None
+    #: causal variants supported by name (SPEC ATT-3), and what ``causal=True`` means
+    causal: tuple[CausalVariant, ...] = CAUSAL_VARIANTS
+    causal_default: CausalVariant = "top_left"
+    #: Hk < Hq (GQA/MQA) supported
+    gqa: bool = True
+    #: ATT-10: "linear" must not hold an Sq x Sk buffer; "quadratic" is exempt
+    memory: Literal["linear", "quadratic"] = "linear"
+    #: GRAD-2: "lse" saves only Q, K, V, out, lse for backward; "scores" keeps Sq x Sk tensors
+    saves: Literal["lse", "scores"] = "lse"
+    #: GRAD-6: bit-identical gradients over repeats
+    deterministic: bool = False
+    #: ATT-7: the (block_m, block_n) tile choices ``attention(..., tiles=)`` accepts (empty: none exposed)
+    tiles: tuple[tuple[int, int], ...] = ()
+    #: softmax statistics and their merge (SMX)
+    stats_dtypes: tuple[torch.dtype, ...] = ()
+    #: knowledge-distillation loss (KD); ``kd_fused`` claims KD-7 (chunked, no [N, V] float32 temporary)
+    kd_dtypes: tuple[torch.dtype, ...] = ()
+    kd_fused: bool = False
+    #: reduction (WD); the kind of schedule it declares, or None when its order is not declared
+    reduce_dtypes: tuple[torch.dtype, ...] = ()
+    reduce_schedule: str | None = None
+    #: free-form facts shown in reports (lse source, kernel names, ...)
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-friendly view for listings and reports."""
+
+        def names(dts: tuple[torch.dtype, ...]) -> list[str]:
+            return [dtype_name(d) for d in dts]
+
+        return {
+            "devices": list(self.devices),
+            "dtypes": names(self.dtypes),
+            "backward_dtypes": names(self.backward_dtypes),
+            "head_dims": f"{self.head_dims[0]}..{self.head_dims[1]}"
+            + (f" (multiple of {self.head_dim_multiple})" if self.head_dim_multiple > 1 else ""),
+            "max_seq_len": self.max_seq_len,
+            "causal": list(self.causal),
+            "causal_default": self.causal_default,
+            "gqa": self.gqa,
+            "memory": self.memory,
+            "saves": self.saves,
+            "deterministic": self.deterministic,
+            "tiles": [list(t) for t in self.tiles],
+            "stats_dtypes": names(self.stats_dtypes),
+            "kd_dtypes": names(self.kd_dtypes),
+            "kd_fused": self.kd_fused,
+            "reduce_dtypes": names(self.reduce_dtypes),
+            "reduce_schedule": self.reduce_schedule,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """One attention problem: shapes as in SPEC.md, ``causal`` None or a variant name."""
+
+    B: int
+    Hq: int
+    Hk: int
+    Sq: int
+    Sk: int
+    D: int
+    dtype: torch.dtype
+    device: str
+    causal: CausalVariant | None = None
+    tiles: tuple[int, int] | None = None
+
+    @property
+    def label(self) -> str:
+        """The shape part of a test id, e.g. ``B2H4-113x203-D59-causal_br``."""
+        heads = f"H{self.Hq}" if self.Hk == self.Hq else f"H{self.Hq}k{self.Hk}"
+        causal = {None: "", "top_left": "-causal_tl", "bottom_right": "-causal_br"}[self.causal]
+        tiles = f"-tile{self.tiles[0]}x{self.tiles[1]}" if self.tiles else ""
+        return f"B{self.B}{heads}-{self.Sq}x{self.Sk}-D{self.D}{causal}{tiles}"
+
+
+@dataclass(frozen=True)
+class RowsCase:
+    """A ``[rows, cols]`` problem: softmax statistics, KD loss (cols = V), reduction (rows = 1)."""
+
+    rows: int
+    cols: int
+    dtype: torch.dtype
+    device: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+
+Case = AttentionCase | RowsCase
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve_causal(causal: bool | str | None, caps: Capabilities) -> CausalVariant | None:
+    """Map the ``causal`` argument to a variant name; ``True`` means ``caps.causal_default`` (ATT-3)."""
+    if causal is None or causal is False:
+        return None
+    if causal is True:
+        return caps.causal_default
+    if causal not in CAUSAL_VARIANTS:
+        raise InvalidInputError(f"causal must be None, True, 'top_left' or 'bottom_right', got {causal!r}")
+    if causal not in caps.causal:
+        raise InvalidInputError(f"causal variant {causal!r} is not supported (supported: {list(caps.causal)})")
+    return causal
+
+
+@runtime_checkable
+class BackendLike(Protocol):
+    """The minimum a third-party backend provides; :class:`Backend` adds the generic rules."""
+
+    name: str
+    capabilities: Capabilities
+
+    def not_supported_reasons(self, op: str, case: Case) -> list[str]: ...
+
+
+class Backend:
+    """Base class of backends: generic ``not_supported_reasons`` from the declared capabilities.
+
+    Subclasses set ``name``, ``capabilities``, implement operations of ``OPERATIONS`` and may extend
+    ``not_supported_reasons`` with rules of their own (call ``super()`` first).
+    """
+
+    name: str = "unnamed"
+    capabilities: Capabilities = Capabilities()
+    #: one line shown in ``attnspec backends``
+    description: str = ""
+
+    def implements(self, op: str) -> bool:
+        return callable(getattr(self, op, None))
+
+    def not_supported_reasons(self, op: str, case: Case) -> list[str]:
+        return generic_not_supported_reasons(self, op, case)
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+
+def generic_not_supported_reasons(backend: BackendLike, op: str, case: Case) -> list[str]:
+    """Readable reasons why ``backend`` does not support ``case`` for ``op``; empty means supported."""
+    caps = backend.capabilities
+    reasons: list[str] = []
+    if op not in OPERATIONS:
+        return [f"unknown operation {op!r}"]
+    if not callable(getattr(backend, op, None)):
+        return [f"{op} is not implemented"]
+    if case.device not in caps.devices:
+        reasons.append(f"device {case.device} not supported (declared: {list(caps.devices)})")
+    dtypes = {
+        "attention": caps.dtypes,
+        "attention_backward": caps.backward_dtypes,
+        "softmax_stats": caps.stats_dtypes,
+        "softmax_merge": caps.stats_dtypes,
+        "kd_loss": caps.kd_dtypes,
+        "reduce_sum": caps.reduce_dtypes,
+    }[op]
+    if case.dtype not in dtypes:
+        reasons.append(f"dtype {dtype_name(case.dtype)} not supported for {op} (declared: "
+                       f"{[dtype_name(d) for d in dtypes]})")
+    if isinstance(case, AttentionCase):
+        lo, hi = caps.head_dims
+        if not lo <= case.D <= hi:
+            reasons.append(f"head dim {case.D} outside the declared range {lo}..{hi}")
+        elif case.D % caps.head_dim_multiple:
+            reasons.append(f"head dim {case.D} is not a multiple of {caps.head_dim_multiple}")
+        if caps.max_seq_len is not None and max(case.Sq, case.Sk) > caps.max_seq_len:
+            reasons.append(f"sequence length {max(case.Sq, case.Sk)} above the declared maximum "
+                           f"{caps.max_seq_len}")
+        if case.causal is not None and case.causal not in caps.causal:
+            reasons.append(f"causal variant {case.causal} not supported (declared: {list(caps.causal)})")
+        if case.Hk != case.Hq and not caps.gqa:
+            reasons.append("GQA/MQA (Hk < Hq) not supported")
+        if case.tiles is not None and case.tiles not in caps.tiles:
+            reasons.append(f"tile sizes {case.tiles} not exposed (declared: {list(caps.tiles)})")
+    return reasons
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs: backends allocate them with new_output so the harness can poison them (SPEC tolerance rule).
+
+_POISON: contextvars.ContextVar[bool] = contextvars.ContextVar("attnspec_poison", default=False)
+
+
+def new_output(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """An output buffer: uninitialised normally, NaN-filled while the harness poisons outputs.
+
+    Backends allocate every output through this so that an element the kernel never writes shows up as
+    NaN in conformance runs (SPEC: "outputs are poisoned before the call").
+    """
+    if _POISON.get():
+        if dtype.is_floating_point:
+            return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+        return torch.full(tuple(shape), torch.iinfo(dtype).min, dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def poisoned_outputs() -> Iterator[None]:
+    """Within this block :func:`new_output` returns NaN-filled buffers."""
+    token = _POISON.set(True)
+    try:
+        yield
+    finally:
+        _POISON.reset(token)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry: built-ins, the entry-point group, and module:factory specs for one run.
+
+ENTRY_POINT_GROUP = "attnspec.backends"
+ENV_VAR = "ATTNSPEC_BACKENDS"
+
+#: Built-in factories. A factory returns a Backend or a list of them, or raises BackendUnavailable.
+BUILTIN_FACTORIES: dict[str, str] = {
+    "reference": "implementations.reference:ReferenceBackend",
+    "reference-tiled": "implementations.reference_tiled:TiledReferenceBackend",
+    "torch": "implementations.torch_sdpa:backends",
+    "triton": "implementations.triton:backends",
+    "cupy": "implementations.cupy:backends",
+}
+
+
+@dataclass
+class RegistryEntry:
+    """A backend as found by the registry: usable (``backend`` set) or unavailable with the reason."""
+
+    name: str
+    origin: str
+    backend: BackendLike | None = None
+    unavailable: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.backend is not None
+
+
+def _load_factory(spec: str) -> object:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"backend spec {spec!r} is not of the form 'package.module:factory'")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _instantiate(label: str, origin: str, spec: str) -> list[RegistryEntry]:
+    """Call one factory; every failure becomes an unavailable entry with the reason, never a crash."""
+    try:
+        made = _load_factory(spec)()
+    except BackendUnavailable as exc:
+        return [RegistryEntry(label, origin, unavailable=str(exc))]
+    except ImportError as exc:
+        return [RegistryEntry(label, origin, unavailable=f"import failed: {exc}")]
+    except Exception as exc:  # a third-party factory may fail in any way; report it, do not crash
+        return [RegistryEntry(label, origin, unavailable=f"{type(exc).__name__}: {exc}")]
+    made_list = made if isinstance(made, list | tuple) else [made]
+    entries = []
+    for backend in made_list:
+        if not isinstance(backend, BackendLike):
+            entries.append(RegistryEntry(label, origin, unavailable=f"{spec} returned {backend!r}, which lacks "
+                                         "name / capabilities / not_supported_reasons"))
+        else:
+            entries.append(RegistryEntry(backend.name, origin, backend=backend))
+    return entries
+
+
+def discover(extra_specs: tuple[str, ...] | list[str] = (), *, env: dict[str, str] | None = None) -> list[RegistryEntry]:
+    """Every backend this run can see: built-ins, entry points, ``ATTNSPEC_BACKENDS`` and ``extra_specs``.
+
+    ``ATTNSPEC_BACKENDS`` and ``extra_specs`` hold ``package.module:factory`` specs (comma-separated in
+    the variable). Names must be unique; a later duplicate is reported unavailable with the reason.
+    """
+    import os
+    from importlib.metadata import entry_points
+
+    found: list[RegistryEntry] = []
+    for label, spec in BUILTIN_FACTORIES.items():
+        found += _instantiate(label, "built-in", spec)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found += _instantiate(ep.name, f"entry point {ep.value}", ep.value)
+    env_specs = [s.strip() for s in (env if env is not None else os.environ).get(ENV_VAR, "").split(",")]
+    for spec in [s for s in env_specs if s] + list(extra_specs):
+        found += _instantiate(spec, f"--backend {spec}", spec)
+    seen: set[str] = set()
+    for entry in found:
+        if entry.available and entry.name in seen:
+            entry.unavailable = f"name {entry.name!r} is already taken by another backend"
+            entry.backend = None
+        seen.add(entry.name)
+    return found
+
+
+def select(entries: list[RegistryEntry], names: list[str] | tuple[str, ...]) -> list[RegistryEntry]:
+    """The entries named (all when ``names`` is empty); a name or spec nobody has raises ValueError."""
+    if not names:
+        return entries
+    chosen = []
+    for name in names:
+        match = [e for e in entries if e.name == name or e.origin == f"--backend {name}"]
+        if not match:
+            known = ", ".join(sorted({e.name for e in entries}))
+            raise ValueError(f"no backend named {name!r} (known: {known})")
+        chosen += [m for m in match if m not in chosen]
+    return chosen
