@@ -30,6 +30,7 @@ OPERATIONS: dict[str, str] = {
     "attention_backward": (
         "attention_backward(q, k, v, out, lse, dout, *, causal=None, scale=None, tiles=None) -> (dq, dk, dv)"
     ),
+    "attention_delta": "attention_delta(out, dout) -> delta",
     "softmax_stats": "softmax_stats(x, *, block=None) -> (m, l)",
     "softmax_merge": "softmax_merge(m1, l1, m2, l2) -> (m, l)",
     "kd_loss": "kd_loss(s, t, *, temperature, alpha=1.0, labels=None, ignore_index=-100) -> (loss, ds)",
@@ -220,6 +221,7 @@ def generic_not_supported_reasons(backend: BackendLike, op: str, case: Case) -> 
     dtypes = {
         "attention": caps.dtypes,
         "attention_backward": caps.backward_dtypes,
+        "attention_delta": caps.backward_dtypes,
         "softmax_stats": caps.stats_dtypes,
         "softmax_merge": caps.stats_dtypes,
         "kd_loss": caps.kd_dtypes,
