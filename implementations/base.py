@@ -35,6 +35,7 @@ OPERATIONS: dict[str, str] = {
     "softmax_merge": "softmax_merge(m1, l1, m2, l2) -> (m, l)",
     "kd_loss": "kd_loss(s, t, *, temperature, alpha=1.0, labels=None, ignore_index=-100) -> (loss, ds)",
     "reduce_sum": "reduce_sum(x) -> (value, schedule)",
+    "prefix_sum": "prefix_sum(x) -> (y, schedule)",
 }
 
 
@@ -226,6 +227,7 @@ def generic_not_supported_reasons(backend: BackendLike, op: str, case: Case) -> 
         "softmax_merge": caps.stats_dtypes,
         "kd_loss": caps.kd_dtypes,
         "reduce_sum": caps.reduce_dtypes,
+        "prefix_sum": caps.reduce_dtypes,
     }[op]
     if case.dtype not in dtypes:
         reasons.append(f"dtype {dtype_name(case.dtype)} not supported for {op} (declared: "
@@ -340,7 +342,8 @@ def _instantiate(label: str, origin: str, spec: str) -> list[RegistryEntry]:
     return entries
 
 
-def discover(extra_specs: tuple[str, ...] | list[str] = (), *, env: dict[str, str] | None = None) -> list[RegistryEntry]:
+def discover(extra_specs: tuple[str, ...] | list[str] = (), *,
+             env: dict[str, str] | None = None) -> list[RegistryEntry]:
     """Every backend this run can see: built-ins, entry points, ``ATTNSPEC_BACKENDS`` and ``extra_specs``.
 
     ``ATTNSPEC_BACKENDS`` and ``extra_specs`` hold ``package.module:factory`` specs (comma-separated in

@@ -1,0 +1,1 @@
+"""attnspec conformance: the clauses of SPEC.md as code, the pytest plugin and the command line."""

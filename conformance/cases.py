@@ -1,0 +1,141 @@
+"""The case matrix, generated from a backend's capabilities, and the seeded random inputs of each case.
+
+Shapes and head dims are SPEC ATT-1's. The full matrix crosses every head dim with every (Sq, Sk) for the
+backend's primary dtype, and every (Sq, Sk) with two head dims for its other dtypes; ``--quick`` keeps the
+small shapes and three head dims. A case the backend declares unsupported still appears, and is reported as
+*unsupported* with the backend's reasons.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Iterable
+
+import torch
+
+from implementations.base import CAUSAL_VARIANTS, AttentionCase, BackendLike, CausalVariant, RowsCase
+
+HEAD_DIMS = (16, 32, 40, 59, 64, 80, 96, 111, 128, 256)
+SEQ_PAIRS = ((1, 1), (1, 239), (3, 799), (113, 203), (128, 217), (127, 513), (239, 1), (512, 256),
+             (1023, 1024), (1024, 1023), (2048, 2048))
+QUICK_HEAD_DIMS = (16, 59, 128)
+QUICK_SEQ_PAIRS = ((1, 1), (1, 239), (3, 799), (113, 203), (127, 513), (239, 1), (512, 256))
+#: seeded random shapes added to ATT-1 and GRAD-1 (SPEC: "plus seeded random shapes")
+RANDOM_SHAPES = 3
+
+Generator = Callable[[BackendLike, str, bool], list]
+
+
+def available_devices() -> set[str]:
+    """Devices present on this machine."""
+    return {"cpu"} | ({"cuda"} if torch.cuda.is_available() else set())
+
+
+def devices_for(backend: BackendLike, only: Iterable[str] | None = None) -> list[str]:
+    """The backend's declared devices that exist here (and are among ``only`` when given)."""
+    allowed = available_devices() if only is None else available_devices() & set(only)
+    return [d for d in backend.capabilities.devices if d in allowed]
+
+
+def dtypes_for(dtypes: tuple[torch.dtype, ...], device: str) -> list[torch.dtype]:
+    """Declared dtypes, primary first: bfloat16 on CUDA, float32 on the CPU when declared."""
+    primary = torch.bfloat16 if device == "cuda" else torch.float32
+    return sorted(dtypes, key=lambda d: (d != primary, str(d)))
+
+
+def heads_for(Sq: int, Sk: int) -> tuple[int, int]:
+    """(B, Hq) small enough that the float64 oracle stays cheap at the largest shapes."""
+    return (1, 2) if Sq * Sk >= 1 << 20 else (2, 3)
+
+
+def random_seq_pairs(seed: int, count: int = RANDOM_SHAPES, quick: bool = False) -> list[tuple[int, int]]:
+    """Seeded random (Sq, Sk) pairs, the seed fixed so runs are comparable."""
+    rng = random.Random(seed)
+    top = 300 if quick else 1500
+    return [(rng.randint(1, top), rng.randint(1, top)) for _ in range(count)]
+
+
+def attention_matrix(backend: BackendLike, device: str, quick: bool, *, backward: bool = False,
+                     causal: CausalVariant | None = None) -> list[AttentionCase]:
+    """ATT-1 / GRAD-1 cases for ``backend`` on ``device`` (see the module docstring); quick runs give the
+    other dtypes four small shapes at D = 64."""
+    caps = backend.capabilities
+    dtypes = dtypes_for(caps.backward_dtypes if backward else caps.dtypes, device)
+    if not dtypes:
+        dtypes = [torch.bfloat16 if device == "cuda" else torch.float32]  # reported unsupported
+    head_dims = QUICK_HEAD_DIMS if quick or backward else HEAD_DIMS
+    seqs = list(QUICK_SEQ_PAIRS if quick else SEQ_PAIRS) + random_seq_pairs(1234, quick=quick)
+    cases = []
+    for i, dtype in enumerate(dtypes):
+        dims = head_dims if i == 0 else ((64,) if quick else (64, 59))
+        for Sq, Sk in (seqs if i == 0 or not quick else seqs[:4]):
+            for D in dims:
+                B, H = heads_for(Sq, Sk)
+                cases.append(AttentionCase(B, H, H, Sq, Sk, D, dtype, device, causal))
+    return cases
+
+
+def small_attention(backend: BackendLike, device: str, quick: bool, *, backward: bool = False,
+                    causal_variants: Iterable[str | None] = (None,),
+                    seqs: Iterable[tuple[int, int]] = ((113, 203), (128, 128), (239, 1)),
+                    D: int = 64, heads: tuple[int, int] = (3, 3), every_dtype: bool = True) -> list[AttentionCase]:
+    """A few small attention cases per dtype and causal variant, for property clauses."""
+    caps = backend.capabilities
+    dtypes = dtypes_for(caps.backward_dtypes if backward else caps.dtypes, device)
+    dtypes = dtypes if (every_dtype and not quick) else dtypes[:1]
+    if not dtypes:
+        dtypes = [torch.bfloat16 if device == "cuda" else torch.float32]
+    return [AttentionCase(2, heads[0], heads[1], Sq, Sk, D, dtype, device, causal)
+            for dtype in dtypes for causal in causal_variants for Sq, Sk in seqs]
+
+
+def causal_matrix(backend: BackendLike, device: str, quick: bool, backward: bool = False) -> list[AttentionCase]:
+    """ATT-3: every shape of ATT-1 under both causal variants, at D 64 and the primary dtype."""
+    seqs = QUICK_SEQ_PAIRS if quick else SEQ_PAIRS
+    dtypes = dtypes_for(backend.capabilities.backward_dtypes if backward else backend.capabilities.dtypes, device)
+    dtype = dtypes[0] if dtypes else torch.float32
+    cases = []
+    for causal in CAUSAL_VARIANTS:
+        for Sq, Sk in seqs:
+            B, H = heads_for(Sq, Sk)
+            cases.append(AttentionCase(B, H, H, Sq, Sk, 64, dtype, device, causal))
+    return cases
+
+
+def rows_cases(dtypes: tuple[torch.dtype, ...], device: str, shapes: Iterable[tuple[int, int]]) -> list[RowsCase]:
+    """``[rows, cols]`` cases for every declared dtype (or float32, reported unsupported, when none)."""
+    return [RowsCase(r, c, dtype, device) for dtype in (dtypes_for(dtypes, device) or [torch.float32])
+            for r, c in shapes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def seed_for(test_id: str, base: int = 0) -> int:
+    """The seed of one case: a hash of its id mixed with the run's base seed."""
+    return (zlib.crc32(test_id.encode()) ^ (base * 0x9E3779B1)) & 0x7FFFFFFF
+
+
+def generator(seed: int) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
+
+
+def randn(shape: tuple[int, ...], dtype: torch.dtype, device: str, g: torch.Generator,
+          scale: float = 1.0) -> torch.Tensor:
+    """Fresh standard-normal draws (never zeros), made on the CPU in float64 then cast, so every device
+    and dtype sees the same values for the same seed."""
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    return x.to(dtype).to(device)
+
+
+def attention_inputs(case: AttentionCase, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V of ``case`` drawn from ``seed``."""
+    g = generator(seed)
+    q = randn((case.B, case.Hq, case.Sq, case.D), case.dtype, case.device, g)
+    k = randn((case.B, case.Hk, case.Sk, case.D), case.dtype, case.device, g)
+    v = randn((case.B, case.Hk, case.Sk, case.D), case.dtype, case.device, g)
+    return q, k, v

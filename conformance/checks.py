@@ -1,0 +1,124 @@
+"""Checks shared by several clauses: forward and backward against the oracle, memory growth, bad input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from conformance import oracle
+from conformance.memory import loglog_slope, peak_extra
+from conformance.plugin import Trial
+from conformance.tolerance import compare
+from implementations.base import AttentionCase, CausalVariant, dtype_name
+
+
+def default_scale(D: int) -> float:
+    return 1.0 / math.sqrt(D)
+
+
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The contract's lse dtype: float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def call_attention(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   causal: CausalVariant | bool | None,
+                   scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend's forward with the case's tiles (when set), checked for shapes and dtypes."""
+    tiles = trial.case.tiles if isinstance(trial.case, AttentionCase) else None
+    kwargs = {"tiles": tiles} if tiles else {}
+    out, lse = trial.call("attention", q, k, v, causal=causal, scale=scale, **kwargs)
+    assert out.shape == q.shape, f"out shape {tuple(out.shape)} != q shape {tuple(q.shape)}"
+    assert out.dtype == q.dtype, f"out dtype {dtype_name(out.dtype)} != q dtype {dtype_name(q.dtype)}"
+    assert lse.shape == q.shape[:3], f"lse shape {tuple(lse.shape)} != [B, Hq, Sq] {tuple(q.shape[:3])}"
+    assert lse.dtype == lse_dtype(q.dtype), f"lse dtype {dtype_name(lse.dtype)} != {dtype_name(lse_dtype(q.dtype))}"
+    return out, lse
+
+
+def check_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                  causal: CausalVariant | None, scale: float | None = None,
+                  outputs: tuple[str, ...] = ("out", "lse")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward and apply the tolerance rule to ``outputs`` against the float64 oracle."""
+    out, lse = call_attention(trial, q, k, v, causal=causal, scale=scale)
+    sc = default_scale(q.shape[-1]) if scale is None else scale
+    ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=causal, scale=sc)
+    with torch.no_grad():
+        naive_out, naive_lse = oracle.attention(q, k, v, causal=causal, scale=sc, compute=q.dtype)
+    found = {"out": (out, ref_out, naive_out, q.dtype), "lse": (lse, ref_lse, naive_lse, lse.dtype)}
+    trial.check(*(compare(name, found[name][0], found[name][1], found[name][2], dtype=found[name][3],
+                          terms=k.shape[2]) for name in outputs))
+    return out, lse
+
+
+def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   causal: CausalVariant | None, scale: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward then backward with a random ``dout``; dq, dk, dv against the oracle's autograd (GRAD-1)."""
+    out, lse = trial.call("attention", q, k, v, causal=causal, scale=scale)
+    dout = _randn_like(out, trial.generator(salt=7))
+    dq, dk, dv = trial.call("attention_backward", q, k, v, out, lse, dout, causal=causal, scale=scale)
+    for name, got, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        assert got.shape == like.shape, f"{name} shape {tuple(got.shape)} != {tuple(like.shape)}"
+    sc = default_scale(q.shape[-1]) if scale is None else scale
+    refs = oracle.oracle_grads(q, k, v, dout, causal=causal, scale=sc)
+    naives = oracle.attention_grads(q, k, v, dout, causal=causal, scale=sc, compute=q.dtype)
+    terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2])
+    trial.check(*(compare(name, got, ref, naive, dtype=q.dtype, terms=terms)
+                  for name, got, ref, naive in zip(("dq", "dk", "dv"), (dq, dk, dv), refs, naives)))
+    return dq, dk, dv
+
+
+def _randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype).to(x.device)
+
+
+def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Fresh normal draws shaped and typed like ``x`` (made on the CPU, so identical on every device)."""
+    return _randn_like(x, g)
+
+
+def memory_growth(trial: Trial, lengths: list[int], run: Callable[[int], tuple[object, int]],
+                  budget: Callable[[int, int], int]) -> None:
+    """Measure peak extra memory of ``run(S)`` for each S; check the budget at the largest S and the slope.
+
+    ``run(S)`` returns ``(fn, output_bytes)``: ``fn`` is called under the probe. ``budget(S, output_bytes)``
+    is the allowed peak. Passes when the peak at the largest S is within budget and the log-log slope of
+    the peaks over ``lengths`` is <= 1.1 (SPEC ATT-10).
+    """
+    peaks, probe = [], ""
+    for S in lengths:
+        fn, out_bytes = run(S)
+        _, peak = peak_extra(fn, trial.device)
+        peaks.append(peak.bytes)
+        probe = peak.probe
+        del fn
+    slope = loglog_slope([float(s) for s in lengths], [float(p) for p in peaks])
+    allowed = budget(lengths[-1], out_bytes)
+    trial.metrics.update({"S": lengths, "peak_extra_bytes": peaks, "slope": round(slope, 3),
+                          "budget_bytes_at_max_S": allowed, "probe": probe})
+    problems = []
+    if peaks[-1] > allowed:
+        problems.append(f"peak extra memory {peaks[-1]} B at S={lengths[-1]} exceeds the budget {allowed} B "
+                        "(outputs + a tenth of the float32 score matrix)")
+    if slope > 1.1:
+        problems.append(f"peak extra memory grows with log-log slope {slope:.2f} > 1.1 over S={lengths} "
+                        f"(peaks {peaks} B)")
+    assert not problems, "; ".join(problems)
+
+
+def expect_input_error(fn: Callable[[], object], keywords: tuple[str, ...], what: str) -> str | None:
+    """Call ``fn``; return a problem description unless it raised an error whose message names the problem.
+
+    Accepted: any ``Exception`` whose message contains one of ``keywords`` (case-insensitive). A silent
+    return, a crash-type error without the keyword, or a message that names nothing is a problem.
+    """
+    try:
+        fn()
+    except Exception as exc:  # the clause is about the message, whatever the type
+        message = str(exc).lower()
+        if any(k.lower() in message for k in keywords):
+            return None
+        return f"{what}: raised {type(exc).__name__}({str(exc)[:200]!r}) which names none of {keywords}"
+    return f"{what}: no error was raised"

@@ -1,0 +1,162 @@
+"""The oracle and the naive implementations the tolerance rule compares against (SPEC "Tolerance rule").
+
+The oracle is the straightforward materialising definition evaluated in float64 on the CPU, with torch
+autograd for gradients. ``naive_t`` is the same definition run in dtype ``t`` on the backend's device: for
+float16/bfloat16 the two matrix products run in ``t`` while the softmax runs in float32 (FlashAttention's
+own reference), so its error is what an honest dtype-``t`` implementation makes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from implementations.base import CausalVariant
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def visibility(Sq: int, Sk: int, causal: CausalVariant | None,
+               device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``[Sq, Sk]`` bool, True where key j is visible to query i (SPEC ATT-3); None when all are visible.
+
+    top_left: ``j <= i``; bottom_right: ``j <= i + Sk - Sq``.
+    """
+    if causal is None:
+        return None
+    i = torch.arange(Sq, device=device)[:, None]
+    j = torch.arange(Sk, device=device)[None, :]
+    offset = 0 if causal == "top_left" else Sk - Sq
+    return j <= i + offset
+
+
+def _expand_kv(x: torch.Tensor, Hq: int) -> torch.Tensor:
+    """Repeat KV heads so query head h reads KV head ``h // (Hq // Hk)`` (SPEC notation)."""
+    return x.repeat_interleave(Hq // x.shape[1], dim=1)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: CausalVariant | None,
+    scale: float,
+    compute: torch.dtype,
+    naive: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out = softmax(scale QKᵀ + mask) V`` and ``lse`` computed in ``compute`` dtype, differentiably.
+
+    Low-precision ``compute`` runs the matrix products in that dtype and the softmax in float32. The
+    ``naive`` form scales Q before the product (as FlashAttention's reference does) and sums over the head
+    dim and over the keys in reverse order: exact identities, so it differs from the oracle (``naive=False``)
+    by honest rounding only, even in float64 where it would otherwise be the oracle itself. Fully masked rows
+    give out 0 and lse -inf, and zero (not NaN) gradients.
+    """
+    soft = torch.float32 if compute in LOW_PRECISION else compute
+    qc, kc, vc = (x.to(compute) for x in (q, k, v))
+    kc, vc = _expand_kv(kc, q.shape[1]), _expand_kv(vc, q.shape[1])
+    visible = visibility(q.shape[2], k.shape[2], causal, q.device)
+    if naive:
+        qc, kc = (qc * scale).flip(-1), kc.flip(-1).flip(-2)
+        vc = vc.flip(-2)
+        visible = visible.flip(-1) if visible is not None else None
+        scores = (qc @ kc.transpose(-1, -2)).to(soft)
+    else:
+        scores = (qc @ kc.transpose(-1, -2)).to(soft) * scale
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+        empty = ~visible.any(dim=-1)  # fully masked rows (ATT-4)
+        scores = scores.masked_fill(empty[:, None], 0.0)
+    lse = torch.logsumexp(scores, dim=-1)
+    p = torch.exp(scores - lse[..., None])
+    if visible is not None:
+        p = p.masked_fill(empty[:, None], 0.0)
+        lse = lse.masked_fill(empty, float("-inf"))
+    out = p.to(compute) @ vc
+    return out, lse
+
+
+def oracle_attention(q, k, v, *, causal, scale) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """The float64 CPU oracle of forward attention."""
+    with torch.no_grad():
+        return attention(q.cpu(), k.cpu(), v.cpu(), causal=causal, scale=scale, compute=torch.float64,
+                         naive=False)
+
+
+def attention_grads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dout: torch.Tensor,
+    *,
+    causal: CausalVariant | None,
+    scale: float,
+    compute: torch.dtype,
+    naive: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dq, dk, dv`` of :func:`attention` in ``compute`` dtype by autograd (GQA sums come from the expand)."""
+    leaves = [x.detach().to(compute).requires_grad_() for x in (q, k, v)]
+    with torch.enable_grad():
+        out, _ = attention(*leaves, causal=causal, scale=scale, compute=compute, naive=naive)
+        grads = torch.autograd.grad(out, leaves, dout.to(compute))
+    return grads[0], grads[1], grads[2]
+
+
+def oracle_grads(q, k, v, dout, *, causal, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """The float64 CPU oracle of the attention gradients (GRAD-1)."""
+    return attention_grads(q.cpu(), k.cpu(), v.cpu(), dout.cpu(), causal=causal, scale=scale,
+                           compute=torch.float64, naive=False)
+
+
+def softmax_stats(x: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-shot row statistics (SMX-1): ``m = max x``, ``l = sum exp(x - m)``; a row of -inf gives (-inf, 0)."""
+    xc = x.to(compute)
+    m = xc.amax(dim=-1)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    l = torch.exp(xc - shift[..., None]).sum(dim=-1)
+    return m, l
+
+
+def kd_loss(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float = 1.0,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    compute: torch.dtype = torch.float64,
+    naive: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KD-1 loss and its gradient w.r.t. ``s``, unfused, in ``compute`` dtype, by autograd.
+
+    ``loss = mean over rows with label != ignore_index of α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1-α)·CE(s, y)``;
+    with no labels every row counts and α = 1; no counted row gives loss 0. The oracle spells out
+    ``Σ p_t (log p_t - log p_s)``; the ``naive`` form is what users write, ``F.kl_div(..., log_target=True)``
+    and ``F.cross_entropy`` per row: the same function, rounded differently.
+    """
+    V = s.shape[-1]
+    sc = s.detach().reshape(-1, V).to(compute).requires_grad_()
+    tc = t.detach().reshape(-1, V).to(compute)
+    T = float(temperature)
+    with torch.enable_grad():
+        log_ps = F.log_softmax(sc / T, dim=-1)
+        log_pt = F.log_softmax(tc / T, dim=-1)
+        if naive:
+            kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="none").sum(dim=-1)
+        else:
+            kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)
+        if labels is None:
+            rows, valid = T * T * kl, torch.ones(sc.shape[0], dtype=torch.bool, device=sc.device)
+        else:
+            y = labels.reshape(-1).to(sc.device)
+            valid = y != ignore_index
+            if naive:
+                ce = F.cross_entropy(sc, torch.where(valid, y, 0), reduction="none")
+            else:
+                ce = -F.log_softmax(sc, dim=-1).gather(1, torch.where(valid, y, 0)[:, None])[:, 0]
+            rows = alpha * T * T * kl + (1.0 - alpha) * ce
+        loss = torch.where(valid, rows, torch.zeros_like(rows)).sum() / max(int(valid.sum()), 1)
+        (ds,) = torch.autograd.grad(loss, sc)
+    return loss.detach(), ds.reshape(s.shape)

@@ -1,0 +1,474 @@
+"""The pytest plugin of the conformance suite.
+
+Options: ``--backend NAME|module:factory`` (repeatable; default every available backend), ``--quick``,
+``--results PATH`` (JSON lines, written as the run goes), ``--xfails-file PATH`` (repeatable), ``--seed``,
+``--case-timeout SECONDS``, ``--device cpu|cuda``, ``--resume``.
+
+A conformance test is marked with its clause (``@clause("ATT-1")``) and with the cases it runs
+(``@cases(op, generator)``); the plugin crosses the generator's cases with every selected backend and device
+and hands the test a :class:`Trial`. A case the backend declares unsupported is skipped with status
+*unsupported* and the backend's reasons; a missing operation is *not_implemented*.
+
+Test ids read ``ATT-1[triton-cuda-bfloat16-B2H4-113x203-D59-causal_br]``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import torch
+
+from conformance import cases as casegen
+from conformance.provenance import collect, now
+from conformance.spec import CLAUSES, clause_of
+from conformance.tolerance import Comparison
+from implementations.base import BackendLike, Case, RegistryEntry, discover, dtype_name, poisoned_outputs, select
+
+UNSUPPORTED = "unsupported: "
+NOT_IMPLEMENTED = "not_implemented: "
+TIMEOUT_EXIT = 3
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def cases(op: str, make: Callable[[BackendLike, str, bool], list[Case]]) -> Callable[[F], F]:
+    """Declare that a test runs operation ``op`` on the cases ``make(backend, device, quick)`` returns."""
+
+    def mark(fn: F) -> F:
+        fn.__attnspec_cases__ = (op, make)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@dataclass
+class Trial:
+    """One backend on one case: what a conformance test receives, and what it records."""
+
+    backend: BackendLike
+    op: str
+    case: Case
+    clause: str
+    id: str
+    seed: int = 0
+    comparisons: list[Comparison] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return self.case.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.case.dtype
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A torch CPU generator seeded for this case (``salt`` for independent streams)."""
+        return casegen.generator(self.seed + salt)
+
+    def call(self, op: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Call the backend's operation with outputs poisoned (NaN-filled), synchronising on CUDA."""
+        fn = getattr(self.backend, op or self.op)
+        with poisoned_outputs():
+            result = fn(*args, **kwargs)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return result
+
+    def check(self, *comparisons: Comparison) -> None:
+        """Record comparisons and fail, naming every output out of bounds, if any is."""
+        self.comparisons.extend(comparisons)
+        bad = [c for c in comparisons if not c.passed]
+        if bad:
+            raise AssertionError("; ".join(c.describe() for c in bad))
+
+    def summary(self) -> dict[str, Any]:
+        """err / ref_err / ratio of the worst comparison (largest err / bound)."""
+        if not self.comparisons:
+            return {"err": None, "ref_err": None, "ratio": None, "mult": None, "bound": None}
+
+        def badness(c: Comparison) -> float:
+            return c.err / c.bound if c.bound > 0 else (0.0 if c.err == 0 else float("inf"))
+
+        worst = max(self.comparisons, key=badness)
+        return {"err": worst.err, "ref_err": worst.ref_err, "ratio": worst.ratio, "mult": worst.mult,
+                "bound": worst.bound, "worst": worst.name}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results file
+
+
+class ResultsWriter:
+    """Appends JSON lines, flushed one by one, so a crash loses at most the case in flight."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fh = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps(record, default=_json_default, allow_nan=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _json_default(x: object) -> object:
+    if isinstance(x, torch.dtype):
+        return dtype_name(x)
+    if isinstance(x, Path):
+        return str(x)
+    return repr(x)
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no inf/nan: encode them as strings."""
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def done_ids(path: Path) -> set[str]:
+    """Ids that already have a final record in a results file (for ``--resume``)."""
+    ids: set[str] = set()
+    if not path.exists():
+        return ids
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if rec.get("kind") == "case":
+            ids.add(rec["id"])
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# xfails
+
+
+def read_xfails(paths: list[str]) -> dict[str, str]:
+    """``{id pattern: reason}`` from xfails files: one id (fnmatch pattern) per line, ``# reason`` after it."""
+    patterns: dict[str, str] = {}
+    for p in paths:
+        for n, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines(), 1):
+            text, _, comment = line.partition("#")
+            if text.strip():
+                patterns[text.strip()] = comment.strip() or f"listed in {p}:{n}"
+    return patterns
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest hooks
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("attnspec", "attnspec conformance")
+    group.addoption("--backend", action="append", default=[], metavar="NAME",
+                    help="backend name or package.module:factory (repeatable; default: all available)")
+    group.addoption("--quick", action="store_true", help="small shapes and few head dims")
+    group.addoption("--results", default=None, metavar="PATH", help="append JSON-lines results to PATH")
+    group.addoption("--xfails-file", action="append", default=[], metavar="PATH",
+                    help="file of test ids (fnmatch patterns) expected to fail, '# reason' after each")
+    group.addoption("--seed", type=int, default=0, help="base seed mixed into every case's seed")
+    group.addoption("--case-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="record a case as timeout and stop the process when it runs longer")
+    group.addoption("--device", action="append", default=[], choices=["cpu", "cuda"],
+                    help="only run on these devices (default: every device a backend declares and is here)")
+    group.addoption("--resume", action="store_true", help="skip ids already recorded in --results")
+    group.addoption("--run-id", default=None, help="run id written into results (default: a new one)")
+
+
+@dataclass
+class _State:
+    entries: list[RegistryEntry]
+    writer: ResultsWriter
+    run_id: str
+    xfails: dict[str, str]
+    skip_ids: set[str]
+    quick: bool
+    base_seed: int
+    devices: list[str] | None
+    timeout: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+    used_xfails: set[str] = field(default_factory=set)
+    trial_by_node: dict[str, Trial] = field(default_factory=dict)
+    reports: dict[str, dict[str, pytest.TestReport]] = field(default_factory=lambda: defaultdict(dict))
+    started: dict[str, float] = field(default_factory=dict)
+
+
+_KEY = pytest.StashKey[_State]()
+
+
+def _state(config: pytest.Config) -> _State | None:
+    return config.stash.get(_KEY, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clause(id): the SPEC.md clause a conformance test checks")
+    names = config.getoption("--backend")
+    entries = discover([n for n in names if ":" in n])
+    try:
+        chosen = select(entries, [n for n in names])
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    results = config.getoption("--results")
+    path = Path(results) if results else None
+    state = _State(
+        entries=chosen,
+        writer=ResultsWriter(path),
+        run_id=config.getoption("--run-id") or uuid.uuid4().hex[:12],
+        xfails=read_xfails(config.getoption("--xfails-file")),
+        skip_ids=done_ids(path) if (path and config.getoption("--resume")) else set(),
+        quick=config.getoption("--quick"),
+        base_seed=config.getoption("--seed"),
+        devices=config.getoption("--device") or None,
+        timeout=config.getoption("--case-timeout"),
+    )
+    config.stash[_KEY] = state
+    state.writer.write(_finite({
+        "kind": "resume" if state.skip_ids else "run",
+        "run_id": state.run_id,
+        "started": now(),
+        "provenance": collect(),
+        "argv": list(config.invocation_params.args),
+        "quick": state.quick,
+        "backends": [
+            {"name": e.name, "origin": e.origin, "available": e.available, "reason": e.unavailable,
+             "capabilities": e.backend.capabilities.describe() if e.backend is not None else None}
+            for e in chosen
+        ],
+    }))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    spec = getattr(metafunc.function, "__attnspec_cases__", None)
+    state = _state(metafunc.config)
+    if spec is None or state is None:
+        return
+    op, make = spec
+    cid = clause_of(metafunc.function) or "?"
+    params, seen = [], set()
+    for entry in state.entries:
+        if entry.backend is None:
+            continue
+        for device in casegen.devices_for(entry.backend, state.devices):
+            for case in make(entry.backend, device, state.quick):
+                pid = f"{entry.name}-{device}-{dtype_name(case.dtype)}-{case.label}"
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                tid = f"{cid}[{pid}]"
+                params.append(pytest.param(
+                    Trial(entry.backend, op, case, cid, tid, casegen.seed_for(tid, state.base_seed)), id=pid))
+    if not params:
+        params = [pytest.param(None, id="no-backend", marks=pytest.mark.skip(reason="no backend selected"))]
+    metafunc.parametrize("trial", params, indirect=True)
+
+
+@pytest.fixture
+def trial(request: pytest.FixtureRequest) -> Trial:
+    """The backend-on-a-case under test; skips with the backend's reasons when unsupported."""
+    t: Trial | None = request.param
+    if t is None:
+        pytest.skip("no backend selected")
+    op = getattr(t.backend, t.op, None)
+    if not callable(op):
+        pytest.skip(f"{NOT_IMPLEMENTED}{t.op} is not implemented")
+    reasons = t.backend.not_supported_reasons(t.op, t.case)
+    if reasons:
+        pytest.skip(UNSUPPORTED + "; ".join(reasons))
+    return t
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = _state(config)
+    if state is None:
+        return
+    kept, dropped = [], []
+    for item in items:
+        t = _trial_of(item)
+        if t is None:
+            kept.append(item)
+            continue
+        if t.id in state.skip_ids:
+            dropped.append(item)
+            continue
+        state.trial_by_node[item.nodeid] = t
+        for pattern, reason in state.xfails.items():
+            if fnmatch.fnmatchcase(t.id, pattern):
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+                state.used_xfails.add(pattern)
+                break
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    for pattern in set(state.xfails) - state.used_xfails:
+        warnings.warn(f"xfails entry {pattern!r} matches no test of this run", stacklevel=1)
+
+
+def _trial_of(item: pytest.Item) -> Trial | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("trial") if callspec is not None else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN201
+    state = _state(item.config)
+    t = state.trial_by_node.get(item.nodeid) if state else None
+    if state is None or t is None:
+        yield
+        return
+    state.writer.write({"kind": "start", "id": t.id, "backend": t.backend.name})
+    state.started[item.nodeid] = time.perf_counter()
+    watchdog = threading.Timer(state.timeout, _on_timeout, args=(state, t))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+
+
+def _on_timeout(state: _State, t: Trial) -> None:
+    """A case ran past --case-timeout: record it and end the process (a hung kernel cannot be interrupted)."""
+    state.writer.write(_finite(_base_record(t) | {"status": "timeout", "duration": state.timeout,
+                                                   "reason": f"no result after {state.timeout:g} s"}))
+    state.writer.close()
+    os._exit(TIMEOUT_EXIT)
+
+
+def _base_record(t: Trial) -> dict[str, Any]:
+    return {"kind": "case", "id": t.id, "clause": t.clause, "area": t.clause.split("-")[0],
+            "backend": t.backend.name, "device": t.device, "dtype": dtype_name(t.dtype),
+            "op": t.op, "shape": t.case.label, "seed": t.seed}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    outcome = yield
+    state = _state(item.config)
+    if state is None or item.nodeid not in state.trial_by_node:
+        return
+    state.reports[item.nodeid][call.when] = outcome.get_result()
+    if call.when == "teardown":
+        _finish(state, item)
+
+
+def _status(reports: dict[str, pytest.TestReport]) -> tuple[str, str | None]:
+    setup, call = reports.get("setup"), reports.get("call")
+    for rep in (setup, call):
+        if rep is None:
+            continue
+        xfail = getattr(rep, "wasxfail", None)
+        if rep.skipped and xfail is not None:
+            return "xfail", xfail or None
+        if rep.passed and xfail is not None and rep.when == "call":
+            return "xpass", xfail or None
+        if rep.skipped:
+            message = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+            message = message.removeprefix("Skipped: ")
+            if message.startswith(UNSUPPORTED):
+                return "unsupported", message[len(UNSUPPORTED):]
+            if message.startswith(NOT_IMPLEMENTED):
+                return "not_implemented", message[len(NOT_IMPLEMENTED):]
+            return "skipped", message
+        if rep.failed:
+            status = "error" if rep.when == "setup" else "failed"
+            text = rep.longreprtext.strip().splitlines()
+            errors = [ln for ln in text if ln.startswith("E ")]
+            return status, "\n".join(e[1:].strip() for e in errors[:8])[:2000] or (text[-1] if text else None)
+    return "passed", None
+
+
+def _finish(state: _State, item: pytest.Item) -> None:
+    t = state.trial_by_node[item.nodeid]
+    status, reason = _status(state.reports.pop(item.nodeid))
+    record = _base_record(t) | t.summary() | {
+        "status": status,
+        "reason": reason,
+        "test": item.originalname if isinstance(item, pytest.Function) else item.name,
+        "duration": round(time.perf_counter() - state.started.pop(item.nodeid, time.perf_counter()), 4),
+        "metrics": t.metrics,
+    }
+    record = _finite(record)
+    state.records.append(record)
+    state.writer.write(record)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = _state(config)
+    if state is None or not state.records:
+        return
+    tr = terminalreporter
+    tr.section("attnspec verdicts (clause x backend)")
+    for line in verdict_table(state.records):
+        tr.write_line(line)
+    unavailable = [e for e in state.entries if not e.available]
+    for e in unavailable:
+        tr.write_line(f"unavailable backend {e.name}: {e.unavailable}")
+    if state.writer.path:
+        tr.write_line(f"results: {state.writer.path}")
+
+
+def verdict_table(records: list[dict[str, Any]]) -> list[str]:
+    """A plain-text clause x backend table: ``pass/total`` and the other statuses in short."""
+    backends = sorted({r["backend"] + "@" + r["device"] for r in records})
+    per: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for r in records:
+        per[(r["clause"], r["backend"] + "@" + r["device"])][r["status"]] += 1
+    clauses = [c for c in CLAUSES if any((c, b) in per for b in backends)]
+    width = max(14, *(len(b) for b in backends))
+    lines = ["clause    " + "".join(b.ljust(width + 2) for b in backends)]
+    for c in clauses:
+        cells = []
+        for b in backends:
+            n = per.get((c, b))
+            cells.append((_cell(n) if n else "-").ljust(width + 2))
+        lines.append(c.ljust(10) + "".join(cells))
+    return lines
+
+
+def _cell(counts: Counter[str]) -> str:
+    """``FAIL 3/40`` when anything failed, else ``ok 37/40`` plus unsupported/xfail counts."""
+    total = sum(counts.values())
+    bad = counts["failed"] + counts["error"] + counts["crashed"] + counts["timeout"]
+    head = f"FAIL {bad}/{total}" if bad else f"ok {counts['passed']}/{total}"
+    extra = [f"{counts[k]} {short}" for k, short in
+             (("unsupported", "uns"), ("not_implemented", "n/i"), ("xfail", "xf"), ("xpass", "xp")) if counts[k]]
+    return head + (" (" + ", ".join(extra) + ")" if extra else "")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = _state(session.config)
+    if state is None:
+        return
+    counts = Counter(r["status"] for r in state.records)
+    state.writer.write({"kind": "end", "run_id": state.run_id, "finished": now(), "counts": dict(counts)})
+    state.writer.close()
