@@ -345,7 +345,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
     if state is None or t is None:
         yield
         return
-    state.writer.write({"kind": "start", "id": t.id, "backend": t.backend.name})
+    state.writer.write(_finite(_base_record(t) | {"kind": "start"}))
     state.started[item.nodeid] = time.perf_counter()
     watchdog = threading.Timer(state.timeout, _on_timeout, args=(state, t))
     watchdog.daemon = True
