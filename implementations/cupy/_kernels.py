@@ -1,0 +1,104 @@
+"""Compiling the ``.cu`` sources with NVRTC through ``cupy.RawModule`` and launching them on torch's stream.
+
+Each kernel instantiation (a C++ name expression such as ``attn_fwd<bf16_t, 128, 2, 64, true>``) gets a
+module of its own, compiled on first use and kept in CuPy's on-disk kernel cache. Options: ``-lineinfo``
+and ``--std=c++17`` here; CuPy itself appends ``-arch=sm_XY`` of the current device (``sm_90`` on an
+H100/H200, so cubins, not PTX) and ``-ftz=true``.
+
+Tensors cross into CuPy through DLPack without copies (:func:`as_cupy`); bfloat16, which CuPy has no
+dtype for, crosses as an int16 view of the same memory (the kernels read raw 16-bit patterns).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cupy
+
+SOURCE_DIR = Path(__file__).resolve().parent
+OPTIONS: tuple[str, ...] = ("-lineinfo", "--std=c++17")
+_INCLUDE = '#include "common.cuh"'
+
+#: the C++ storage type of each torch dtype the kernels take
+CXX_TYPE: dict[torch.dtype, str] = {torch.bfloat16: "bf16_t", torch.float16: "f16_t", torch.float32: "float"}
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The text of ``name.cu`` with ``common.cuh`` pasted in (so CuPy's cache key covers the header too)."""
+    text = (SOURCE_DIR / f"{name}.cu").read_text()
+    return text.replace(_INCLUDE, (SOURCE_DIR / "common.cuh").read_text())
+
+
+@functools.cache
+def _kernel(name: str, expr: str, device: int) -> cupy.RawKernel:
+    with cupy.cuda.Device(device):
+        module = cupy.RawModule(code=source(name), options=OPTIONS, name_expressions=(expr,))
+        return module.get_function(expr)
+
+
+def kernel(name: str, expr: str, device: torch.device) -> cupy.RawKernel:
+    """The compiled kernel ``expr`` of ``name.cu`` for ``device`` (compiled once per process and device)."""
+    return _kernel(name, expr, device.index if device.index is not None else torch.cuda.current_device())
+
+
+def cxx_bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def as_cupy(t: torch.Tensor) -> cupy.ndarray:
+    """A CuPy view of ``t`` (same memory, same strides) through DLPack."""
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return cupy.from_dlpack(t)
+
+
+def null_pointer() -> np.uint64:
+    """A null pointer kernel argument."""
+    return np.uint64(0)
+
+
+def _cupy_stream(stream: torch.cuda.Stream) -> cupy.cuda.Stream:
+    """CuPy's handle on a torch stream (the CUDA stream protocol where torch has it)."""
+    if hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, stream.device.index)
+
+
+def launch(
+    kern: cupy.RawKernel,
+    grid: tuple[int, ...],
+    block: tuple[int, ...],
+    args: Sequence[object],
+    device: torch.device,
+    shared_mem: int = 0,
+) -> None:
+    """Launch ``kern`` on torch's current stream of ``device``; torch tensors in ``args`` go through DLPack.
+
+    Integer and float scalars must already be NumPy scalars of the C type the kernel takes.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with cupy.cuda.Device(index), _cupy_stream(torch.cuda.current_stream(index)):
+        if shared_mem > 48 * 1024 and kern.max_dynamic_shared_size_bytes < shared_mem:
+            kern.max_dynamic_shared_size_bytes = shared_mem
+        converted = tuple(as_cupy(a) if isinstance(a, torch.Tensor) else a for a in args)
+        kern(grid, block, converted, shared_mem=shared_mem)
+
+
+def i64(x: int) -> np.int64:
+    return np.int64(x)
+
+
+def i32(x: int) -> np.int32:
+    if not -(2**31) <= x < 2**31:
+        raise OverflowError(f"{x} does not fit a 32-bit kernel argument")
+    return np.int32(x)
+
+
+def f32(x: float) -> np.float32:
+    return np.float32(x)

@@ -1,0 +1,240 @@
+// Exact attention forward with log-sum-exp: out = softmax(scale * Q K^T + mask) V, lse = logsumexp rows.
+//
+// One CTA of 4 warps owns BR = 64*MT query rows of one (batch, query head); warp w owns rows
+// [16*MT*w, 16*MT*(w+1)). Key/value blocks of BC rows stream through a double-buffered shared-memory
+// pipeline (cp.async), and each block is processed with the online softmax (Milakov & Gimelshein 2018;
+// FlashAttention-2's loop order):
+//   x_ij  = scale * log2(e) * q_i . k_j          (-inf where masked)
+//   m_i'  = max(m_i, max_j x_ij)                 (base-2 logits, so exp2 is a single MUFU op)
+//   p_ij  = 2^(x_ij - m_i'),   alpha = 2^(m_i - m_i')
+//   l_i   = alpha * l_i + sum_j p_ij,   o_i = alpha * o_i + sum_j p_ij v_j
+// and at the end out_i = o_i / l_i, lse_i = ln(2) * (m_i + log2 l_i). A row that sees no key keeps
+// m = -inf, l = 0 and gets out = 0, lse = -inf (the exponent base is taken as 0 while m = -inf so that
+// no -inf - -inf appears).
+//
+// Both matrix products run on tensor cores (mma.sync m16n8k16, f32 accumulation); Q and K fragments
+// come from ldmatrix, V fragments from ldmatrix.trans, and P is re-packed from the S accumulators
+// straight into A fragments (registers only). Shared tiles have a row stride of DP + 8 elements, which
+// makes the eight 16-byte rows of every ldmatrix phase fall into distinct banks.
+//
+// Masking: key j is visible to query i iff j < Sk and (not causal or j <= i + causal_off), with
+// causal_off = 0 (top-left) or Sk - Sq (bottom-right). Head dims d <= DP are zero-padded in shared
+// memory (zero columns add nothing to q.k and produce columns that are not stored). GQA: query head h
+// reads KV head h / (Hq / Hk).
+#include "common.cuh"
+
+template <class T, int DP, int MT, int BC, bool VEC>
+__global__ void __launch_bounds__(128) attn_fwd(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
+    float* __restrict__ lse, int Hq, int Hk, int Sq, int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb,
+    i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss, float scale_log2, int causal, int causal_off) {
+    constexpr int NW = 4, NT = 32 * NW, BR = 16 * MT * NW, LD = DP + 8;
+    constexpr int NTILE = BC / 8, DTILE = DP / 8;
+    static_assert(DP % 16 == 0 && BC % 16 == 0, "tile sizes must be multiples of 16");
+
+    extern __shared__ vec16 smem_raw[];  // 16-byte aligned dynamic shared memory
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BR * LD;       // two buffers of BC x LD
+    T* sV = sK + 2 * BC * LD;   // two buffers of BC x LD
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    // Causal grids run the longest row blocks first.
+    const int qblock = causal ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
+    const int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
+    const int i0 = qblock * BR;
+    const T* qg = q + b * q_sb + h * q_sh;
+    const T* kg = k + b * k_sb + hk * k_sh;
+    const T* vg = v + b * v_sb + hk * v_sh;
+
+    // Key blocks this row block needs: all of them, or those up to the last visible key.
+    int nblocks = (Sk + BC - 1) / BC;
+    if (causal) {
+        const int last_key = min(i0 + BR - 1, Sq - 1) + causal_off;
+        nblocks = last_key < 0 ? 0 : min(nblocks, last_key / BC + 1);
+    }
+
+    load_tile<T, BR, DP, LD, NT, VEC>(sQ, qg, q_ss, i0, Sq, d);
+    if (nblocks > 0) {
+        load_tile<T, BC, DP, LD, NT, VEC>(sK, kg, k_ss, 0, Sk, d);
+        load_tile<T, BC, DP, LD, NT, VEC>(sV, vg, v_ss, 0, Sk, d);
+    }
+    cp_async_commit();
+
+    float acc_o[MT][DTILE][4];
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int dt = 0; dt < DTILE; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+        m_run[mt][0] = m_run[mt][1] = -ATTNSPEC_INF;
+        l_run[mt][0] = l_run[mt][1] = 0.f;
+    }
+
+    // ldmatrix lane offsets: A-style (row = lane % 16, col = 8 * (lane / 16)) serves Q and V^T-trans;
+    // B-style (row = 8 * (lane / 16) + lane % 8, col = 8 * ((lane / 8) % 2)) serves K.
+    // Per-lane shared addresses; the loops below add compile-time byte offsets (2 bytes per element).
+    const int a_row = lane % 16, a_col = 8 * (lane / 16);
+    const int b_row = 8 * (lane / 16) + lane % 8, b_col = 8 * ((lane / 8) % 2);
+    const int wrow0 = warp * 16 * MT;
+    const u32 q_lane = smem_addr(sQ) + 2 * ((wrow0 + a_row) * LD + a_col);
+    const u32 k_lane = smem_addr(sK) + 2 * (b_row * LD + b_col);
+    const u32 v_lane = smem_addr(sV) + 2 * (a_row * LD + a_col);
+
+    for (int jb = 0; jb < nblocks; ++jb) {
+        const int buf = jb & 1;
+        if (jb + 1 < nblocks) {
+            load_tile<T, BC, DP, LD, NT, VEC>(sK + (buf ^ 1) * BC * LD, kg, k_ss, (jb + 1) * BC, Sk, d);
+            load_tile<T, BC, DP, LD, NT, VEC>(sV + (buf ^ 1) * BC * LD, vg, v_ss, (jb + 1) * BC, Sk, d);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const u32 kb = k_lane + 2 * buf * BC * LD;
+        const u32 vb = v_lane + 2 * buf * BC * LD;
+
+        // S = Q K^T for this warp's 16*MT rows and BC keys.
+        float s[MT][NTILE][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NTILE; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; ++kk) {
+            u32 a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                ldmatrix_x4(a[mt], q_lane + 2 * (mt * 16 * LD + kk * 16));
+#pragma unroll
+            for (int np = 0; np < BC / 16; ++np) {
+                u32 bk[4];
+                ldmatrix_x4(bk, kb + 2 * (np * 16 * LD + kk * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816<T>(s[mt][2 * np], a[mt], bk[0], bk[1]);
+                    mma_16816<T>(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                }
+            }
+        }
+
+        // Scale to base-2 logits and mask (only blocks that hold a masked pair pay for the test).
+        const int j0 = jb * BC;
+        const bool need_mask = (j0 + BC > Sk) || (causal && j0 + BC - 1 > i0 + causal_off);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NTILE; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[mt][nt][e] * scale_log2;
+                    if (need_mask) {
+                        const int i = i0 + wrow0 + mt * 16 + g + 8 * (e / 2);
+                        const int j = j0 + nt * 8 + 2 * t + (e % 2);
+                        if (j >= Sk || (causal && j > i + causal_off)) x = -ATTNSPEC_INF;
+                    }
+                    s[mt][nt][e] = x;
+                }
+
+        // Online softmax update; rows g (e = 0, 1) and g + 8 (e = 2, 3); a row's 4 threads share m.
+        u32 pa[MT][BC / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                float mx = m_run[mt][hr];
+#pragma unroll
+                for (int nt = 0; nt < NTILE; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float base = (mx == -ATTNSPEC_INF) ? 0.f : mx;
+                const float alpha = exp2f(m_run[mt][hr] - base);
+                m_run[mt][hr] = mx;
+                float rs = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < NTILE; ++nt) {
+                    const float p0 = exp2f(s[mt][nt][2 * hr] - base);
+                    const float p1 = exp2f(s[mt][nt][2 * hr + 1] - base);
+                    s[mt][nt][2 * hr] = p0;
+                    s[mt][nt][2 * hr + 1] = p1;
+                    rs += p0 + p1;
+                }
+                l_run[mt][hr] = l_run[mt][hr] * alpha + rs;
+#pragma unroll
+                for (int dt = 0; dt < DTILE; ++dt) {
+                    acc_o[mt][dt][2 * hr] *= alpha;
+                    acc_o[mt][dt][2 * hr + 1] *= alpha;
+                }
+            }
+            // S accumulators of n-tiles 2c, 2c+1 are exactly the A fragment of key chunk c.
+#pragma unroll
+            for (int c = 0; c < BC / 16; ++c) {
+                pa[mt][c][0] = pack2<T>(s[mt][2 * c][0], s[mt][2 * c][1]);
+                pa[mt][c][1] = pack2<T>(s[mt][2 * c][2], s[mt][2 * c][3]);
+                pa[mt][c][2] = pack2<T>(s[mt][2 * c + 1][0], s[mt][2 * c + 1][1]);
+                pa[mt][c][3] = pack2<T>(s[mt][2 * c + 1][2], s[mt][2 * c + 1][3]);
+            }
+        }
+
+        // O += P V.
+#pragma unroll
+        for (int c = 0; c < BC / 16; ++c) {
+#pragma unroll
+            for (int dp = 0; dp < DP / 16; ++dp) {
+                u32 bv[4];
+                ldmatrix_x4_trans(bv, vb + 2 * (c * 16 * LD + dp * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816<T>(acc_o[mt][2 * dp], pa[mt][c], bv[0], bv[1]);
+                    mma_16816<T>(acc_o[mt][2 * dp + 1], pa[mt][c], bv[2], bv[3]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: l is a per-thread partial sum until here.
+    const i64 row_base = (i64)bh * Sq;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            float l = l_run[mt][hr];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int i = i0 + wrow0 + mt * 16 + g + 8 * hr;
+            if (i >= Sq) continue;
+            T* orow = out + (row_base + i) * d;
+#pragma unroll
+            for (int dt = 0; dt < DTILE; ++dt) {
+                const int col = dt * 8 + 2 * t;
+                const float o0 = acc_o[mt][dt][2 * hr] * inv, o1 = acc_o[mt][dt][2 * hr + 1] * inv;
+                if (VEC && col < d) {
+                    *reinterpret_cast<u32*>(orow + col) = pack2<T>(o0, o1);
+                } else {
+                    if (col < d) orow[col] = from_f32<T>(o0);
+                    if (col + 1 < d) orow[col + 1] = from_f32<T>(o1);
+                }
+            }
+            if (t == 0) lse[row_base + i] = l > 0.f ? (m_run[mt][hr] + log2f(l)) * ATTNSPEC_LN2 : -ATTNSPEC_INF;
+        }
+    }
+}
+
+#ifdef ATTNSPEC_INSTANTIATE
+// Representative instantiations for nvcc checks and resource reports (Python instantiates on demand).
+#define ATTNSPEC_FWD_ARGS(T)                                                                                   \
+    const T*, const T*, const T*, T*, float*, int, int, int, int, int, i64, i64, i64, i64, i64, i64, i64, i64, \
+        i64, float, int, int
+template __global__ void attn_fwd<bf16_t, 64, 2, 64, true>(ATTNSPEC_FWD_ARGS(bf16_t));
+template __global__ void attn_fwd<bf16_t, 128, 2, 64, true>(ATTNSPEC_FWD_ARGS(bf16_t));
+template __global__ void attn_fwd<bf16_t, 128, 2, 32, true>(ATTNSPEC_FWD_ARGS(bf16_t));
+template __global__ void attn_fwd<bf16_t, 128, 1, 64, true>(ATTNSPEC_FWD_ARGS(bf16_t));
+template __global__ void attn_fwd<f16_t, 128, 2, 64, true>(ATTNSPEC_FWD_ARGS(f16_t));
+template __global__ void attn_fwd<bf16_t, 64, 2, 64, false>(ATTNSPEC_FWD_ARGS(bf16_t));
+template __global__ void attn_fwd<bf16_t, 256, 1, 32, true>(ATTNSPEC_FWD_ARGS(bf16_t));
+#endif

@@ -1,0 +1,60 @@
+"""One tiny call of every kernel of the cupy backend, for compute-sanitizer (memcheck, racecheck).
+
+Usage on a GPU machine, from the repository root:
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH=. compute-sanitizer --tool memcheck python3 \
+        implementations/cupy/sanitize_cupy.py
+(without torch's caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds
+accesses that would otherwise land inside a cached block). Prints one line per call and ``sanitize: done``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from implementations.cupy import backends
+from implementations.cupy.backend import kd_launch
+
+
+def main() -> None:
+    be = backends()
+    dev = "cuda"
+    torch.manual_seed(0)
+    attention_cases = [  # B, Hq, Hk, Sq, Sk, D, causal: element loads, 16-byte loads, wide head
+        (1, 2, 1, 33, 47, 59, "bottom_right"),
+        (1, 2, 2, 70, 20, 64, "bottom_right"),
+        (1, 2, 1, 17, 9, 256, "top_left"),
+        (1, 1, 1, 65, 130, 128, None),
+    ]
+    for B, Hq, Hk, Sq, Sk, D, causal in attention_cases:
+        q = torch.randn(B, Hq, Sq, D, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(B, Hk, Sk, D, device=dev, dtype=torch.bfloat16)
+        v = torch.randn(B, Hk, Sk, D, device=dev, dtype=torch.bfloat16)
+        out, lse = be.attention(q, k, v, causal=causal)
+        dq, dk, dv = be.attention_backward(q, k, v, out, lse, torch.randn_like(out), causal=causal)
+        torch.cuda.synchronize()
+        print(f"attention fwd+bwd B{B} H{Hq}/{Hk} {Sq}x{Sk} D{D} {causal}: finite "
+              f"{all(bool(torch.isfinite(x).all()) for x in (out, dq, dk, dv))}")
+    x = torch.randn(3, 1001, device=dev)
+    for block in (None, 37):
+        be.softmax_stats(x, block=block)
+    be.softmax_stats(torch.randn(2, 1024, device=dev, dtype=torch.float16))
+    m, l = be.softmax_stats(x)
+    be.softmax_merge(m, l, m.flip(0), l.flip(0))
+    torch.cuda.synchronize()
+    print("softmax_stats, softmax_merge: ok")
+    for V, labelled in ((1001, True), (1024, False)):
+        s, t = torch.randn(4, V, device=dev), torch.randn(4, V, device=dev)
+        labels = torch.tensor([0, -100, V - 1, 5], device=dev) if labelled else None
+        alpha = 0.5 if labelled else 1.0
+        loss, ds = be.kd_loss(s, t, temperature=2.0, alpha=alpha, labels=labels)
+        for kwargs in ({"single_pass": True, "stash": False}, {"single_pass": False}):
+            kd_launch(s, s, t, labels, 2.0, alpha, -100, **kwargs)
+        torch.cuda.synchronize()
+        print(f"kd_loss V={V} labelled={labelled} (cluster with/without stash, two-pass): loss {float(loss):.4f}")
+    value, sched = be.reduce_sum(torch.randn(5000, device=dev))
+    print(f"reduce_sum n=5000: {float(value):.4f} ({sched.kind})")
+    print("sanitize: done")
+
+
+if __name__ == "__main__":
+    main()
