@@ -50,6 +50,13 @@ PROVENANCE_FIELDS = (
     ("CUDA", "cuda"), ("Python", "python"), ("torch", "torch"), ("Triton", "triton"), ("CuPy", "cupy"),
     ("NumPy", "numpy"), ("commit", "commit"), ("date", "timestamp"),
 )
+#: workload keys used as a speed chart's x axis, in order of preference (attention, KD loss, softmax
+#: statistics, reduction)
+X_KEYS = ("S", "Sk", "Sq", "V", "cols", "n")
+#: workload figures derived from the sizes: not shown in the table, never an axis
+DERIVED = frozenset({"flops", "min_bytes", "bytes"})
+#: how the speed table shows a record's correctness gate
+GATE_CSS = {"passed": "ok", "failed": "bad", "error": "bad", "crashed": "bad", "timeout": "bad"}
 BRENT_P = (1, 4, 16, 64, 256, 1024)
 #: largest n for which declared schedules are rebuilt and simulated (pure Python, O(n))
 SIMULATE_MAX_N = 1 << 16
@@ -312,11 +319,13 @@ def precision(sets: list[ResultSet], colors: dict[str, str]) -> list[dict[str, A
 
 
 def x_axis(workloads: list[dict[str, Any]]) -> tuple[str, list[float]] | None:
-    """The x variable of a group of workloads: S if every workload has it, else the one numeric key that
-    varies, else the product of the varying numeric keys (``N×V``); None when nothing varies."""
-    if all(is_number(w.get("S")) for w in workloads):
-        return "S", [float(w["S"]) for w in workloads]
-    keys = sorted({k for w in workloads for k, v in w.items() if is_number(v)})
+    """The x variable of a chart of these workloads: the first of ``X_KEYS`` they all have (S, Sk, ..., n),
+    else the one numeric size that varies, else the product of those that vary (``N×V``); None if nothing fits.
+    Derived figures (``flops``, ``min_bytes``) are never the x variable."""
+    for key in X_KEYS:
+        if all(is_number(w.get(key)) for w in workloads):
+            return key, [float(w[key]) for w in workloads]
+    keys = sorted({k for w in workloads for k, v in w.items() if is_number(v)} - DERIVED)
     numeric = [k for k in keys if all(is_number(w.get(k)) for w in workloads)]
     varying = [k for k in numeric if len({w[k] for w in workloads}) > 1]
     if not varying:
@@ -383,8 +392,8 @@ def speed(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any]:
         table.append({
             "op": r.get("op", "?"), "label": r.get("label") or "", "backend": row_label(r),
             "dtype": r.get("dtype", "?"),
-            "workload": " ".join(f"{k}={v}" for k, v in w.items()),
-            "gate": gate or "—", "gate_ok": gate in (None, "passed", "pass", True), "reason": r.get("reason") or "",
+            "workload": " ".join(f"{k}={v}" for k, v in w.items() if k not in DERIVED),
+            "gate": gate or "—", "gate_css": GATE_CSS.get(str(gate), ""), "reason": r.get("reason") or "",
             "median": fmt_ms(r.get("median_s")), "iqr": fmt_ms(r.get("iqr_s")),
             "rate": f"{fmt_num(r['tflops'])} TFLOP/s" if is_number(r.get("tflops"))
             else f"{fmt_num(r['gbps'])} GB/s" if is_number(r.get("gbps")) else "—",
@@ -392,7 +401,21 @@ def speed(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any]:
             "memory": fmt_bytes(r.get("peak_extra_bytes")), "baseline": r.get("baseline") or "—",
             "speedup": f"{fmt_num(r['speedup'])}×" if is_number(r.get("speedup")) else "—", "flag": r.get("flag") or "",
         })
-    return {"set": rs, "figures": figures, "table": table, "ceilings": dict(bench.ceilings)}
+    return {"set": rs, "figures": figures, "table": table, "ceilings": ceiling_text(bench.ceilings)}
+
+
+def ceiling_text(ceilings: dict[str, Any]) -> str:
+    """The measured ceilings of a bench run in words."""
+    parts = []
+    if is_number(ceilings.get("matmul_tflops")):
+        how = f" ({ceilings['matmul']})" if ceilings.get("matmul") else ""
+        parts.append(f"matmul {fmt_num(ceilings['matmul_tflops'])} TFLOP/s{how}")
+    if is_number(ceilings.get("copy_GBps")):
+        parts.append(f"copy {fmt_num(ceilings['copy_GBps'])} GB/s")
+    if not parts:
+        return "no ceilings were measured"
+    where = f" on {ceilings['device']}" if ceilings.get("device") else ""
+    return f"measured ceilings{where}: " + ", ".join(parts)
 
 
 def fitted_slope(xs: list[float], ys: list[float]) -> float | None:
@@ -421,7 +444,8 @@ def memory(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any] | None:
             slope = m.get("slope") if is_number(m.get("slope")) else fitted_slope(xs, ys)
             backend = str(m.get("backend"))
             table.append({"backend": backend, "op": op, "device": device, "slope": fmt_num(slope, 3),
-                          "points": len(pts), "largest": f"S={xs[-1]:g}: {fmt_bytes(ys[-1])}" if pts else "—"})
+                          "points": len(pts), "largest": f"S={xs[-1]:g}: {fmt_bytes(ys[-1])}" if pts else "—",
+                          "reason": m.get("reason") or ""})
             if pts:
                 series.append(charts.Series(f"{backend} (slope {fmt_num(slope, 3)})", xs, ys, colors.get(backend)))
         if series:
@@ -534,7 +558,7 @@ def history(hist: AsvHistory, output: Path) -> dict[str, Any]:
             first = pts[0][1]
             series.append(charts.Series(name, [commits.index(r.commit) for r, _ in pts],
                                         [v / first if first else math.nan for _, v in pts]))
-            table.append({"name": name, "unit": hist.units.get(name, ""), "first": fmt_num(first),
+            table.append({"name": name, "unit": hist.units.get(name.split(" [")[0], ""), "first": fmt_num(first),
                           "last": fmt_num(pts[-1][1]), "commit": pts[-1][0].commit[:12],
                           "change": f"{pts[-1][1] / first - 1:+.1%}" if first else "—", "points": len(pts)})
         dates = {r.commit: dt.datetime.fromtimestamp(r.date_ms / 1e3, dt.timezone.utc) for r in runs}

@@ -20,6 +20,8 @@ STATUSES: tuple[str, ...] = (
     "crashed", "timeout", "error", "failed", "xpass", "xfail", "passed", "skipped", "unsupported", "not_implemented",
 )
 
+#: asv stores parameter values as their repr; the quotes are dropped in series names
+QUOTES = "'\""
 CRASH_REASON = "the run stopped during this case: its start record has no result"
 
 Record = dict[str, Any]
@@ -64,7 +66,8 @@ class AsvRun:
     commit: str
     date_ms: float
     env_name: str
-    #: benchmark name -> value (the geometric mean over its parameter combinations), None if it failed
+    #: series name -> value: per benchmark, or per benchmark and first parameter (``name [torch]``) for a
+    #: parametrised one, the geometric mean over the other parameters; None if every combination failed
     values: dict[str, float | None]
 
 
@@ -211,6 +214,10 @@ def load_bench(path: Path) -> Bench:
     bench.ceilings = data.get("ceilings") or {}
     bench.records = _list_of_dicts(data.get("records"))
     bench.memory_scaling = _list_of_dicts(data.get("memory_scaling"))
+    if data.get("interrupted"):
+        bench.problems.append("the benchmark run was interrupted: showing the records it wrote")
+    elif "finished" in data and not data["finished"]:
+        bench.problems.append("the benchmark run did not finish: showing the records it wrote")
     return bench
 
 
@@ -227,6 +234,17 @@ def headline(value: object) -> float | None:
     if min(nums) <= 0:
         return sum(nums) / len(nums)
     return math.exp(sum(math.log(v) for v in nums) / len(nums))
+
+
+def split_by_first_param(name: str, result: object, params: object) -> dict[str, float | None]:
+    """The headline numbers of one asv benchmark: one per value of its first parameter (usually the backend),
+    named ``name [value]``, when the results list matches the parameter grid; else one for ``name``."""
+    grid = params if isinstance(params, list) and params and all(isinstance(p, list) and p for p in params) else None
+    if grid is None or not isinstance(result, list) or len(result) != math.prod(len(p) for p in grid):
+        return {name: headline(result)}
+    per_first = len(result) // len(grid[0])  # asv orders results as itertools.product of the parameters
+    return {f"{name} [{str(value).strip(QUOTES)}]": headline(result[i * per_first:(i + 1) * per_first])
+            for i, value in enumerate(grid[0])}
 
 
 def _asv_dirs(path: Path) -> tuple[Path | None, Path | None]:
@@ -260,8 +278,11 @@ def load_asv(path: Path) -> AsvHistory:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
             columns = data["result_columns"]
-            col = columns.index("result")
-            values = {name: headline(row[col] if len(row) > col else None) for name, row in data["results"].items()}
+            col, pcol = columns.index("result"), columns.index("params")
+            values: dict[str, float | None] = {}
+            for name, row in data["results"].items():
+                values.update(split_by_first_param(name, row[col] if len(row) > col else None,
+                                                   row[pcol] if len(row) > pcol else None))
             hist.runs.append(AsvRun(
                 machine=str(data.get("params", {}).get("machine") or file.parent.name),
                 commit=str(data["commit_hash"]), date_ms=float(data["date"]),

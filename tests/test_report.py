@@ -100,7 +100,8 @@ def bench_data(backends: tuple[str, ...] = ("torch", "reference"), device: str =
             for causal in (False, True):
                 records.append({
                     "op": "attention_fwd", "backend": backend, "device": device, "dtype": "float32",
-                    "workload": {"B": 1, "H": 8, "S": S, "D": 64, "causal": causal}, "label": f"fwd S={S}",
+                    "workload": {"B": 1, "H": 8, "S": S, "D": 64, "causal": causal},
+                    "label": f"B1H8-S{S}-D64{'-causal' if causal else ''}",
                     "gate": "passed", "reason": None, "median_s": 1e-3 * S / 256 / (b + 1), "iqr_s": 1e-5,
                     "tflops": 0.05 * (b + 1) * (S / 256) ** 0.3, "gbps": None, "fraction_of_ceiling": 0.1 * (b + 1),
                     "peak_extra_bytes": 4096 * S, "baseline": backends[-1], "speedup": 1.0 + b,
@@ -115,7 +116,7 @@ def bench_data(backends: tuple[str, ...] = ("torch", "reference"), device: str =
                 "flag": None,
             })
     records.append({"op": "attention_fwd", "backend": backends[0], "device": device, "dtype": "bfloat16",
-                    "workload": {"B": 1, "H": 8, "S": 4096, "D": 64, "causal": False}, "label": "fwd S=4096",
+                    "workload": {"B": 1, "H": 8, "S": 4096, "D": 64, "causal": False}, "label": "B1H8-S4096-D64",
                     "gate": "failed", "reason": "ATT-1 failed on this workload", "median_s": None, "iqr_s": None,
                     "tflops": None, "gbps": None, "fraction_of_ceiling": None, "peak_extra_bytes": None,
                     "baseline": None, "speedup": None, "flag": None})
@@ -138,13 +139,14 @@ def write_asv(root: Path) -> Path:
         "version": 2,
     }))
     columns = ["result", "params", "version", "started_at", "duration"]
-    for i, (commit, tflops) in enumerate((("a" * 40, [1.0, 2.0]), ("b" * 40, [1.2, 2.4]))):
+    grid = [["'torch'", "'reference'"], ["'S=256'", "'S=1024'"]]  # results run over the product, in order
+    for i, (commit, tflops) in enumerate((("a" * 40, [1.0, 4.0, 0.5, None]), ("b" * 40, [1.2, 4.8, 0.55, 1.1]))):
         (results / "ci-box" / f"{commit[:8]}-existing-py.json").write_text(json.dumps({
             "commit_hash": commit, "env_name": "existing-py", "date": 1735787045000 + i * 86400000,
             "params": {"machine": "ci-box"}, "python": "3.11", "requirements": {}, "env_vars": {},
             "result_columns": columns, "durations": {}, "version": 2,
             "results": {
-                "bench_attention.TrackAttention.track_tflops": [tflops, [["256", "1024"]], "v1", 0, 1.0],
+                "bench_attention.TrackAttention.track_tflops": [tflops, grid, "v1", 0, 1.0],
                 "bench_attention.TimeAttention.time_forward": [[0.01 / (i + 1)], [], "v1", 0, 1.0],
             },
         }))
@@ -300,7 +302,8 @@ def test_charts_are_inline_svg(site: Path) -> None:
     for name, text in sections.items():
         assert text.index("<svg") < text.index("</section>"), name
     speed = sections["speed"][:sections["speed"].index("</section>")]
-    assert "measured ceiling 1.5 TFLOP/s" in speed and "measured ceiling 20 GB/s" in speed
+    assert "measured ceiling 1.5 TFLOP/s" in speed and "measured ceiling 20 GB/s" in speed  # chart legends
+    assert "measured ceilings on cpu: matmul 1.5 TFLOP/s, copy 20 GB/s" in speed
     assert "attention_fwd · cpu · float32 · D=64 · causal" in speed
     assert 'class="flagged"' in speed and "suspicious: &gt; 10x over vendor" in speed
     assert "ATT-1 failed on this workload" in speed
@@ -334,7 +337,11 @@ def test_history_from_asv(site: Path) -> None:
     html = (site / "index.html").read_text()
     hist = html[html.index('id="history"'):]
     assert 'href="asv/index.html"' in hist and (site / "asv" / "index.html").is_file()
-    assert "bench_attention.TrackAttention.track_tflops" in hist and "+20.0%" in hist
+    # one series per backend (the first parameter), the geometric mean over workloads: torch 2 -> 2.4
+    assert "bench_attention.TrackAttention.track_tflops [torch]</code></td><td>TFLOP/s</td>" in hist
+    assert "<td class=\"n\">2</td><td class=\"n\">2.4</td>" in hist and "+20.0%" in hist
+    # reference: only S=256 at the first commit (0.5), both at the second: sqrt(0.55 * 1.1) = 0.778
+    assert "<td class=\"n\">0.5</td><td class=\"n\">0.778</td>" in hist
     assert "time_forward" not in hist  # throughput benchmarks are the headline when there are some
 
 
@@ -345,6 +352,9 @@ def test_loaders_tolerate_bad_files(tmp_path: Path) -> None:
     assert any("truncated" in p for p in conf.problems)
     assert load_conformance(tmp_path / "nope.jsonl").problems
     assert "not valid JSON" in load_bench(lines).problems[0]
+    interrupted = tmp_path / "b.json"
+    interrupted.write_text(json.dumps({**bench_data(), "interrupted": True, "finished": None}))
+    assert load_bench(interrupted).problems == ["the benchmark run was interrupted: showing the records it wrote"]
     assert load_asv(tmp_path).problems
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_report import EVIL, GPU_PROVENANCE, SPEC, bench_data, conformance_records, write_asv, write_jsonl
 
 from reports.build import build_site
 from reports.load import load_asv, result_sets
+from tests.test_report import EVIL, GPU_PROVENANCE, SPEC, bench_data, conformance_records, write_asv, write_jsonl
 
 CHROMIUM = Path(os.environ.get("ATTNSPEC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
