@@ -46,7 +46,8 @@ def check_kd(trial: Trial, s: torch.Tensor, t: torch.Tensor, *, temperature: flo
     ref = oracle.kd_loss(s.cpu(), t.cpu(), **kwargs, compute=torch.float64)
     naive = oracle.kd_loss(s, t, **kwargs, compute=_kd_dtype(s.dtype), naive=True)
     got = {"loss": loss, "ds": ds}
-    trial.check(*(compare(name, got[name], r, n, dtype=_kd_dtype(s.dtype), terms=s.shape[-1])
+    floor_dtype = {"loss": _kd_dtype(s.dtype), "ds": s.dtype}
+    trial.check(*(compare(name, got[name], r, n, dtype=floor_dtype[name], terms=s.shape[-1])
                   for name, r, n in zip(("loss", "ds"), ref, naive) if name in outputs))
     return loss, ds
 
@@ -92,9 +93,9 @@ def test_kd_gradient(trial: Trial) -> None:
         s64, t64 = s.double().cpu(), t.double().cpu()
         closed = T * (torch.softmax(s64 / T, -1) - torch.softmax(t64 / T, -1)) / case.rows
         naive = oracle.kd_loss(s, t, temperature=T, compute=_kd_dtype(s.dtype), naive=True)[1]
-        trial.check(compare("ds", ds, closed, naive, dtype=_kd_dtype(s.dtype), terms=case.cols))
+        trial.check(compare("ds", ds, closed, naive, dtype=s.dtype, terms=case.cols))
         row_sums = ds.double().sum(-1).abs().max().item()
-        floor = case.cols * torch.finfo(_kd_dtype(s.dtype)).eps * float(closed.abs().max())
+        floor = case.cols * torch.finfo(s.dtype).eps * float(closed.abs().max())
         trial.metrics[f"max_row_sum_T{T}"] = row_sums
         assert row_sums <= 4 * floor, f"ds rows sum to {row_sums:.3e}, not 0 (floor {floor:.3e})"
 
@@ -168,7 +169,7 @@ def test_soft_target_entropy_grows_with_t(trial: Trial) -> None:
                                                     f"not near log V = {logv}"
 
 
-HIGH_T = (8.0, 32.0, 128.0)
+HIGH_T = (1.0, 2.0, 4.0, 8.0)
 
 
 @clause("KD-6")
@@ -177,8 +178,8 @@ def test_high_temperature_limit(trial: Trial) -> None:
     """As T grows, `T²·KL` tends to `‖c‖² / (2V)` with c the mean-centred `s - t` (Hinton §2.1).
 
     The backend's loss must match the oracle at each T in HIGH_T (tolerance rule), its relative distance
-    to the limit must shrink as T grows and be below 5% at T = 128. Guards against: a T² factor that is
-    really T, which converges to 0 or diverges instead.
+    to the limit must shrink as T grows and be below 1% at T = 8 (beyond that, float32 rounding of the
+    shrinking KL outweighs the approach). Guards against: a T² factor that is really T, which converges to 0.
     """
     case, g = trial.case, trial.generator()
     s, t = _logits(case, g, scale=1.0)
@@ -191,7 +192,7 @@ def test_high_temperature_limit(trial: Trial) -> None:
         distances.append(abs(float(loss) - limit) / limit)
     trial.metrics.update({"T": list(HIGH_T), "relative_distance": distances, "limit": limit})
     assert all(b < a for a, b in zip(distances, distances[1:])), f"no convergence: {distances}"
-    assert distances[-1] < 0.05, f"relative distance {distances[-1]:.3f} at T={HIGH_T[-1]} is not < 5%"
+    assert distances[-1] < 0.01, f"relative distance {distances[-1]:.4f} at T={HIGH_T[-1]} is not < 1%"
 
 
 def _fused(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
