@@ -173,7 +173,8 @@ def done_ids(path: Path) -> set[str]:
 
 
 def read_xfails(paths: list[str]) -> dict[str, str]:
-    """``{id pattern: reason}`` from xfails files: one id (fnmatch pattern) per line, ``# reason`` after it."""
+    """``{id pattern: reason}`` from xfails files: one id per line (``*`` and ``?`` are wildcards),
+    ``# reason`` after it."""
     patterns: dict[str, str] = {}
     for p in paths:
         for n, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines(), 1):
@@ -321,7 +322,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             continue
         state.trial_by_node[item.nodeid] = t
         for pattern, reason in state.xfails.items():
-            if fnmatch.fnmatchcase(t.id, pattern):
+            if fnmatch.fnmatchcase(t.id, pattern.replace("[", "[[]")):  # ids hold brackets; only * ? are wild
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
                 state.used_xfails.add(pattern)
                 break
