@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -54,7 +55,8 @@ def now() -> str:
 
 
 def collect() -> dict[str, object]:
-    """Provenance of a run (docs/results-format.md)."""
+    """Provenance of a run (docs/results-format.md); the commit from ``ATTNSPEC_COMMIT`` where the
+    checkout has no git history (a copied working tree)."""
     cuda = torch.cuda.is_available()
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
@@ -69,7 +71,7 @@ def collect() -> dict[str, object]:
         "triton": _version("triton"),
         "cupy": _version("cupy-cuda13x") or _version("cupy-cuda12x") or _version("cupy"),
         "numpy": _version("numpy"),
-        "commit": _git("rev-parse", "HEAD"),
+        "commit": _git("rev-parse", "HEAD") or os.environ.get("ATTNSPEC_COMMIT"),
         "dirty": bool(status) if status is not None else None,
         "timestamp": now(),
     }
