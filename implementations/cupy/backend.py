@@ -33,8 +33,6 @@ MAX_GRID_Y = 65535
 ATTN_WARPS = 4
 REDUCE_THREADS = 512
 ROW_THREADS = 512
-KD_CLUSTER = 8  # kd_fused_cluster's __cluster_dims__
-KD_STASH_LIMIT = 200 * 1024
 
 
 @dataclass(frozen=True)
@@ -152,9 +150,8 @@ class CupyBackend(Backend):
             "in a separate kernel; no atomics, so gradients are deterministic",
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
-            "kd_loss on sm_90+: one 8-CTA cluster per row reads s and t once (chunks kept in shared memory, "
-            "partials merged through distributed shared memory) and writes ds; two passes on older GPUs; "
-            "per-row KL clamped at >= 0",
+            "kd_loss: two streaming passes over s and t (statistics, then ds written directly), 20 bytes per "
+            "float32 element against 12 for one pass; per-row KL clamped at >= 0",
         ),
     )
 
@@ -330,14 +327,37 @@ class CupyBackend(Backend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused KD loss and its gradient (KD-1, KD-2, KD-7): see ``kd_loss.cu`` for the formulas.
 
-        On sm_90 and newer one cluster of 8 CTAs streams each row once (``kd_fused_cluster``); older GPUs
-        run the two-pass form (statistics, then gradient).
+        Two streaming kernels (row statistics, then ds written directly) and a one-CTA finalisation; the
+        only [N, V] buffer is ds.
         """
         s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
                                             labels=labels, ignore_index=ignore_index)
         _unit_last_stride(s=s2, t=t2)
-        single = torch.cuda.get_device_capability(s.device) >= (9, 0)
-        return kd_launch(s, s2, t2, y, float(temperature), alpha, ignore_index, single_pass=single)
+        N, V = s2.shape
+        dev = s.device
+        T = float(temperature)
+        ce = y is not None and alpha < 1.0
+        labels64 = y.to(torch.int64).contiguous() if y is not None else None
+        vw = 16 // s.element_size()
+        vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
+               and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
+        stats = torch.empty((N, 3), dtype=torch.float32, device=dev)
+        counted = torch.empty((N,), dtype=torch.int32, device=dev)
+        row_loss = torch.empty((N,), dtype=torch.float32, device=dev)
+        scale = torch.empty((1,), dtype=torch.float32, device=dev)
+        loss = new_output((), torch.float32, dev)
+        ds = new_output(s.shape, s.dtype, dev)
+        lab = labels64 if labels64 is not None else K.null_pointer()
+        tmpl = f"{K.CXX_TYPE[s.dtype]}, {ROW_THREADS}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
+        strides = (K.i64(s2.stride(0)), K.i64(t2.stride(0)), K.i32(V))
+        K.launch(K.kernel("kd_loss", f"kd_row_stats<{tmpl}>", dev), (N,), (ROW_THREADS,),
+                 (s2, t2, *strides, lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha), K.f32(T * T), stats,
+                  counted, row_loss), dev)
+        K.launch(K.kernel("kd_loss", "kd_finalize", dev), (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale),
+                 dev)
+        K.launch(K.kernel("kd_loss", f"kd_grad<{tmpl}>", dev), (N,), (ROW_THREADS,),
+                 (s2, t2, *strides, lab, K.f32(1.0 / T), K.f32(alpha), stats, counted, scale, ds), dev)
+        return loss, ds
 
     # -- reduction --------------------------------------------------------------------------------
 
@@ -346,68 +366,6 @@ class CupyBackend(Backend):
         x = validate.rows_arg(self.capabilities, "reduce_sum", x)
         value, ctas = reduce_value(x)
         return value, reduce_schedule(x.numel(), ctas, REDUCE_THREADS)
-
-
-def kd_launch(
-    s: torch.Tensor,
-    s2: torch.Tensor,
-    t2: torch.Tensor,
-    y: torch.Tensor | None,
-    T: float,
-    alpha: float,
-    ignore_index: int,
-    *,
-    single_pass: bool,
-    stash: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the KD kernels on checked ``[N, V]`` rows ``s2``, ``t2`` (``s`` gives the shape of ``ds``).
-
-    ``single_pass``: the cluster kernel (sm_90+), else the two-pass form. ``stash`` (single pass only) keeps
-    each CTA's chunk in shared memory for the gradient; None chooses it when the chunk fits (<= 200 KiB),
-    which holds up to V = 204800 in float32. Tests and benchmarks pass both explicitly.
-    """
-    N, V = s2.shape
-    dev = s.device
-    ce = y is not None and alpha < 1.0
-    labels64 = y.to(torch.int64).contiguous() if y is not None else None
-    vw = 16 // s.element_size()
-    vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
-           and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
-    counted = torch.empty((N,), dtype=torch.int32, device=dev)
-    row_loss = torch.empty((N,), dtype=torch.float32, device=dev)
-    scale = torch.empty((1,), dtype=torch.float32, device=dev)
-    loss = new_output((), torch.float32, dev)
-    ds = new_output(s.shape, s.dtype, dev)
-    lab = labels64 if labels64 is not None else K.null_pointer()
-    flags = f"{K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
-    dtype = K.CXX_TYPE[s.dtype]
-    strides = (K.i64(s2.stride(0)), K.i64(t2.stride(0)), K.i32(V))
-    finalize = K.kernel("kd_loss", "kd_finalize", dev)
-    if single_pass:
-        chunk = -(-V // KD_CLUSTER)
-        if vec:
-            chunk = -(-chunk // vw) * vw
-        stash_bytes = 2 * chunk * s.element_size()
-        if stash is None:
-            stash = stash_bytes <= KD_STASH_LIMIT
-        threads = 1024 if stash else ROW_THREADS
-        K.launch(K.kernel("kd_loss", "kd_count", dev), (1,), (1024,),
-                 (lab, K.i64(N), K.i32(ignore_index), scale), dev)
-        K.launch(K.kernel("kd_loss", f"kd_fused_cluster<{dtype}, {threads}, {flags}, {K.cxx_bool(stash)}>", dev),
-                 (N * KD_CLUSTER,), (threads,),
-                 (s2, t2, *strides, K.i32(chunk), lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha),
-                  K.f32(T * T), scale, row_loss, counted, ds), dev, stash_bytes if stash else 0)
-        K.launch(finalize, (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale), dev)
-        return loss, ds
-    stats = torch.empty((N, 3), dtype=torch.float32, device=dev)
-    tmpl = f"{dtype}, {ROW_THREADS}, {flags}"
-    K.launch(K.kernel("kd_loss", f"kd_row_stats<{tmpl}>", dev), (N,), (ROW_THREADS,),
-             (s2, t2, *strides, lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha), K.f32(T * T), stats,
-              counted, row_loss), dev)
-    K.launch(finalize, (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale), dev)
-    K.launch(K.kernel("kd_loss", f"kd_grad<{tmpl}>", dev), (N,), (ROW_THREADS,),
-             (s2, t2, *strides, lab, K.f32(1.0 / T), K.f32(alpha), stats, counted, scale, ds), dev)
-    return loss, ds
 
 
 def reduce_value(x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -78,11 +78,10 @@ __device__ __forceinline__ KDAcc kd_shfl(const KDAcc& c, int off) {
     return o;
 }
 
-// Stream n elements of s and t (a row or a chunk of one) into c; thread j takes 16-byte packs j, j + NT, ...
-// (VEC: sr, tr 16-byte aligned), then the tail elements. STASH also copies the values to shared memory
-// (ks, kt, 16-byte aligned) for a second pass that does not go back to global memory.
-template <class T, int NT, bool VEC, bool CE, bool STASH>
-__device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int n, float inv_t, T* ks, T* kt) {
+// Stream a row's n elements of s and t into c; thread j takes 16-byte packs j, j + NT, ... (VEC: sr, tr
+// 16-byte aligned), then the tail elements.
+template <class T, int NT, bool VEC, bool CE>
+__device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int n, float inv_t) {
     constexpr int VW = 16 / sizeof(T);
     int done = 0;
     if constexpr (VEC) {
@@ -99,10 +98,6 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
             }
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
-                if constexpr (STASH) {
-                    reinterpret_cast<vec16*>(ks)[j + u * NT] = rs[u];
-                    reinterpret_cast<vec16*>(kt)[j + u * NT] = rt[u];
-                }
                 float a[VW], b[VW];
 #pragma unroll
                 for (int k = 0; k < VW; ++k) {
@@ -114,10 +109,6 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
         }
         for (; j < nv; j += NT) {
             const vec16 rs = sv[j], rt = tv[j];
-            if constexpr (STASH) {
-                reinterpret_cast<vec16*>(ks)[j] = rs;
-                reinterpret_cast<vec16*>(kt)[j] = rt;
-            }
             float a[VW], b[VW];
 #pragma unroll
             for (int k = 0; k < VW; ++k) {
@@ -129,12 +120,7 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
         done = nv * VW;
     }
     for (int j = done + threadIdx.x; j < n; j += NT) {
-        const T sv = sr[j], tv = tr[j];
-        if constexpr (STASH) {
-            ks[j] = sv;
-            kt[j] = tv;
-        }
-        const float a[1] = {to_f32(sv)}, b[1] = {to_f32(tv)};
+        const float a[1] = {to_f32(sr[j])}, b[1] = {to_f32(tr[j])};
         kd_pack<1, CE>(c, a, b, inv_t);
     }
 }
@@ -166,10 +152,10 @@ __device__ __forceinline__ float kd_row_loss(const KDAcc& c, const T* sr, i64 y,
     return use ? loss : 0.f;
 }
 
-// ds over n elements whose first has column index j0 (sources may be global or shared memory):
+// ds over the n elements of a row:
 // ds_j = c_kd (e^(xs_j - lse_s) - e^(xt_j - lse_t)) + c_ce (e^(s_j - lse_1) - [j == y]).
 template <class T, int NT, bool VEC, bool CE>
-__device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, int n, int j0, i64 y, float inv_t,
+__device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, int n, i64 y, float inv_t,
                                               float c_kd, float c_ce, const float (&lse)[3]) {
     constexpr int VW = 16 / sizeof(T);
     auto grad = [&](float sv, float tv, int j) {
@@ -190,15 +176,15 @@ __device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, i
 #pragma unroll
             for (int k = 0; k < VW; ++k)
                 o[k] = from_f32<T>(grad(to_f32(reinterpret_cast<const T*>(&rs)[k]),
-                                        to_f32(reinterpret_cast<const T*>(&rt)[k]), j0 + j * VW + k));
+                                        to_f32(reinterpret_cast<const T*>(&rt)[k]), j * VW + k));
             dv[j] = out;
         }
         done = nv * VW;
     }
-    for (int j = done + threadIdx.x; j < n; j += NT) dr[j] = from_f32<T>(grad(to_f32(sr[j]), to_f32(tr[j]), j0 + j));
+    for (int j = done + threadIdx.x; j < n; j += NT) dr[j] = from_f32<T>(grad(to_f32(sr[j]), to_f32(tr[j]), j));
 }
 
-// Two-pass form, pass 1: per-row statistics, one CTA per row. stats[row] = (lse_s, lse_t, lse_1) in units
+// Pass 1: per-row statistics, one CTA per row. stats[row] = (lse_s, lse_t, lse_1) in units
 // of the logits, counted[row] in {0, 1}, row_loss[row] as above. CE: the cross-entropy term is active
 // (labels given and alpha < 1).
 template <class T, int NT, bool VEC, bool CE>
@@ -210,7 +196,7 @@ __global__ void __launch_bounds__(NT) kd_row_stats(const T* __restrict__ s, cons
     const i64 r = blockIdx.x;
     const T* sr = s + r * s_stride;
     KDAcc c = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-    kd_scan<T, NT, VEC, CE, false>(c, sr, t + r * t_stride, V, inv_t, nullptr, nullptr);
+    kd_scan<T, NT, VEC, CE>(c, sr, t + r * t_stride, V, inv_t);
     kd_block_reduce<NT>(c);
     if (threadIdx.x != 0) return;
     const i64 y = labels ? labels[r] : 0;
@@ -260,7 +246,7 @@ __global__ void __launch_bounds__(1024) kd_finalize(const float* __restrict__ ro
     }
 }
 
-// Two-pass form, pass 3: ds for one row per CTA (zeros for rows that do not count).
+// Pass 3: ds for one row per CTA (zeros for rows that do not count).
 template <class T, int NT, bool VEC, bool CE>
 __global__ void __launch_bounds__(NT) kd_grad(const T* __restrict__ s, const T* __restrict__ t, i64 s_stride,
                                               i64 t_stride, int V, const i64* __restrict__ labels, float inv_t,
@@ -270,109 +256,8 @@ __global__ void __launch_bounds__(NT) kd_grad(const T* __restrict__ s, const T* 
     const i64 r = blockIdx.x;
     const float inv_n = counted[r] ? scale[0] : 0.f;
     const float lse[3] = {stats[3 * r], stats[3 * r + 1], stats[3 * r + 2]};
-    kd_write_grad<T, NT, VEC, CE>(s + r * s_stride, t + r * t_stride, ds + r * V, V, 0, CE ? labels[r] : -1, inv_t,
+    kd_write_grad<T, NT, VEC, CE>(s + r * s_stride, t + r * t_stride, ds + r * V, V, CE ? labels[r] : -1, inv_t,
                                   alpha / inv_t * inv_n, (1.f - alpha) * inv_n, lse);
-}
-
-// scale[0] = 1 / (number of rows whose label is not ignore_index; all N without labels), 0 if none.
-__global__ void __launch_bounds__(1024) kd_count(const i64* __restrict__ labels, i64 n, int ignore_index,
-                                                 float* __restrict__ scale) {
-    __shared__ long long pc[32];
-    long long cnt = 0;
-    for (i64 i = threadIdx.x; i < n; i += 1024) cnt += labels ? (labels[i] != ignore_index) : 1;
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
-    if (threadIdx.x % 32 == 0) pc[threadIdx.x / 32] = cnt;
-    __syncthreads();
-    if (threadIdx.x >= 32) return;
-    cnt = pc[threadIdx.x];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
-    if (threadIdx.x == 0) scale[0] = cnt > 0 ? 1.f / (float)cnt : 0.f;
-}
-
-// Single-pass form (sm_90 thread-block clusters): a cluster of KD_CLUSTER CTAs owns one row, CTA `rank`
-// the columns [rank * chunk, (rank + 1) * chunk). Each CTA streams its chunk once (STASH: keeping it in
-// shared memory; otherwise the second read is expected to hit L2), publishes its partial accumulator in
-// shared memory, and after a cluster barrier every CTA merges the KD_CLUSTER partials in rank order
-// through distributed shared memory (so all CTAs agree bit for bit), then writes ds for its chunk.
-// Global traffic: s and t read once, ds written once. scale comes from kd_count; rank 0 writes the row's
-// loss and counted flag for kd_finalize.
-#define KD_CLUSTER 8
-
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-// The float at `local` (a shared-memory variable) in the shared memory of cluster CTA `rank`.
-__device__ __forceinline__ float ld_cluster(const float* local, u32 rank) {
-    u32 remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
-template <class T, int NT, bool VEC, bool CE, bool STASH>
-__global__ void __cluster_dims__(KD_CLUSTER, 1, 1) __launch_bounds__(NT) kd_fused_cluster(
-    const T* __restrict__ s, const T* __restrict__ t, i64 s_stride, i64 t_stride, int V, int chunk,
-    const i64* __restrict__ labels, int ignore_index, float inv_t, float alpha, float t2,
-    const float* __restrict__ scale, float* __restrict__ row_loss, int* __restrict__ counted, T* __restrict__ ds) {
-    extern __shared__ vec16 stash_raw[];  // STASH: chunk values of s, then chunk values of t
-    __shared__ float partial[7];
-    __shared__ float row_lse[3];
-    const u32 rank = cluster_rank();
-    const i64 r = blockIdx.x / KD_CLUSTER;
-    const int lo = (int)rank * chunk, n = max(0, min(V, lo + chunk) - lo);
-    const T* sr = s + r * s_stride;
-    const T* tr = t + r * t_stride;
-    T* ks = reinterpret_cast<T*>(stash_raw);
-    T* kt = ks + chunk;
-
-    KDAcc c = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-    kd_scan<T, NT, VEC, CE, STASH>(c, sr + lo, tr + lo, n, inv_t, ks, kt);
-    kd_block_reduce<NT>(c);
-    if (threadIdx.x == 0) {
-        partial[0] = c.ms;
-        partial[1] = c.ls;
-        partial[2] = c.mt;
-        partial[3] = c.lt;
-        partial[4] = c.a;
-        partial[5] = c.m1;
-        partial[6] = c.l1;
-    }
-    cluster_sync();  // partials (and the stash) visible cluster-wide
-    const i64 y = labels ? labels[r] : 0;
-    const bool use = !labels || y != ignore_index;
-    if (threadIdx.x == 0) {
-        KDAcc row = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-        for (u32 q = 0; q < KD_CLUSTER; ++q) {
-            const KDAcc o = {ld_cluster(&partial[0], q), ld_cluster(&partial[1], q), ld_cluster(&partial[2], q),
-                             ld_cluster(&partial[3], q), ld_cluster(&partial[4], q), ld_cluster(&partial[5], q),
-                             ld_cluster(&partial[6], q)};
-            kd_merge(row, o);
-        }
-        float lse[3];
-        const float loss = kd_row_loss<T, CE>(row, sr, y, use, alpha, t2, lse);
-        row_lse[0] = lse[0];
-        row_lse[1] = lse[1];
-        row_lse[2] = lse[2];
-        if (rank == 0) {
-            row_loss[r] = loss;
-            counted[r] = use ? 1 : 0;
-        }
-    }
-    cluster_sync();  // no CTA leaves (freeing its partial) before all have read it; row_lse visible
-    const float inv_n = use ? scale[0] : 0.f;
-    const float lse[3] = {row_lse[0], row_lse[1], row_lse[2]};
-    kd_write_grad<T, NT, VEC, CE>(STASH ? ks : sr + lo, STASH ? kt : tr + lo, ds + r * V + lo, n, lo, CE ? y : -1,
-                                  inv_t, alpha / inv_t * inv_n, (1.f - alpha) * inv_n, lse);
 }
 
 #ifdef ATTNSPEC_INSTANTIATE
@@ -380,13 +265,8 @@ __global__ void __cluster_dims__(KD_CLUSTER, 1, 1) __launch_bounds__(NT) kd_fuse
     const T*, const T*, i64, i64, int, const i64*, int, float, float, float, float*, int*, float*
 #define ATTNSPEC_KD_GRAD_ARGS(T) \
     const T*, const T*, i64, i64, int, const i64*, float, float, const float*, const int*, const float*, T*
-#define ATTNSPEC_KD_FUSED_ARGS(T) \
-    const T*, const T*, i64, i64, int, int, const i64*, int, float, float, float, const float*, float*, int*, T*
 template __global__ void kd_row_stats<float, 512, true, false>(ATTNSPEC_KD_STATS_ARGS(float));
 template __global__ void kd_row_stats<bf16_t, 512, false, true>(ATTNSPEC_KD_STATS_ARGS(bf16_t));
 template __global__ void kd_grad<float, 512, true, false>(ATTNSPEC_KD_GRAD_ARGS(float));
 template __global__ void kd_grad<bf16_t, 512, false, true>(ATTNSPEC_KD_GRAD_ARGS(bf16_t));
-template __global__ void kd_fused_cluster<float, 1024, true, false, true>(ATTNSPEC_KD_FUSED_ARGS(float));
-template __global__ void kd_fused_cluster<float, 512, true, true, false>(ATTNSPEC_KD_FUSED_ARGS(float));
-template __global__ void kd_fused_cluster<bf16_t, 1024, false, true, true>(ATTNSPEC_KD_FUSED_ARGS(bf16_t));
 #endif
