@@ -184,9 +184,9 @@ HIGH_T = (1.0, 2.0, 4.0, 8.0)
 def test_high_temperature_limit(trial: Trial) -> None:
     """As T grows, `T²·KL` tends to `‖c‖² / (2V)` with c the mean-centred `s - t` (Hinton §2.1).
 
-    The backend's loss must match the oracle at each T in HIGH_T (tolerance rule), its relative distance
-    to the limit must shrink as T grows and be below 1% at T = 8 (beyond that, float32 rounding of the
-    shrinking KL outweighs the approach). Guards against: a T² factor that is really T, which converges to 0.
+    The backend's loss must match the oracle at each T in HIGH_T (tolerance rule) and be within 1% of the
+    limit at T = 8 (the approach is O(1/T) and need not be monotone; beyond T = 8 float32 rounding of the
+    shrinking KL outweighs it). Guards against: a T² factor that is really T (87% off at T = 8).
     """
     case, g = trial.case, trial.generator()
     s, t = _logits(case, g, scale=1.0)
@@ -198,7 +198,6 @@ def test_high_temperature_limit(trial: Trial) -> None:
         loss, _ = check_kd(trial, s, t, temperature=T, outputs=("loss",))
         distances.append(abs(float(loss) - limit) / limit)
     trial.metrics.update({"T": list(HIGH_T), "relative_distance": distances, "limit": limit})
-    assert all(b < a for a, b in zip(distances, distances[1:])), f"no convergence: {distances}"
     assert distances[-1] < 0.01, f"relative distance {distances[-1]:.4f} at T={HIGH_T[-1]} is not < 1%"
 
 
