@@ -1,0 +1,332 @@
+"""Attention backward by recomputation from ``lse`` (SPEC GRAD-1..GRAD-6).
+
+With ``P_ij = exp(scale * q_i . k_j - lse_i)`` (zero where key j is hidden from query i) and ``dO``:
+
+    delta_i = sum_d dO_id * O_id                 (= sum_j P_ij dP_ij, GRAD-3)
+    dV_j = sum_i P_ij dO_i,   dP_ij = dO_i . v_j,   dS_ij = P_ij (dP_ij - delta_i)
+    dK_j = scale * sum_i dS_ij q_i,   dQ_i = scale * sum_j dS_ij k_j
+
+Three kernels, none storing an ``Sq x Sk`` tensor: ``delta``; ``dK, dV`` with one program per (key block,
+batch*KV head) looping over the query blocks of every query head of its group (GQA sums in registers,
+GRAD-4: no atomics, so results are bit-reproducible, GRAD-6); ``dQ`` with one program per (query block,
+batch*query head) looping over key blocks. ``P`` is recomputed as ``exp2(s*log2(e) - lse*log2(e))``. A row
+with ``lse = -inf`` (no visible key) is masked everywhere it appears, so it contributes nothing and gets
+``dQ = 0`` (GRAD-5). Block ranges and masking follow the forward (``attention_fwd``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import triton
+import triton.language as tl
+
+from ..base import new_output
+from .attention_fwd import causal_offset
+from .common import LOG2E, LOG2E_K, LaunchConfig, block_d, dot_precision, fit_stages, mma, upcast_dots
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """Launch configs of the two gradient kernels (``block_m`` = query block, ``block_n`` = key block)."""
+
+    dkdv: LaunchConfig
+    dq: LaunchConfig
+
+
+#: GPU tables by head-dim tile; see NOTES.md for how they were chosen
+GPU_BACKWARD_16BIT: dict[int, BackwardConfig] = {
+    16: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
+    32: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
+    64: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
+    128: BackwardConfig(LaunchConfig(32, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
+    256: BackwardConfig(LaunchConfig(32, 64, 8, 1), LaunchConfig(64, 32, 8, 1)),
+}
+#: float32: exact FMA products, small tiles (see GPU_FORWARD_FP32)
+GPU_BACKWARD_FP32 = BackwardConfig(LaunchConfig(16, 16, 4, 1), LaunchConfig(16, 16, 4, 1))
+INTERPRETER_BACKWARD = BackwardConfig(LaunchConfig(64, 64, 4, 1), LaunchConfig(64, 64, 4, 1))
+DELTA_BLOCK_M = 64
+
+
+def backward_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                    tiles: tuple[int, int] | None = None) -> BackwardConfig:
+    """Configs for these inputs; ``tiles=(block_m, block_n)`` sets both kernels' query and key blocks."""
+    if device.type == "cpu":
+        base = INTERPRETER_BACKWARD
+    elif dtype == torch.float32:
+        base = GPU_BACKWARD_FP32
+    else:
+        base = GPU_BACKWARD_16BIT[block_d(head_dim)]
+    if tiles is not None:
+        warps = 8 if max(tiles) >= 128 else 4
+        base = BackwardConfig(LaunchConfig(tiles[0], tiles[1], warps, base.dkdv.num_stages),
+                              LaunchConfig(tiles[0], tiles[1], warps, base.dq.num_stages))
+    row = block_d(head_dim) * dtype.itemsize
+    return BackwardConfig(
+        fit_stages(base.dkdv, streamed=2 * base.dkdv.block_m * row, resident=2 * base.dkdv.block_n * row),
+        fit_stages(base.dq, streamed=2 * base.dq.block_n * row, resident=2 * base.dq.block_m * row),
+    )
+
+
+@triton.jit
+def attention_delta_kernel(O, DO, DELTA,
+                           stride_ob, stride_oh, stride_om, stride_od,
+                           stride_db, stride_dh, stride_dm, stride_dd,
+                           Hq, Sq, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``DELTA[bh, i] = sum_d DO[b,h,i,d] * O[b,h,i,d]`` in float32; grid ``(cdiv(Sq, BLOCK_M), B*Hq)``."""
+    bh = tl.program_id(1)
+    b = (bh // Hq).to(tl.int64)
+    h = (bh % Hq).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < Sq)[:, None] & (offs_d < D)[None, :]
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd,
+                 mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * Sq + offs_m, delta, mask=offs_m < Sq)
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                 stride_qm, stride_qd, stride_dm, stride_dd,
+                 offs_n, offs_d, lo, hi, Sq, D, off, qk_scale,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                 EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Add query blocks ``[lo, hi)`` of one head to ``dk, dv`` (transposed: rows are keys)."""
+    offs_m0 = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < D
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
+        do_ptrs = do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
+        if MASKED:
+            m_ok = offs_m < Sq
+            if EVEN_D:
+                qt = tl.load(qt_ptrs, mask=m_ok[None, :], other=0.0)
+                do = tl.load(do_ptrs, mask=m_ok[:, None], other=0.0)
+            else:
+                qt = tl.load(qt_ptrs, mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+                do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=0.0) * LOG2E_K
+            delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+        else:
+            if EVEN_D:
+                qt = tl.load(qt_ptrs)
+                do = tl.load(do_ptrs)
+            else:
+                qt = tl.load(qt_ptrs, mask=d_ok[:, None], other=0.0)
+                do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
+            lse2 = tl.load(lse_base + offs_m) * LOG2E_K
+            delta = tl.load(delta_base + offs_m)
+        st = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST) * qk_scale
+        pt = tl.exp2(st - lse2[None, :])
+        if MASKED:
+            visible = offs_m[None, :] < Sq
+            if CAUSAL:
+                visible = visible & (offs_n[:, None] <= offs_m[None, :] + off)
+            pt = tl.where(visible, pt, 0.0)
+        dv = mma(pt.to(do.dtype), do, dv, PREC, UPCAST)
+        dpt = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST)
+        dst = pt * (dpt - delta[None, :])
+        dk = mma(dst.to(qt.dtype), tl.trans(qt), dk, PREC, UPCAST)
+    return dk, dv
+
+
+@triton.jit
+def attention_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    Hq, Hk, GROUP, Sq, Sk, D, off, qk_scale, scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Grid ``(cdiv(Sk, BLOCK_N), B*Hk)``; ``LSE``, ``DELTA`` contiguous float32 ``[B, Hq, Sq]``."""
+    bhk = tl.program_id(1)
+    b = (bhk // Hk).to(tl.int64)
+    hk = (bhk % Hk).to(tl.int64)
+    n0 = tl.program_id(0) * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n < Sk)[:, None] & (offs_d < D)[None, :]
+    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=kv_mask, other=0.0)
+
+    if CAUSAL:
+        lo = (tl.maximum(n0 - off, 0) // BLOCK_M) * BLOCK_M  # first query that sees key n0
+        # first query block whose every row sees every key of this block
+        mid = tl.maximum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - off, 0), BLOCK_M) * BLOCK_M, lo)
+    else:
+        lo = 0
+        mid = 0
+    q_floor = (Sq // BLOCK_M) * BLOCK_M
+    q_ceil = tl.cdiv(Sq, BLOCK_M) * BLOCK_M
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_db + h * stride_dh
+        row = (b * Hq + h) * Sq
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, LSE + row, DELTA + row,
+                              stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
+                              lo, tl.minimum(mid, q_ceil), Sq, D, off, qk_scale,
+                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, LSE + row, DELTA + row,
+                              stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
+                              mid, q_floor, Sq, D, off, qk_scale,
+                              BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, LSE + row, DELTA + row,
+                              stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
+                              tl.maximum(mid, q_floor), q_ceil, Sq, D, off, qk_scale,
+                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
+    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+               offs_m, offs_d, lo, hi, Sk, D, off, qk_scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Add key blocks ``[lo, hi)`` to ``dq`` (unscaled)."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        vt_ptrs = v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd
+        if MASKED:
+            n_ok = offs_n < Sk
+            if EVEN_D:
+                k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
+                vt = tl.load(vt_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                vt = tl.load(vt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        else:
+            if EVEN_D:
+                k = tl.load(k_ptrs)
+                vt = tl.load(vt_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
+                vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST) * qk_scale
+        p = tl.exp2(s - lse2[:, None])
+        if MASKED:
+            visible = offs_n[None, :] < Sk
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + off)
+            p = tl.where(visible, p, 0.0)
+        dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq = mma(ds.to(k.dtype), k, dq, PREC, UPCAST)
+    return dq
+
+
+@triton.jit
+def attention_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    Hq, GROUP, Sq, Sk, D, off, qk_scale, scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Grid ``(cdiv(Sq, BLOCK_M), B*Hq)``, query blocks last-first as in the forward."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Sq
+    mask = m_ok[:, None] & (offs_d < D)[None, :]
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd,
+                 mask=mask, other=0.0)
+    row = bh.to(tl.int64) * Sq
+    lse2 = tl.load(LSE + row + offs_m, mask=m_ok, other=0.0) * LOG2E_K
+    delta = tl.load(DELTA + row + offs_m, mask=m_ok, other=0.0)
+
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(m0 + BLOCK_M + off, Sk), 0)
+        full = tl.maximum(tl.minimum(m0 + off + 1, Sk), 0)
+    else:
+        hi = Sk
+        full = Sk
+    full = (full // BLOCK_N) * BLOCK_N
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m, offs_d, 0, full, Sk, D, off, qk_scale,
+                    BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST)
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m, offs_d, full, hi, Sk, D, off, qk_scale,
+                    BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             (dq * scale).to(DQ.dtype.element_ty), mask=mask)
+
+
+def attention_delta(out: torch.Tensor, dout: torch.Tensor, *, into: torch.Tensor | None = None) -> torch.Tensor:
+    """``delta = rowsum(dout * out)``, float32 ``[B, Hq, Sq]`` (GRAD-3); ``into`` a contiguous buffer for it."""
+    B, Hq, Sq, D = out.shape
+    delta = new_output((B, Hq, Sq), torch.float32, out.device) if into is None else into
+    attention_delta_kernel[(triton.cdiv(Sq, DELTA_BLOCK_M), B * Hq)](
+        out, dout, delta, *out.stride(), *dout.stride(), Hq, Sq, D,
+        BLOCK_M=DELTA_BLOCK_M, BLOCK_D=block_d(D), num_warps=4,
+    )
+    return delta
+
+
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                       dout: torch.Tensor, causal: str | None, scale: float,
+                       config: BackwardConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` of validated inputs (any strides); ``causal`` a variant name or None."""
+    B, Hq, Sq, D = q.shape
+    Hk, Sk = k.shape[1], k.shape[2]
+    lse = lse.contiguous()
+    delta = attention_delta(out, dout, into=torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device))
+    dq = new_output(q.shape, q.dtype, q.device)
+    dk = new_output(k.shape, k.dtype, k.device)
+    dv = new_output(v.shape, v.dtype, v.device)
+    bd = block_d(D)
+    off = causal_offset(causal, Sq, Sk)
+    flags = dict(BLOCK_D=bd, CAUSAL=causal is not None, EVEN_D=bd == D, PREC=dot_precision(q.dtype),
+                 UPCAST=upcast_dots(q.device))
+    cfg = config.dkdv
+    attention_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), B * Hk)](
+        q, k, v, dout, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+        Hq, Hk, Hq // Hk, Sq, Sk, D, off, scale * LOG2E, scale,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+    )
+    cfg = config.dq
+    attention_dq_kernel[(triton.cdiv(Sq, cfg.block_m), B * Hq)](
+        q, k, v, dout, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+        Hq, Hq // Hk, Sq, Sk, D, off, scale * LOG2E, scale,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+    )
+    return dq, dk, dv

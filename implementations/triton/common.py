@@ -1,0 +1,93 @@
+"""Helpers shared by the Triton kernels: interpreter detection, a matrix-product helper, launch configs.
+
+The Triton interpreter (``TRITON_INTERPRET=1``) runs kernels on CPU tensors with NumPy. In Triton 3.9 its
+``tl.dot`` multiplies bfloat16 operands as their raw 16-bit integer storage, so on the interpreter every
+product is taken on operands upcast to float32 (:func:`mma` with ``UPCAST``). Upcasting a bfloat16 or
+float16 value to float32 is exact, so the result equals a 16-bit product accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
+LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) * LN2
+#: the same constants for use inside kernels (Triton kernels read only constexpr globals)
+LOG2E_K = tl.constexpr(LOG2E)
+LN2_K = tl.constexpr(LN2)
+
+
+def interpreter_requested() -> bool:
+    """True when ``TRITON_INTERPRET`` asks Triton to run kernels on the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def block_d(head_dim: int) -> int:
+    """Head-dim tile: the next power of two, at least 16 (``tl.dot`` needs K >= 16); columns >= D are masked."""
+    return max(16, next_pow2(head_dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for ``tl.dot``: "ieee" for float32 inputs, so they are never rounded to TF32
+    (exact products on the FMA units); 16-bit inputs are multiplied exactly by the tensor cores anyway.
+    """
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def upcast_dots(device: torch.device) -> bool:
+    """Whether products must be upcast to float32: only on the interpreter (see the module docstring)."""
+    return device.type == "cpu"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One kernel launch shape: a tile of ``block_m`` x ``block_n`` and Triton's warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+#: shared memory a config may plan for (the H200 allows 227 KiB a block; keep room for the compiler)
+SMEM_BUDGET = 160 * 1024
+
+
+def fit_stages(cfg: LaunchConfig, streamed: int, resident: int) -> LaunchConfig:
+    """``cfg`` with ``num_stages`` lowered until the pipelined tiles fit :data:`SMEM_BUDGET`.
+
+    ``streamed``: bytes of the tiles loaded each loop iteration (kept ``num_stages`` deep);
+    ``resident``: bytes of the tiles loaded once per program.
+    """
+    stages = cfg.num_stages
+    while stages > 1 and stages * streamed + resident > SMEM_BUDGET:
+        stages -= 1
+    return LaunchConfig(cfg.block_m, cfg.block_n, cfg.num_warps, stages)
+
+
+@triton.jit
+def mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` in float32; ``UPCAST`` multiplies float32 copies (interpreter, see module docstring)."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def compensated_add(total, comp, x):
+    """Kahan summation: ``total + x`` with the rounding error carried in ``comp``; returns ``(total, comp)``."""
+    y = x - comp
+    t = total + y
+    return t, (t - total) - y
