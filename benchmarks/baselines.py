@@ -1,0 +1,102 @@
+"""Internal baseline rows: vendor-library formulations that speed-ups are measured against.
+
+They are backends in the contract's sense (gated and timed like any other) but live here, not in
+``implementations/``, because they are yardsticks rather than kernels under test:
+
+- ``torch-compile``: ``torch.compile`` of the KD formula below (CUDA only; the KD baseline on a GPU);
+- ``torch.sum``: ``torch.sum`` (the reduction baseline, CPU and CUDA);
+- ``torch-eager``: ``m = amax(x)``, ``l = sum(exp(x - m))`` in eager torch (the softmax-statistics baseline).
+
+The per-(operation, device) baseline names, including the registered backends ``torch-flash``,
+``reference`` and ``torch`` used for attention and for KD on the CPU, are in ``BASELINES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from implementations import validate
+from implementations.base import Backend, Capabilities, InvalidInputError
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+#: (benchmark operation, device) -> the backend every speed-up of that operation is measured against
+BASELINES: dict[tuple[str, str], str] = {
+    **{(op, "cuda"): "torch-flash" for op in ("attention", "attention_backward", "attention_fwd_bwd")},
+    **{(op, "cpu"): "reference" for op in ("attention", "attention_backward", "attention_fwd_bwd")},
+    ("kd_loss", "cuda"): "torch-compile",
+    ("kd_loss", "cpu"): "torch",
+    ("softmax_stats", "cuda"): "torch-eager",
+    ("softmax_stats", "cpu"): "torch-eager",
+    ("reduce_sum", "cuda"): "torch.sum",
+    ("reduce_sum", "cpu"): "torch.sum",
+}
+#: baselines that are vendor libraries: a speed-up above SUSPICIOUS_SPEEDUP over one of them is flagged
+VENDOR_BASELINES = frozenset({"torch-flash", "torch-compile", "torch", "torch-eager", "torch.sum"})
+SUSPICIOUS_SPEEDUP = 10.0
+
+
+def kd_formula(s: torch.Tensor, t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KD term of SPEC KD-1/KD-2 in float32 (alpha = 1, no labels):
+    ``loss = T²·mean_rows KL(softmax(t/T) ‖ softmax(s/T))``, ``ds = T·(softmax(s/T) - softmax(t/T)) / N``."""
+    T = temperature
+    log_ps = F.log_softmax(s.float() / T, dim=-1)
+    log_pt = F.log_softmax(t.float() / T, dim=-1)
+    pt = log_pt.exp()
+    loss = T * T * (pt * (log_pt - log_ps)).sum(dim=-1).mean()
+    ds = (T * (log_ps.exp() - pt) / s.shape[0]).to(s.dtype)
+    return loss, ds
+
+
+class TorchCompileKD(Backend):
+    """``torch.compile(kd_formula)``: what a user gets from the compiler without writing a kernel."""
+
+    name = "torch-compile"
+    description = "baseline: torch.compile of the unfused KD formula"
+    capabilities = Capabilities(devices=("cuda",), dtypes=(), kd_dtypes=FLOAT_DTYPES)
+
+    def __init__(self) -> None:
+        self._compiled: Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]] = (
+            torch.compile(kd_formula))
+
+    def kd_loss(self, s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float = 1.0,
+                labels: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+        s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
+                                            labels=labels, ignore_index=ignore_index)
+        if y is not None:
+            raise InvalidInputError("the torch-compile baseline computes the pure KD term only (no labels)")
+        loss, ds = self._compiled(s2, t2, float(temperature))
+        return loss, ds.reshape(s.shape)
+
+
+class TorchSum(Backend):
+    """``torch.sum`` in float32; its order of additions is not declared."""
+
+    name = "torch.sum"
+    description = "baseline: torch.sum"
+    capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=(), reduce_dtypes=(torch.float32,))
+
+    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x = validate.rows_arg(self.capabilities, "reduce_sum", x)
+        return torch.sum(x), None
+
+
+class TorchEagerStats(Backend):
+    """Softmax statistics in two eager torch reductions: ``m = amax(x)``, ``l = sum(exp(x - m))``."""
+
+    name = "torch-eager"
+    description = "baseline: eager torch amax + sum(exp)"
+    capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=(), stats_dtypes=FLOAT_DTYPES)
+
+    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = validate.rows_arg(self.capabilities, "softmax_stats", x).float()
+        m = x.amax(dim=-1)
+        return m, torch.exp(x - m[:, None]).sum(dim=-1)
+
+
+def baseline_backends() -> list[Backend]:
+    """The internal baseline rows."""
+    return [TorchCompileKD(), TorchSum(), TorchEagerStats()]

@@ -1,0 +1,340 @@
+"""``attnspec bench``: gate, time and measure every selected backend on the workload table.
+
+``attnspec bench [--backend NAME ...] [--op OP ...] [--quick] [--output PATH] [--memory-scaling]``
+(also ``python -m benchmarks.bench ...``). For each operation, workload (benchmarks/workloads.py) and
+backend: the correctness gate (benchmarks/gate.py) runs first; a backend that fails it, errs, or declares the
+case unsupported is not timed and the record says why. A passing one is timed (benchmarks/timing.py) and its
+peak extra memory measured (``conformance.memory.peak_extra``). Figures per record: median and IQR seconds,
+TFLOP/s (attention) or GB/s over the minimal bytes (KD, softmax statistics, reduction), the fraction of the
+ceiling measured at the start of the run, and the speed-up over the operation's baseline
+(benchmarks/baselines.py ``BASELINES``); speed-ups above 10x over a vendor library, and GPU figures above
+the measured ceiling, are flagged ``suspicious``.
+
+``--memory-scaling`` adds the peak extra memory of attention forward and backward against S per backend,
+with the fitted log-log slope (about 1 for linear memory, 2 for a materialised score matrix).
+
+The JSON file (default ``results/bench.json``, format in docs/benchmarks.md) is rewritten after every record,
+so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from benchmarks.baselines import BASELINES, SUSPICIOUS_SPEEDUP, VENDOR_BASELINES, baseline_backends
+from benchmarks.gate import ReferenceCache, run_gate
+from benchmarks.timing import measure_ceilings, timing_for
+from benchmarks.workloads import (
+    CONTRACT_OPS,
+    OPS,
+    Workload,
+    bind,
+    make_inputs,
+    memory_workloads,
+    not_supported,
+    rates,
+    workloads,
+)
+from conformance.cases import seed_for
+from conformance.memory import loglog_slope, peak_extra
+from conformance.provenance import collect, now
+from implementations.base import BackendLike, RegistryEntry, discover, dtype_name, select
+
+DEFAULT_OUTPUT = Path("results/bench.json")
+MEMORY_OPS = ("attention", "attention_backward")
+BASELINE_ORIGIN = "attnspec bench baseline"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="attnspec bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", action="append", default=[], metavar="NAME",
+                        help="backend name or package.module:factory (repeatable; default: all available)")
+    parser.add_argument("--op", action="append", default=[], choices=OPS,
+                        help="operation to benchmark (repeatable; default: all)")
+    parser.add_argument("--quick", action="store_true", help="a few small workloads and short timing budgets")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto: cuda when available, else cpu")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the gate's random inputs")
+    parser.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays instead of eager calls")
+    parser.add_argument("--memory-scaling", action="store_true",
+                        help="also measure peak extra memory of attention forward/backward against S")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timed records (with --memory-scaling)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any gate failed or erred")
+    return parser.parse_args(argv)
+
+
+def bench_backends(names: list[str], ops: Iterable[str], device: str) -> list[RegistryEntry]:
+    """The selected backends (all when ``names`` is empty) plus the baselines of ``ops`` on ``device``."""
+    entries = discover([n for n in names if ":" in n])
+    entries += [RegistryEntry(b.name, BASELINE_ORIGIN, backend=b) for b in baseline_backends()]
+    chosen = select(entries, names)
+    wanted = {BASELINES[(op, device)] for op in ops}
+    return chosen + [e for e in entries if e.name in wanted and e not in chosen]
+
+
+def implements(entry: RegistryEntry, op: str) -> bool:
+    """Whether the entry's backend has every contract method ``op`` calls (internal baselines are planned
+    only for the operation they implement)."""
+    return all(callable(getattr(entry.backend, name, None)) for name in CONTRACT_OPS[op])
+
+
+# ------------------------------------------------------------------------------------------------
+# Records
+
+
+def new_record(op: str, backend: str, device: str, workload: Workload, seed: int) -> dict[str, Any]:
+    return {"op": op, "backend": backend, "device": device, "dtype": dtype_name(workload.dtype),
+            "workload": workload.describe(), "label": workload.label, "seed": seed, "gate": None, "reason": None,
+            "errors": {}, "median_s": None, "iqr_s": None, "reps": None, "timing": None, "tflops": None,
+            "gbps": None, "fraction_of_ceiling": None, "peak_extra_bytes": None, "peak_probe": None,
+            "baseline": BASELINES[(op, device)], "speedup": None, "flag": None}
+
+
+def measure(backend: BackendLike, workload: Workload, device: str, seed: int, *, quick: bool, cuda_graph: bool,
+            ceilings: dict[str, Any], cache: ReferenceCache) -> dict[str, Any]:
+    """One record: gate, then (when it passed) timing, rates, fraction of ceiling and peak extra memory."""
+    record = new_record(workload.op, backend.name, device, workload, seed)
+    gate, call = run_gate(backend, workload, device, seed, cache)
+    record.update(gate=gate.status, reason=gate.reason, errors=gate.errors)
+    if call is None:
+        return record
+    try:
+        timing = timing_for(call, device, quick=quick, cuda_graph=cuda_graph)
+        peak, probe = peak_bytes(call, device, backend)
+    except Exception as exc:  # e.g. out of memory while timing: record it and go on
+        record.update(gate="error", reason=f"timing: {type(exc).__name__}: {exc}")
+        return record
+    tflops, gbps = rates(workload, timing.median_s)
+    ceiling = ceilings["matmul_tflops"] if tflops is not None else ceilings["copy_GBps"]
+    record.update(median_s=timing.median_s, iqr_s=timing.iqr_s, reps=timing.reps, timing=timing.method,
+                  tflops=tflops, gbps=gbps, fraction_of_ceiling=(tflops if tflops is not None else gbps) / ceiling,
+                  peak_extra_bytes=peak, peak_probe=probe)
+    return record
+
+
+def add_speedups(records: list[dict[str, Any]]) -> None:
+    """Fill ``speedup`` (baseline median / median) and ``flag`` of every timed record, in place."""
+    timed = {(r["op"], r["label"], r["dtype"], r["device"], r["backend"]): r for r in records
+             if r["median_s"] is not None}
+    for r in records:
+        flags = []
+        base = timed.get((r["op"], r["label"], r["dtype"], r["device"], r["baseline"]))
+        r["speedup"] = base["median_s"] / r["median_s"] if base is not None and r["median_s"] else None
+        if (r["speedup"] is not None and r["speedup"] > SUSPICIOUS_SPEEDUP and r["baseline"] in VENDOR_BASELINES
+                and r["backend"] != r["baseline"]):
+            flags.append(f"suspicious: {r['speedup']:.1f}x over the vendor baseline {r['baseline']}")
+        if r["device"] == "cuda" and r["fraction_of_ceiling"] is not None and r["fraction_of_ceiling"] > 1.0:
+            # (on the CPU small workloads run from cache, above the DRAM copy bandwidth, legitimately)
+            flags.append("suspicious: above the measured ceiling")
+        r["flag"] = "; ".join(flags) or None
+
+
+def computes_with_numpy(backend: BackendLike) -> bool:
+    """Whether the module defining the backend's class imports NumPy (its allocations are then visible to
+    ``tracemalloc``)."""
+    module = sys.modules.get(type(backend).__module__)
+    return module is not None and any(value is numpy for value in vars(module).values())
+
+
+def peak_bytes(call: Callable[[], tuple], device: str, backend: BackendLike) -> tuple[int | None, str | None]:
+    """Peak extra memory of one ``call`` after a warm-up call (``conformance.memory.peak_extra``), and the
+    probe that saw it. On the CPU only NumPy backends are measured (tracemalloc sees NumPy's allocations);
+    for others, torch's CPU allocator among them, no probe here is reliable: None."""
+    if device == "cpu" and not computes_with_numpy(backend):
+        return None, None
+    call()
+    _, peak = peak_extra(call, device)
+    return peak.bytes, peak.probe
+
+
+def _peak_of(backend: BackendLike, workload: Workload, device: str) -> int | None:
+    """Peak extra bytes of one call of ``workload`` (inputs, and for backward the forward's outputs, made
+    before the measurement)."""
+    call = bind(backend, workload, make_inputs(workload, device, seed_for(f"memory-{workload.label}")))
+    return peak_bytes(call, device, backend)[0]
+
+
+def memory_scaling(entries: list[RegistryEntry], device: str) -> list[dict[str, Any]]:
+    """Peak extra memory of attention forward and backward over ``MEMORY_SEQ_LENS[device]`` per backend,
+    with the least-squares log-log slope over the measured points (None with fewer than two)."""
+    results = []
+    for entry in entries:
+        backend = entry.backend
+        assert backend is not None
+        for op in MEMORY_OPS:
+            sweep = memory_workloads(op, device)
+            if all(not_supported(backend, w, device) for w in sweep):
+                continue
+            seqs, peaks, notes = [], [], []
+            for w in sweep:
+                seqs.append(w.S)
+                reasons = not_supported(backend, w, device)
+                if reasons:
+                    peaks.append(None)
+                    notes.append(f"S={w.S}: unsupported: {'; '.join(reasons)}")
+                    continue
+                try:
+                    peaks.append(_peak_of(backend, w, device))
+                except Exception as exc:  # out of memory at large S ends the sweep of this backend
+                    peaks.append(None)
+                    notes.append(f"S={w.S}: {type(exc).__name__}: {exc}")
+                    break
+                finally:
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+            if all(p is None for p in peaks):
+                notes.append("no probe sees this backend's allocations on this device")
+            points = [(s, p) for s, p in zip(seqs, peaks) if p]
+            slope = loglog_slope([s for s, _ in points], [p for _, p in points]) if len(points) >= 2 else None
+            results.append({"backend": entry.name, "op": op, "device": device, "dtype": dtype_name(sweep[0].dtype),
+                            "workload": {"B": 1, "H": sweep[0].H, "D": sweep[0].D, "causal": False},
+                            "S": seqs, "peak_extra_bytes": peaks, "slope": slope, "reason": "; ".join(notes) or None})
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` atomically (a temporary file, then rename); non-finite floats become null."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean(doc), indent=1))
+    os.replace(tmp, path)
+
+
+def _fmt(x: float | None, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def summary_table(records: list[dict[str, Any]]) -> Table:
+    """One row per record: the figures of timed ones, the reason of the others."""
+    table = Table(title="attnspec bench")
+    for col in ("op", "backend", "workload", "gate", "median ms", "IQR ms", "rate", "% ceil", "peak MiB",
+                "speed-up", "flag / reason"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        rate = (f"{r['tflops']:.3g} TFLOP/s" if r["tflops"] is not None
+                else f"{r['gbps']:.3g} GB/s" if r["gbps"] is not None else "")
+        style = {"unsupported": "dim", "failed": "red", "error": "red"}.get(r["gate"])
+        note = r["flag"] or r["reason"] or ""
+        table.add_row(r["op"], r["backend"], f"{r['label']} {r['dtype']}", r["gate"],
+                      _fmt(r["median_s"] and r["median_s"] * 1e3, ".4g"), _fmt(r["iqr_s"] and r["iqr_s"] * 1e3, ".2g"),
+                      rate, _fmt(r["fraction_of_ceiling"] and r["fraction_of_ceiling"] * 100, ".3g"),
+                      _fmt(r["peak_extra_bytes"] and r["peak_extra_bytes"] / 2**20, ".4g"),
+                      _fmt(r["speedup"], ".3g"), note if len(note) <= 80 else note[:77] + "...", style=style)
+    return table
+
+
+def memory_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="peak extra memory against S")
+    for col in ("backend", "op", "S", "peak MiB", "slope", "reason"):
+        table.add_column(col, overflow="fold")
+    for m in rows:
+        table.add_row(m["backend"], m["op"], " ".join(map(str, m["S"])),
+                      " ".join("-" if p is None else f"{p / 2**20:.1f}" for p in m["peak_extra_bytes"]),
+                      _fmt(m["slope"], ".2f"), m["reason"] or "")
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; 0 when the run completed (``--strict``: and every gate passed or was
+    unsupported), 2 on bad arguments, 130 when interrupted (the JSON holds what was measured)."""
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    progress_console = Console(stderr=True)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        console.print("[red]--device cuda: no CUDA device here[/red]")
+        return 2
+    ops = args.op or list(OPS)
+    try:
+        entries = bench_backends(args.backend, ops, device)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    available = [e for e in entries if e.available]
+    for e in entries:
+        if not e.available:
+            progress_console.print(f"[dim]backend {e.name} unavailable: {e.unavailable}[/dim]")
+
+    provenance = collect()
+    started = time.monotonic()
+    ceilings = measure_ceilings(device)
+    ceilings["device"] = provenance["gpu"] if device == "cuda" else provenance["cpu"]
+    ceilings["seconds"] = time.monotonic() - started
+    records: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {
+        "kind": "bench", "provenance": provenance, "argv": sys.argv[1:] if argv is None else argv,
+        "device": device, "quick": args.quick, "ceilings": ceilings,
+        "backends": [{"name": e.name, "origin": e.origin, "available": e.available, "reason": e.unavailable}
+                     for e in entries],
+        "records": records, "memory_scaling": [], "interrupted": False, "finished": None,
+    }
+    plan = [] if args.no_timing else [(w, e) for op in ops for w in workloads(op, device, args.quick)
+                                      for e in available if e.origin != BASELINE_ORIGIN or implements(e, op)]
+    cache = ReferenceCache()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=progress_console, transient=True) as progress:
+            task = progress.add_task("bench", total=len(plan))
+            for workload, entry in plan:
+                assert entry.backend is not None
+                progress.update(task, description=f"{workload.op} {entry.name} {workload.label}")
+                seed = seed_for(f"{workload.op}-{workload.label}-{dtype_name(workload.dtype)}", args.seed)
+                records.append(measure(entry.backend, workload, device, seed, quick=args.quick,
+                                       cuda_graph=args.cuda_graph, ceilings=ceilings, cache=cache))
+                add_speedups(records)
+                write_json(args.output, doc)
+                progress.advance(task)
+        if args.memory_scaling:
+            doc["memory_scaling"] = memory_scaling(available, device)
+            write_json(args.output, doc)
+    except KeyboardInterrupt:
+        doc["interrupted"] = True
+        write_json(args.output, doc)
+        console.print(f"[yellow]interrupted; {len(records)} records written to {args.output}[/yellow]")
+        return 130
+    doc["finished"] = now()
+    write_json(args.output, doc)
+    if records:
+        console.print(summary_table(records))
+    if doc["memory_scaling"]:
+        console.print(memory_table(doc["memory_scaling"]))
+    console.print(f"ceilings on {ceilings['device']}: matmul {ceilings['matmul_tflops']:.2f} TFLOP/s "
+                  f"({ceilings['matmul']}), copy {ceilings['copy_GBps']:.1f} GB/s; results in {args.output}")
+    bad = [r for r in records if r["gate"] in ("failed", "error")]
+    return 1 if args.strict and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
