@@ -18,10 +18,6 @@ def default_scale(D: int) -> float:
     return 1.0 / math.sqrt(D)
 
 
-def lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The contract's lse dtype: float32, float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def call_attention(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                    causal: CausalVariant | bool | None,
@@ -33,7 +29,8 @@ def call_attention(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     assert out.shape == q.shape, f"out shape {tuple(out.shape)} != q shape {tuple(q.shape)}"
     assert out.dtype == q.dtype, f"out dtype {dtype_name(out.dtype)} != q dtype {dtype_name(q.dtype)}"
     assert lse.shape == q.shape[:3], f"lse shape {tuple(lse.shape)} != [B, Hq, Sq] {tuple(q.shape[:3])}"
-    assert lse.dtype == lse_dtype(q.dtype), f"lse dtype {dtype_name(lse.dtype)} != {dtype_name(lse_dtype(q.dtype))}"
+    expected = oracle.stat_dtype(q.dtype)
+    assert lse.dtype == expected, f"lse dtype {dtype_name(lse.dtype)} != {dtype_name(expected)}"
     return out, lse
 
 

@@ -16,9 +16,19 @@ from implementations.base import CausalVariant
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype lse, softmax statistics, delta and the KD loss come in: float64 for float64, else float32.
+
+    Kept here rather than imported from the implementations, so the oracle shares no code with backends."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def visibility(Sq: int, Sk: int, causal: CausalVariant | None,
                device: torch.device | str = "cpu") -> torch.Tensor | None:
     """``[Sq, Sk]`` bool, True where key j is visible to query i (SPEC ATT-3); None when all are visible.
+
+    Written from the clause, independently of ``implementations.base.causal_offset``: a shared helper would
+    let one bug hide in both the oracle and the backends.
 
     top_left: ``j <= i``; bottom_right: ``j <= i + Sk - Sq``.
     """

@@ -19,9 +19,6 @@ from implementations.base import BackendLike, RowsCase
 IGNORE = -100
 
 
-def _kd_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _logits(case: RowsCase, g: torch.Generator, scale: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     s = C.randn((case.rows, case.cols), case.dtype, case.device, g, scale=scale)
@@ -46,9 +43,9 @@ def check_kd(trial: Trial, s: torch.Tensor, t: torch.Tensor, *, temperature: flo
     assert loss.dim() == 0, f"loss must be a scalar, got shape {tuple(loss.shape)}"
     assert ds.shape == s.shape and ds.dtype == s.dtype, f"ds {tuple(ds.shape)} {ds.dtype} vs s {s.dtype}"
     ref = oracle.kd_loss(s.cpu(), t.cpu(), **kwargs, compute=torch.float64)
-    naive = oracle.kd_loss(s, t, **kwargs, compute=_kd_dtype(s.dtype), naive=True)
+    naive = oracle.kd_loss(s, t, **kwargs, compute=oracle.stat_dtype(s.dtype), naive=True)
     got = {"loss": loss, "ds": ds}
-    floor_dtype = {"loss": _kd_dtype(s.dtype), "ds": s.dtype}
+    floor_dtype = {"loss": oracle.stat_dtype(s.dtype), "ds": s.dtype}
     magnitude = {"loss": loss_magnitude, "ds": None}
     trial.check(*(compare(name, got[name], r, n, dtype=floor_dtype[name], terms=s.shape[-1],
                           magnitude=magnitude[name])
@@ -96,7 +93,7 @@ def test_kd_gradient(trial: Trial) -> None:
         loss, ds = trial.call("kd_loss", s, t, temperature=T)
         s64, t64 = s.double().cpu(), t.double().cpu()
         closed = T * (torch.softmax(s64 / T, -1) - torch.softmax(t64 / T, -1)) / case.rows
-        naive = oracle.kd_loss(s, t, temperature=T, compute=_kd_dtype(s.dtype), naive=True)[1]
+        naive = oracle.kd_loss(s, t, temperature=T, compute=oracle.stat_dtype(s.dtype), naive=True)[1]
         trial.check(compare("ds", ds, closed, naive, dtype=s.dtype, terms=case.cols))
         row_sums = ds.double().sum(-1).abs().max().item()
         floor = case.cols * torch.finfo(s.dtype).eps * float(closed.abs().max())
@@ -145,8 +142,8 @@ def test_kd_shift_invariance(trial: Trial) -> None:
         ref = oracle.kd_loss(s.cpu(), t.cpu(), **kwargs)[0]
         for ss, tt in ((s + c, t), (s, t + c)):
             loss, _ = trial.call("kd_loss", ss.to(case.dtype), tt.to(case.dtype), **kwargs)
-            naive = oracle.kd_loss(ss, tt, **kwargs, compute=_kd_dtype(case.dtype), naive=True)[0]
-            trial.check(compare("loss", loss, ref, naive, dtype=_kd_dtype(case.dtype), terms=case.cols))
+            naive = oracle.kd_loss(ss, tt, **kwargs, compute=oracle.stat_dtype(case.dtype), naive=True)[0]
+            trial.check(compare("loss", loss, ref, naive, dtype=oracle.stat_dtype(case.dtype), terms=case.cols))
 
 
 TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0, 16.0, 64.0, 256.0)

@@ -26,20 +26,17 @@ def _draw_rows(case: RowsCase, g: torch.Generator, spread: float = 3.0) -> torch
     return C.randn((case.rows, case.cols), case.dtype, case.device, g, scale=spread)
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _check_stats(trial: Trial, x: torch.Tensor, m: torch.Tensor, l: torch.Tensor) -> None:
     """m exactly the row max; l and lse = m + log l by the tolerance rule (naive: one-shot float32)."""
     ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
-    naive_m, naive_l = oracle.softmax_stats(x, _stat_dtype(x.dtype))
+    naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(x.dtype))
     assert m.shape == ref_m.shape and l.shape == ref_l.shape, f"m {tuple(m.shape)}, l {tuple(l.shape)}"
     exact = torch.equal(m.double().cpu(), ref_m)
     assert exact, f"m differs from the row max (max |diff| {float((m.double().cpu() - ref_m).abs().max()):.3e})"
-    trial.check(compare("l", l, ref_l, naive_l, dtype=_stat_dtype(x.dtype), terms=x.shape[-1]),
+    trial.check(compare("l", l, ref_l, naive_l, dtype=oracle.stat_dtype(x.dtype), terms=x.shape[-1]),
                 compare("lse_stats", m.double() + torch.log(l.double()), ref_m + torch.log(ref_l),
-                        naive_m.double() + torch.log(naive_l.double()), dtype=_stat_dtype(x.dtype),
+                        naive_m.double() + torch.log(naive_l.double()), dtype=oracle.stat_dtype(x.dtype),
                         terms=x.shape[-1]))
 
 
@@ -85,7 +82,7 @@ def test_merge_algebra(trial: Trial) -> None:
     Guards against: exp(-inf - -inf) = NaN on empty partials, a merge that adds l without rescaling.
     """
     case, g = trial.case, trial.generator()
-    n, dt, dev = case.cols, _stat_dtype(case.dtype), case.device
+    n, dt, dev = case.cols, oracle.stat_dtype(case.dtype), case.device
     (m1, l1), (m2, l2), (m3, l3) = (_random_stats(n, g, dt, dev) for _ in range(3))
     merge = trial.backend.softmax_merge
     ab, ba = trial.call("softmax_merge", m1, l1, m2, l2), merge(m2, l2, m1, l1)
@@ -154,7 +151,7 @@ def test_any_split_any_tree(trial: Trial) -> None:
     rng = random.Random(trial.seed)
     merge = trial.backend.softmax_merge
     ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
-    naive_m, naive_l = oracle.softmax_stats(x, _stat_dtype(x.dtype))
+    naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(x.dtype))
     naive_lse = naive_m.double() + torch.log(naive_l.double())
     L = x.shape[1]
     for _ in range(5):
@@ -165,7 +162,7 @@ def test_any_split_any_tree(trial: Trial) -> None:
                   "random": _tree_merge(merge, parts, rng)}
         for m, l in orders.values():
             trial.check(compare("lse_stats", m.double() + torch.log(l.double()), ref_m + torch.log(ref_l),
-                                naive_lse, dtype=_stat_dtype(x.dtype), terms=L))
+                                naive_lse, dtype=oracle.stat_dtype(x.dtype), terms=L))
     trial.metrics["splits"] = 5
 
 

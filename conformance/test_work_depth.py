@@ -136,7 +136,7 @@ def test_merge_tree_depth(trial: Trial) -> None:
     case = trial.case
     block = 16
     x = C.randn((case.rows, case.cols * block), case.dtype, case.device, trial.generator(), scale=4.0)
-    parts = x.reshape(case.rows, case.cols, block).to(torch.float64 if case.dtype == torch.float64 else torch.float32)
+    parts = x.reshape(case.rows, case.cols, block).to(oracle.stat_dtype(case.dtype))
     m = parts.amax(-1)
     l = torch.exp(parts - m[..., None]).sum(-1)
     tree = sched.pairwise_tree(case.cols)
@@ -149,7 +149,7 @@ def test_merge_tree_depth(trial: Trial) -> None:
     b = case.cols
     assert rounds == tree.depth == math.ceil(math.log2(b)), f"{rounds} rounds for b={b}"
     ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
-    naive_m, naive_l = oracle.softmax_stats(x, torch.float32 if case.dtype != torch.float64 else torch.float64)
+    naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(case.dtype))
     trial.metrics.update({"blocks": b, "rounds": rounds})
     trial.check(compare("lse_stats", m[:, 0].double() + torch.log(l[:, 0].double()), ref_m + torch.log(ref_l),
                         naive_m.double() + torch.log(naive_l.double()), dtype=torch.float32,

@@ -177,6 +177,22 @@ def resolve_causal(causal: bool | str | None, caps: Capabilities) -> CausalVaria
     return causal
 
 
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The contract's dtype of lse, softmax statistics, delta and the KD loss: float64 for float64 inputs,
+    float32 otherwise (also the accumulator dtype of tensor-core style arithmetic)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def causal_offset(causal: CausalVariant | None, Sq: int, Sk: int) -> int | None:
+    """The ``offset`` of ATT-3: key ``j`` is visible to query ``i`` iff ``j <= i + offset``.
+
+    Top-left: ``offset = 0``; bottom-right: ``offset = Sk - Sq``; ``None`` when not causal (all visible).
+    """
+    if causal is None:
+        return None
+    return 0 if causal == "top_left" else Sk - Sq
+
+
 @runtime_checkable
 class BackendLike(Protocol):
     """The minimum a third-party backend provides; :class:`Backend` adds the generic rules."""

@@ -15,17 +15,13 @@ import torch
 from implementations import schedule, validate
 from implementations._numpy import (
     as_numpy,
-    causal_offset,
-    delta_args,
     finite_or_zero,
     log_or_neg_inf,
-    merge_args,
     merge_stats,
     visible,
-    wide_dtype,
     write,
 )
-from implementations.base import Backend, Capabilities, CausalVariant, new_output
+from implementations.base import Backend, Capabilities, CausalVariant, causal_offset, new_output, wide_dtype
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 F64 = torch.float64
@@ -130,7 +126,7 @@ class ReferenceBackend(Backend):
 
     def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, shape ``[B, Hq, Sq]``."""
-        delta_args(self.capabilities, out, dout)
+        validate.delta_args(self.capabilities, out, dout)
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
         write(delta, np.sum(as_numpy(dout, F64) * as_numpy(out, F64), axis=-1))
         return delta
@@ -156,7 +152,7 @@ class ReferenceBackend(Backend):
         self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype."""
-        merge_args(self.capabilities, m1, l1, m2, l2)
+        validate.merge_args(self.capabilities, m1, l1, m2, l2)
         m, l = merge_stats(as_numpy(m1, F64), as_numpy(l1, F64), as_numpy(m2, F64), as_numpy(l2, F64))
         m_out = new_output(m1.shape, m1.dtype, m1.device)
         l_out = new_output(m1.shape, m1.dtype, m1.device)

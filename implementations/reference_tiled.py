@@ -27,18 +27,14 @@ import torch
 from implementations import schedule, validate
 from implementations._numpy import (
     as_numpy,
-    causal_offset,
-    delta_args,
     finite_or_zero,
     log_or_neg_inf,
-    merge_args,
     merge_stats,
     numpy_dtype,
     visible,
-    wide_dtype,
     write,
 )
-from implementations.base import Backend, Capabilities, InvalidInputError, new_output
+from implementations.base import Backend, Capabilities, InvalidInputError, causal_offset, new_output, wide_dtype
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TILES = ((16, 16), (32, 64), (64, 32), (64, 64), (128, 128))
@@ -197,7 +193,7 @@ class TiledReferenceBackend(Backend):
 
     def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, the backward's first pass, exposed."""
-        delta_args(self.capabilities, out, dout)
+        validate.delta_args(self.capabilities, out, dout)
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
         write(delta, self._delta(out, dout, self.tiles[0]))
         return delta
@@ -235,7 +231,7 @@ class TiledReferenceBackend(Backend):
         self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, computed in the arithmetic dtype."""
-        merge_args(self.capabilities, m1, l1, m2, l2)
+        validate.merge_args(self.capabilities, m1, l1, m2, l2)
         dtype = wide_dtype(m1.dtype)
         m, l = merge_stats(as_numpy(m1, dtype), as_numpy(l1, dtype), as_numpy(m2, dtype), as_numpy(l2, dtype))
         m_out = new_output(m1.shape, m1.dtype, m1.device)

@@ -48,7 +48,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.torch_version import TorchVersion
 
 from implementations import validate
-from implementations._numpy import causal_offset, delta_args, merge_args, wide_dtype
 from implementations.base import (
     AttentionCase,
     Backend,
@@ -56,8 +55,10 @@ from implementations.base import (
     Case,
     CausalVariant,
     InvalidInputError,
+    causal_offset,
     dtype_name,
     new_output,
+    wide_dtype,
 )
 
 #: ``enable_gqa`` of ``F.scaled_dot_product_attention`` (and of ``SDPAParams``) exists from torch 2.5 on.
@@ -247,7 +248,7 @@ class TorchAttention(Backend):
 
     def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)`` ``[B, Hq, Sq]`` in float32 (float64 for float64)."""
-        delta_args(self.capabilities, out, dout)
+        validate.delta_args(self.capabilities, out, dout)
         wide = wide_dtype(out.dtype)
         delta = new_output(out.shape[:3], wide, out.device)
         torch.sum(dout.to(wide) * out.to(wide), dim=-1, out=delta)
@@ -282,7 +283,7 @@ class TorchOps(Backend):
     def softmax_merge(self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype (computed wide)."""
-        merge_args(self.capabilities, m1, l1, m2, l2)
+        validate.merge_args(self.capabilities, m1, l1, m2, l2)
         wide = wide_dtype(m1.dtype)
         m, l = merge_stats(torch.stack([m1, m2]).to(wide), torch.stack([l1, l2]).to(wide), dim=0)
         m_out, l_out = new_output(m1.shape, m1.dtype, m1.device), new_output(m1.shape, m1.dtype, m1.device)

@@ -119,10 +119,33 @@ def backward_args(
         _check_tensor(n, x, 4)
         _require(x.shape == q.shape, f"{n} shape {tuple(x.shape)} differs from q {tuple(q.shape)}")
         _require(x.device == q.device, f"device mismatch: {n} is on {x.device} but q is on {q.device}")
+    _check_dtype("attention_backward", caps.backward_dtypes, {"q": q, "out": out, "dout": dout})
     _check_tensor("lse", lse, 3)
     _require(lse.shape == q.shape[:3], f"lse shape {tuple(lse.shape)} must be [B, Hq, Sq] = {tuple(q.shape[:3])}")
     _require(lse.device == q.device, f"device mismatch: lse is on {lse.device} but q is on {q.device}")
+    _require(lse.dtype in (torch.float32, torch.float64),
+             f"lse must be float32 or float64, got {dtype_name(lse.dtype)}")
     return resolved
+
+
+def delta_args(caps: Capabilities, out: torch.Tensor, dout: torch.Tensor) -> None:
+    """Boundary check of ``attention_delta``: ``out`` and ``dout`` both ``[B, Hq, Sq, D]``, same dtype and device."""
+    _check_tensor("out", out, 4)
+    _check_tensor("dout", dout, 4)
+    _require(out.shape == dout.shape, f"shape mismatch: out {tuple(out.shape)} vs dout {tuple(dout.shape)}")
+    _check_device(caps, {"out": out, "dout": dout})
+    _check_dtype("attention_delta", caps.backward_dtypes, {"out": out, "dout": dout})
+
+
+def merge_args(caps: Capabilities, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor) -> None:
+    """Boundary check of ``softmax_merge``: four tensors of one shape, dtype and device."""
+    tensors = {"m1": m1, "l1": l1, "m2": m2, "l2": l2}
+    for n, x in tensors.items():
+        _require(isinstance(x, torch.Tensor), f"{n} must be a torch.Tensor, got {type(x).__name__}")
+    for n, x in tensors.items():
+        _require(x.shape == m1.shape, f"shape mismatch: {n} is {tuple(x.shape)} but m1 is {tuple(m1.shape)}")
+    _check_device(caps, tensors)
+    _check_dtype("softmax_merge", caps.stats_dtypes, tensors)
 
 
 def rows_arg(caps: Capabilities, op: str, x: torch.Tensor) -> torch.Tensor:
