@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU evidence in one command, run from the repository root on a GPU machine:
 #   bash .ci/gpu-evidence.sh [OUTDIR]        (default reports/gpu)
-# writes OUTDIR/conformance.jsonl (GPU backends, quick matrix), OUTDIR/bench.json, OUTDIR/asv/ (asv results
+# writes OUTDIR/conformance.jsonl (GPU backends, quick matrix), OUTDIR/bench.json and bench-rows.json,
+# OUTDIR/asv/ (asv results
 # for the current commit) and OUTDIR/report/ (the HTML report of all three), each carrying device, versions
 # and commit. Works without installing the project (PYTHONPATH) and without a package registry: missing
 # asv packages are taken from wheels in .whl/ (see docs/benchmarks.md), and a checkout copied without its
@@ -35,13 +36,31 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, report how it ended
 
 args=()
 for b in $backends; do args+=(--backend "$b"); done
-step conformance "${ATTNSPEC_CONFORMANCE_SECONDS:-330}" "$python" -m conformance.cli conformance --quick \
-    --device cuda --case-timeout 120 --results "$out/conformance.jsonl" "${args[@]}"
-step bench "${ATTNSPEC_BENCH_SECONDS:-150}" "$python" -m benchmarks.bench --output "$out/bench.json" \
-    "${args[@]}" ${ATTNSPEC_BENCH_ARGS:-}
+# Conformance: the backends in parallel (one process each, as always; the GPU has room for all of them and
+# correctness does not depend on timing), their result files concatenated in order afterwards.
+echo "== conformance (limit ${ATTNSPEC_CONFORMANCE_SECONDS:-240}s per backend): $backends"
+start=$SECONDS
+for b in $backends; do
+    timeout --signal=INT --kill-after=20 "${ATTNSPEC_CONFORMANCE_SECONDS:-240}" "$python" -m conformance.cli \
+        conformance --quick --device cuda --case-timeout 120 --backend "$b" --results "$out/conformance-$b.jsonl" \
+        > "$out/conformance-$b.log" 2>&1 &
+done
+wait
+echo "== conformance ended after $((SECONDS - start))s"
+: > "$out/conformance.jsonl"
+for b in $backends; do
+    cat "$out/conformance-$b.jsonl" >> "$out/conformance.jsonl" 2>/dev/null && rm -f "$out/conformance-$b.jsonl"
+    tail -n 4 "$out/conformance-$b.log"
+done
+# Benchmarks, one at a time: attention on the quick table (D 128, S 1k/4k/16k, causal and not) with the
+# memory sweep, then the full tables of the row operations (KD 8192 x 131072, stats, reduction up to 2^28).
+step bench-attention "${ATTNSPEC_BENCH_SECONDS:-150}" "$python" -m benchmarks.bench --quick --memory-scaling \
+    --op attention --op attention_backward --output "$out/bench.json" "${args[@]}"
+step bench-rows "${ATTNSPEC_BENCH_ROWS_SECONDS:-90}" "$python" -m benchmarks.bench --op kd_loss \
+    --op softmax_stats --op reduce_sum --output "$out/bench-rows.json" "${args[@]}"
 step asv "${ATTNSPEC_ASV_SECONDS:-60}" bash -c "'$python' -m asv machine --yes --machine h200 >/dev/null && \
     ASV_PYTHONPATH='$PWD' '$python' -m asv run --quick --machine h200 -E 'existing:$python' \
     --set-commit-hash '$ATTNSPEC_COMMIT' --bench '^asv_suite\.(AttentionForward|ReduceSum)\.' && \
     mkdir -p '$out/asv' && cp -r .asv/results/h200 '$out/asv/' && cp .asv/results/benchmarks.json '$out/asv/'"
 step report 60 "$python" -m reports.build --conformance "$out/conformance.jsonl" --bench "$out/bench.json" \
-    --asv "$out/asv" --label H200 --output "$out/report"
+    "$out/bench-rows.json" --asv "$out/asv" --label H200 --output "$out/report"
