@@ -17,7 +17,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 backends="${ATTNSPEC_GPU_BACKENDS:-torch-flash torch-efficient torch-cudnn torch-math triton cupy}"
 
 if ! git rev-parse HEAD >/dev/null 2>&1 && [ -f .whl/repo.bundle ]; then
-    git init -q . && git fetch -q .whl/repo.bundle "HEAD:refs/heads/main" && git update-ref HEAD refs/heads/main
+    git init -q . && git fetch -q .whl/repo.bundle "HEAD:refs/heads/main" && git update-ref HEAD refs/heads/main \
+        && git reset -q
 fi
 export ATTNSPEC_COMMIT="${ATTNSPEC_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
 if ! "$python" -c "import asv" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then

@@ -41,7 +41,7 @@ GPU_BACKWARD_16BIT: dict[int, BackwardConfig] = {
     16: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
     32: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
     64: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
-    128: BackwardConfig(LaunchConfig(32, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
+    128: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),  # swept on the H200
     256: BackwardConfig(LaunchConfig(32, 64, 8, 1), LaunchConfig(64, 32, 8, 1)),
 }
 #: float32: exact FMA products, small tiles (see GPU_FORWARD_FP32)

@@ -29,7 +29,8 @@ from ..base import new_output
 from .common import LN2_K, LOG2E_K, compensated_add, next_pow2
 
 GPU_KD_BLOCK = 4096
-INTERPRETER_KD_BLOCK = 1024
+#: the interpreter's NumPy temporaries grow with the block (KD-7's CPU memory probe sees them)
+INTERPRETER_KD_BLOCK = 256
 KD_WARPS = 8
 
 
@@ -75,7 +76,8 @@ def kd_loss_kernel(S, T, LABELS, COUNT, DS, ROW_LOSS, stride_s, stride_t, stride
             m1, z1, c1, _, _ = _merge(m1, z1, c1, tl.where(mask, s * LOG2E_K, float("-inf")))
     ls2 = ms + tl.log2(zs)  # base-2 logsumexp(s/T)
     lt2 = mt + tl.log2(zt)
-    kl = tl.maximum(inv_temp * at / zt - (lt2 - ls2) * LN2_K, 0.0)
+    # LT - LS as (mt - ms) + log2(Zt / Zs): no rounding of the two ~log2(V)-sized sums before they cancel
+    kl = tl.maximum(inv_temp * at / zt - ((mt - ms) + tl.log2(zt / zs)) * LN2_K, 0.0)
 
     inv_count = 1.0 / tl.maximum(tl.load(COUNT).to(tl.float32), 1.0)
     if HAS_LABELS:

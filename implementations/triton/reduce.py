@@ -27,7 +27,7 @@ from ..schedule import Schedule
 from .common import next_pow2
 
 SCHEDULE_KIND = "pairwise tree"
-GPU_REDUCE_BLOCK = 8192
+GPU_REDUCE_BLOCK = 16384  # 2^28 inputs: 16384 programs, then one program sums their partials
 GPU_REDUCE_WARPS = 8
 INTERPRETER_REDUCE_BLOCK = 1024
 
