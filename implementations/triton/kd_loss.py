@@ -29,8 +29,7 @@ from ..base import new_output
 from .common import LN2_K, LOG2E_K, compensated_add, next_pow2
 
 GPU_KD_BLOCK = 4096
-#: the interpreter's NumPy temporaries grow with the block (KD-7's CPU memory probe sees them)
-INTERPRETER_KD_BLOCK = 256
+INTERPRETER_KD_BLOCK = 1024
 KD_WARPS = 8
 
 
