@@ -120,9 +120,10 @@ def cuda_timing(fn: Callable[[], object], *, budget_s: float = 1.0, min_reps: in
 
 
 def timing_for(fn: Callable[[], object], device: str, *, quick: bool, cuda_graph: bool = False) -> Timing:
-    """:func:`cuda_timing` or :func:`cpu_timing` with the run's budgets (``quick``: about 0.2 s / 0.1 s a call)."""
+    """:func:`cuda_timing` or :func:`cpu_timing` with the run's budgets of timed seconds per record
+    (GPU 0.5 s, CPU 0.5 s; ``quick``: 0.2 s, 0.1 s)."""
     if device == "cuda":
-        return cuda_timing(fn, budget_s=0.2 if quick else 1.0, cuda_graph=cuda_graph)
+        return cuda_timing(fn, budget_s=0.2 if quick else 0.5, cuda_graph=cuda_graph)
     return cpu_timing(fn, budget_s=0.1 if quick else 0.5, min_reps=3 if quick else 5)
 
 
