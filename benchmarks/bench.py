@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure peak extra memory of attention forward/backward against S")
     parser.add_argument("--no-timing", action="store_true", help="skip the timed records (with --memory-scaling)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any gate failed or erred")
+    if argv and argv[0] == "--":  # ``attnspec bench -- OPTIONS`` passes the separator on
+        argv = argv[1:]
     return parser.parse_args(argv)
 
 
