@@ -16,11 +16,11 @@ python="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 backends="${ATTNSPEC_GPU_BACKENDS:-torch-flash torch-efficient torch-cudnn torch-math triton cupy}"
 
-if ! git rev-parse HEAD >/dev/null 2>&1 && [ -f .whl/repo.bundle ]; then
-    git init -q . && git fetch -q .whl/repo.bundle "HEAD:refs/heads/main" && git update-ref HEAD refs/heads/main \
-        && git reset -q
+if ! git rev-parse --verify -q HEAD >/dev/null && [ -f .whl/repo.bundle ]; then
+    git init -q . && git fetch -q .whl/repo.bundle HEAD && git update-ref refs/heads/main FETCH_HEAD \
+        && git symbolic-ref HEAD refs/heads/main && git reset -q
 fi
-export ATTNSPEC_COMMIT="${ATTNSPEC_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
+export ATTNSPEC_COMMIT="${ATTNSPEC_COMMIT:-$(git rev-parse --verify -q HEAD || echo unknown)}"
 if ! "$python" -c "import asv" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/attnspec-site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/attnspec-site"

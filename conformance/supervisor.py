@@ -99,10 +99,18 @@ def run_backend(
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy())
-            while proc.poll() is None:
-                if on_poll:
-                    on_poll()
-                time.sleep(0.5)
+            try:
+                while proc.poll() is None:
+                    if on_poll:
+                        on_poll()
+                    time.sleep(0.5)
+            except KeyboardInterrupt:  # stop the child too; what it recorded stays in the results file
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
         code = proc.returncode
         run.exit_codes.append(code)
         if code in FINISHED:

@@ -234,3 +234,18 @@ def test_crash_and_hang_are_recorded_and_the_run_goes_on(tmp_path: Path) -> None
     assert len(cases) == 7, sorted(cases)  # every size has a result: the run went on after both
     assert run.restarts == 2
     assert in_flight(records, run.run_id) is None
+
+
+def test_cli_hands_bench_and_report_options_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`attnspec bench --quick ...` reaches the benchmark's own parser untouched (argparse's REMAINDER
+    would refuse a remainder that starts with an option)."""
+    import benchmarks.bench
+    import reports.build
+    from conformance import cli
+
+    seen = {}
+    monkeypatch.setattr(benchmarks.bench, "main", lambda argv: seen.setdefault("bench", argv) and 0)
+    monkeypatch.setattr(reports.build, "main", lambda argv: seen.setdefault("report", argv) and 0)
+    assert cli.main(["bench", "--quick", "--op", "kd_loss"]) == 0
+    assert cli.main(["report", "--conformance", "x.jsonl"]) == 0
+    assert seen == {"bench": ["--quick", "--op", "kd_loss"], "report": ["--conformance", "x.jsonl"]}
