@@ -17,12 +17,15 @@ from typing import Any
 
 #: Case statuses of the conformance format, most severe first (the order the report lists and colours them).
 STATUSES: tuple[str, ...] = (
-    "crashed", "timeout", "error", "failed", "xpass", "xfail", "passed", "skipped", "unsupported", "not_implemented",
+    "crashed", "timeout", "interrupted", "error", "failed", "xpass", "xfail", "passed", "skipped", "unsupported",
+    "not_implemented",
 )
 
 #: asv stores parameter values as their repr; the quotes are dropped in series names
 QUOTES = "'\""
-CRASH_REASON = "the run stopped during this case: its start record has no result"
+#: a start with no result: the supervisor records real crashes itself, so this one was stopped from outside
+#: (a time limit, Ctrl-C) or died unsupervised
+INTERRUPTED_REASON = "the run stopped during this case: its start record has no result"
 
 Record = dict[str, Any]
 
@@ -135,19 +138,19 @@ def _device_from_id(case_id: str, backend: str) -> str:
     return "?"
 
 
-def _crashed(start: Record) -> Record:
+def _interrupted(start: Record) -> Record:
     """The case record standing for a start record whose case never finished."""
     case_id = str(start.get("id", "?"))
     backend = str(start.get("backend", "?"))
     clause = case_id.split("[", 1)[0]
     return {
         "kind": "case", "id": case_id, "clause": clause, "area": clause.split("-", 1)[0], "backend": backend,
-        "device": _device_from_id(case_id, backend), "status": "crashed", "reason": CRASH_REASON,
+        "device": _device_from_id(case_id, backend), "status": "interrupted", "reason": INTERRUPTED_REASON,
     }
 
 
 def load_conformance(path: Path) -> Conformance:
-    """Read a conformance JSON-lines file; a start without its case counts as a crash of that case."""
+    """Read a conformance JSON-lines file; a start without its case counts as that case interrupted."""
     result = Conformance(Path(path))
     try:
         records, result.problems = read_json_lines(result.path)
@@ -159,7 +162,7 @@ def load_conformance(path: Path) -> Conformance:
 
     def close_run() -> None:
         for key, start in pending.items():
-            cases[key] = _crashed(start)
+            cases[key] = _interrupted(start)
         pending.clear()
 
     for rec in records:
