@@ -40,7 +40,8 @@ DEFAULT_OUTPUT = Path("reports/out")
 AREA_ORDER = ("ATT", "GRAD", "SMX", "KD", "WD")
 #: what a matrix cell calls each status
 STATUS_WORDS = {
-    "passed": "pass", "failed": "fail", "crashed": "crash", "timeout": "timeout", "interrupted": "interrupted", "error": "error",
+    "passed": "pass", "failed": "fail", "crashed": "crash", "timeout": "timeout", "interrupted": "interrupted",
+    "error": "error",
     "xfail": "xfail", "xpass": "xpass", "unsupported": "unsup.", "not_implemented": "not impl.", "skipped": "skip",
 }
 #: the files and folders a build writes into the output directory (and removes first)
