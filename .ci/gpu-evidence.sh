@@ -2,11 +2,14 @@
 # The GPU evidence in one command, run from the repository root on a GPU machine:
 #   bash .ci/gpu-evidence.sh [OUTDIR]        (default reports/gpu)
 # writes OUTDIR/conformance.jsonl (GPU backends, quick matrix), OUTDIR/bench.json and bench-rows.json,
-# OUTDIR/asv/ (asv results
-# for the current commit) and OUTDIR/report/ (the HTML report of all three), each carrying device, versions
-# and commit. Works without installing the project (PYTHONPATH) and without a package registry: missing
-# asv packages are taken from wheels in .whl/ (see docs/benchmarks.md), and a checkout copied without its
-# git history is given one from .whl/repo.bundle (`git bundle create .whl/repo.bundle HEAD`).
+# OUTDIR/asv/ (asv results for the current commit) and OUTDIR/report/ (the HTML report of all three), each
+# carrying device, versions and commit. Works without installing the project (PYTHONPATH) and without a
+# package registry: missing asv packages come from Python 3.12 wheels in .whl/, fetched beforehand with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl asv==0.6.6 asv_runner==0.3.2 json5 pympler virtualenv distlib \
+#     platformdirs python-discovery packaging zipp 'importlib_metadata==8.7.0'
+# (importlib_metadata 10 needs lazy_importer, which is not there), and a checkout copied without its git
+# history is given one from .whl/repo.bundle (`git bundle create .whl/repo.bundle HEAD`).
 # Every step has a time limit and writes as it goes, so a step that runs out leaves what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
