@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     quick = args.quick or not _cuda()
     conformance_args = argparse.Namespace(
         backend=args.backend, quick=quick, results=str(CONFORMANCE_RESULTS), append=False,
-        case_timeout=args.case_timeout, xfails_file=args.xfails_file or _default_xfails(), device=[], k=None)
+        case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None)
     status = cmd_conformance(conformance_args)
     bench_argv = ["--quick", "--output", str(BENCH_RESULTS)] + [a for b in args.backend for a in ("--backend", b)]
     bench_status = _optional_step("bench", "benchmarks.bench", bench_argv)
@@ -198,12 +198,6 @@ def _optional_step(name: str, module: str, argv: list[str]) -> int:
         print(f"attnspec run: {name} skipped ({exc})")
         return 0
     return int(main(argv) or 0)
-
-
-def _default_xfails() -> list[str]:
-    """The xfails files shipped for the built-in backends (conformance/xfails/*.txt)."""
-    folder = Path(__file__).with_name("xfails")
-    return sorted(str(p) for p in folder.glob("*.txt")) if folder.is_dir() else []
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,8 @@ from conformance.spec import CLAUSES, clause_of
 from conformance.tolerance import Comparison
 from implementations.base import BackendLike, Case, RegistryEntry, discover, dtype_name, poisoned_outputs, select
 
+#: xfails shipped for the built-in backends (their known deviations, each with its finding), always read
+BUILTIN_XFAILS = sorted(Path(__file__).with_name("xfails").glob("*.txt"))
 UNSUPPORTED = "unsupported: "
 NOT_IMPLEMENTED = "not_implemented: "
 TIMEOUT_EXIT = 3
@@ -195,7 +197,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--quick", action="store_true", help="small shapes and few head dims")
     group.addoption("--results", default=None, metavar="PATH", help="append JSON-lines results to PATH")
     group.addoption("--xfails-file", action="append", default=[], metavar="PATH",
-                    help="file of test ids (fnmatch patterns) expected to fail, '# reason' after each")
+                    help="file of test ids expected to fail ('*' wildcards, '# reason' after each); "
+                         "conformance/xfails/*.txt are read too unless --no-builtin-xfails")
+    group.addoption("--no-builtin-xfails", action="store_true",
+                    help="do not read the xfails shipped for the built-in backends")
     group.addoption("--seed", type=int, default=0, help="base seed mixed into every case's seed")
     group.addoption("--case-timeout", type=float, default=600.0, metavar="SECONDS",
                     help="record a case as timeout and stop the process when it runs longer")
@@ -211,6 +216,7 @@ class _State:
     writer: ResultsWriter
     run_id: str
     xfails: dict[str, str]
+    own_xfails: set[str]
     skip_ids: set[str]
     quick: bool
     base_seed: int
@@ -244,7 +250,9 @@ def pytest_configure(config: pytest.Config) -> None:
         entries=chosen,
         writer=ResultsWriter(path),
         run_id=config.getoption("--run-id") or uuid.uuid4().hex[:12],
-        xfails=read_xfails(config.getoption("--xfails-file")),
+        xfails=read_xfails(([] if config.getoption("--no-builtin-xfails") else [str(p) for p in BUILTIN_XFAILS])
+                           + config.getoption("--xfails-file")),
+        own_xfails=set(read_xfails(config.getoption("--xfails-file"))),
         skip_ids=done_ids(path) if (path and config.getoption("--resume")) else set(),
         quick=config.getoption("--quick"),
         base_seed=config.getoption("--seed"),
@@ -330,7 +338,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
-    for pattern in set(state.xfails) - state.used_xfails:
+    for pattern in state.own_xfails - state.used_xfails:  # built-in entries name devices not always here
         warnings.warn(f"xfails entry {pattern!r} matches no test of this run", stacklevel=1)
 
 

@@ -63,10 +63,10 @@ def test_cu_files_compile_for_sm90(tmp_path: Path) -> None:
 
 
 def test_python_sources_paste_the_header() -> None:
-    from implementations.cupy import _kernels
+    from implementations.cupy.sources import source
 
     for cu in CU_FILES:
-        text = _kernels.source(cu.stem)
+        text = source(cu.stem)
         includes = [line for line in text.splitlines() if line.lstrip().startswith("#include")]
         assert not includes, f"{cu.name}: {includes} left for NVRTC to resolve"
         assert "mma_16816" in text

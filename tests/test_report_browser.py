@@ -64,8 +64,8 @@ def test_report_renders_and_drills_down(browser: object, tmp_path: Path) -> None
     assert page.locator("table.matrix th.rowhead", has_text="triton@cuda").count() >= 1
     assert page.locator("tr.group", has_text="H200 (committed run)").count() == 3
     torch_row = page.locator("table.matrix tr", has=page.locator("th.rowhead", has_text="torch@cpu")).first
-    att1 = torch_row.locator("td.cell").first  # ATT-1: passes, a failure, an unsupported case, a crash
-    assert "st-crashed" in att1.get_attribute("class")
+    att1 = torch_row.locator("td.cell").first  # ATT-1: passes, a failure, an unsupported case, an interrupted one
+    assert "st-interrupted" in att1.get_attribute("class")
     title = att1.get_attribute("title")
     assert "err 5e-06 > bound 2.1e-06" in title and "D=59 is not a multiple of 8" in title
 

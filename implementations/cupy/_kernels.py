@@ -13,28 +13,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import cupy
+from implementations.cupy.sources import source
 
-SOURCE_DIR = Path(__file__).resolve().parent
 OPTIONS: tuple[str, ...] = ("-lineinfo", "--std=c++17")
-_INCLUDE = '#include "common.cuh"'
 
 #: the C++ storage type of each torch dtype the kernels take
 CXX_TYPE: dict[torch.dtype, str] = {torch.bfloat16: "bf16_t", torch.float16: "f16_t", torch.float32: "float"}
 
 
 @functools.cache
-def source(name: str) -> str:
-    """The text of ``name.cu`` with ``common.cuh`` pasted in (so CuPy's cache key covers the header too)."""
-    text = (SOURCE_DIR / f"{name}.cu").read_text()
-    return text.replace(_INCLUDE, (SOURCE_DIR / "common.cuh").read_text())
-
-
 @functools.cache
 def _kernel(name: str, expr: str, device: int) -> cupy.RawKernel:
     with cupy.cuda.Device(device):
