@@ -88,7 +88,7 @@ def test_report_renders_and_drills_down(browser: object, tmp_path: Path) -> None
     assert page.locator("h1").inner_text().startswith("ATT-1: forward output")
     rows = page.locator("table.cases tbody tr")
     assert rows.count() == 15
-    assert "crashed" in rows.nth(0).inner_text() and "2048x2048" in rows.nth(0).inner_text()
+    assert "interrupted" in rows.nth(0).inner_text() and "2048x2048" in rows.nth(0).inner_text()
     assert "failed" in rows.nth(1).inner_text() and "err 5e-06 > bound 2.1e-06" in rows.nth(1).inner_text()
     assert "ci-box" in page.locator("#provenance").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "drill-down.png"), full_page=True)
