@@ -246,13 +246,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     results = config.getoption("--results")
     path = Path(results) if results else None
+    own_xfails = read_xfails(config.getoption("--xfails-file"))
+    builtin = [] if config.getoption("--no-builtin-xfails") else [str(p) for p in BUILTIN_XFAILS]
     state = _State(
         entries=chosen,
         writer=ResultsWriter(path),
         run_id=config.getoption("--run-id") or uuid.uuid4().hex[:12],
-        xfails=read_xfails(([] if config.getoption("--no-builtin-xfails") else [str(p) for p in BUILTIN_XFAILS])
-                           + config.getoption("--xfails-file")),
-        own_xfails=set(read_xfails(config.getoption("--xfails-file"))),
+        xfails=read_xfails(builtin) | own_xfails,
+        own_xfails=set(own_xfails),
         skip_ids=done_ids(path) if (path and config.getoption("--resume")) else set(),
         quick=config.getoption("--quick"),
         base_seed=config.getoption("--seed"),
