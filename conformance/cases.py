@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -23,9 +23,6 @@ QUICK_HEAD_DIMS = (16, 59, 128)
 QUICK_SEQ_PAIRS = ((1, 1), (1, 239), (3, 799), (113, 203), (127, 513), (239, 1), (512, 256))
 #: seeded random shapes added to ATT-1 and GRAD-1 (SPEC: "plus seeded random shapes")
 RANDOM_SHAPES = 3
-
-Generator = Callable[[BackendLike, str, bool], list]
-
 
 def available_devices() -> set[str]:
     """Devices present on this machine."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from conformance import cases as casegen
 from conformance import oracle
 from conformance.memory import loglog_slope, peak_extra
 from conformance.plugin import Trial
@@ -54,7 +55,7 @@ def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward then backward with a random ``dout``; dq, dk, dv against the oracle's autograd (GRAD-1)."""
     out, lse = trial.call("attention", q, k, v, causal=causal, scale=scale)
-    dout = _randn_like(out, trial.generator(salt=7))
+    dout = randn_like(out, trial.generator(salt=7))
     dq, dk, dv = trial.call("attention_backward", q, k, v, out, lse, dout, causal=causal, scale=scale)
     for name, got, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
         assert got.shape == like.shape, f"{name} shape {tuple(got.shape)} != {tuple(like.shape)}"
@@ -68,13 +69,9 @@ def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return dq, dk, dv
 
 
-def _randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype).to(x.device)
-
-
 def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Fresh normal draws shaped and typed like ``x`` (made on the CPU, so identical on every device)."""
-    return _randn_like(x, g)
+    return casegen.randn(tuple(x.shape), x.dtype, x.device, g)
 
 
 def memory_growth(trial: Trial, lengths: list[int], run: Callable[[int], tuple[object, int]],

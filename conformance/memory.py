@@ -47,11 +47,6 @@ class Peak:
     probe: str
 
 
-def rss_probe_works() -> bool:
-    """Whether the resident-set high-water mark can be reset here (Linux ``clear_refs``)."""
-    return _reset_hwm() and _hwm_bytes("VmHWM") is not None
-
-
 def peak_extra(fn: Callable[[], object], device: str) -> tuple[object, Peak]:
     """Run ``fn`` and return its result with the peak extra memory it allocated on ``device``."""
     gc.collect()
