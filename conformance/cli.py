@@ -180,7 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend, quick=quick, results=str(CONFORMANCE_RESULTS), append=False,
         case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None)
     status = cmd_conformance(conformance_args)
-    bench_argv = ["--quick", "--output", str(BENCH_RESULTS)] + [a for b in args.backend for a in ("--backend", b)]
+    bench_argv = (["--quick", "--memory-scaling", "--output", str(BENCH_RESULTS)]
+                  + [a for b in args.backend for a in ("--backend", b)])
     bench_status = _optional_step("bench", "benchmarks.bench", bench_argv)
     report_argv = ["--conformance", str(CONFORMANCE_RESULTS), "--bench", str(BENCH_RESULTS),
                    "--output", str(REPORT_DIR)]
