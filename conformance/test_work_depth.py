@@ -157,25 +157,44 @@ def test_merge_tree_depth(trial: Trial) -> None:
 
 
 def _scan(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
-    return C.rows_cases(b.capabilities.reduce_dtypes, device, [(1, 1024)])
+    return C.rows_cases(b.capabilities.reduce_dtypes, device, [(1, n) for n in (1, 7, 64, 1000, 1024)])
+
+
+#: WD-5's bounds per declared kind: (W, D) as functions of n (exact for Hillis-Steele and sequential,
+#: upper bounds for Blelloch)
+SCAN_MEASURES = {
+    "hillis-steele": lambda n: (n * math.ceil(math.log2(n)) - sum(2 ** d for d in range(math.ceil(math.log2(n)))),
+                                math.ceil(math.log2(n))),
+    "blelloch": lambda n: (2 * (n - 1), 2 * math.ceil(math.log2(n))),
+    "sequential": lambda n: (n - 1, n - 1),
+}
 
 
 @clause("WD-5")
 @cases("prefix_sum", _scan)
 def test_scans(trial: Trial) -> None:
     """Scans, where a backend provides `prefix_sum(x) -> (y, schedule)`: Hillis-Steele
-    `W = n·log2 n - (n - 1)`, `D = log2 n`; Blelloch `W <= 2(n - 1)`, `D <= 2·log2 n`; y equals the
-    float64 cumulative sum by the tolerance rule.
+    `W = n·log2 n - (n - 1)`, `D = log2 n` (n a power of two; the sum over rounds otherwise); Blelloch
+    `W <= 2(n - 1)`, `D <= 2·log2 n`; y equals the float64 cumulative sum by the tolerance rule and is
+    bit-identical to the declared schedule evaluated in float32.
+
+    Guards against: a scan declared parallel but computed sequentially (or the reverse), an exclusive scan
+    returned for an inclusive one.
     """
     g = trial.generator()
     n = trial.case.cols
     x = C.randn((n,), trial.case.dtype, trial.case.device, g)
     y, schedule = trial.call("prefix_sum", x)
+    assert isinstance(schedule, sched.ScanSchedule), f"prefix_sum returned {type(schedule).__name__}"
+    assert schedule.kind in SCAN_MEASURES, f"unknown scan kind {schedule.kind!r} (known: {list(SCAN_MEASURES)})"
+    trial.metrics.update({"n": n, "W": schedule.work, "D": schedule.depth, "schedule": schedule.kind})
     trial.check(compare("scan", y, x.double().cpu().cumsum(0), x.cumsum(0), dtype=torch.float32, terms=n))
-    kind = getattr(schedule, "kind", "")
-    log = math.log2(n)
-    trial.metrics.update({"W": schedule.work, "D": schedule.depth, "schedule": kind})
-    if "hillis" in kind.lower():
-        assert schedule.work == n * log - (n - 1) and schedule.depth == log
-    else:
-        assert schedule.work <= 2 * (n - 1) and schedule.depth <= 2 * log
+    expected = schedule.evaluate(x.cpu().numpy(), np.float32)
+    assert np.array_equal(y.cpu().numpy(), expected), "y differs from the declared schedule evaluated in float32"
+    if n > 1:
+        work, depth = SCAN_MEASURES[schedule.kind](n)
+        if schedule.kind == "blelloch":
+            assert schedule.work <= work and schedule.depth <= depth, f"W={schedule.work}, D={schedule.depth}"
+        else:
+            assert (schedule.work, schedule.depth) == (work, depth), \
+                f"{schedule.kind}: W={schedule.work}, D={schedule.depth}, expected W={work}, D={depth}"

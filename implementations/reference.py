@@ -219,6 +219,13 @@ class ReferenceBackend(Backend):
         value.fill_(float(partial_sums[-1]))
         return value, schedule.sequential(x.numel())
 
+    def prefix_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.ScanSchedule]:
+        """WD-5: ``y[i] = y[i-1] + x[i]`` in float32, left to right, the declared ``sequential_scan(n)``."""
+        x = validate.rows_arg(self.capabilities, "prefix_sum", x)
+        y = new_output(x.shape, torch.float32, x.device)
+        write(y, np.add.accumulate(as_numpy(x, torch.float32)))
+        return y, schedule.sequential_scan(x.numel())
+
 
 def _per_query_head(kv: np.ndarray, Hq: int) -> np.ndarray:
     """ATT-6: K or V ``[B, Hk, Sk, D]`` repeated so that query head ``h`` finds KV head ``h // (Hq // Hk)``."""

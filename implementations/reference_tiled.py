@@ -323,6 +323,20 @@ class TiledReferenceBackend(Backend):
         value.fill_(float(slots[0]))
         return value, schedule.pairwise_tree(n)
 
+    def prefix_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.ScanSchedule]:
+        """WD-5: Hillis-Steele inclusive scan in float32: round ``d`` adds ``y[i - 2^d]`` into ``y[i]`` for
+        every ``i >= 2^d`` at once (all reads before the writes), ``log2 n`` rounds."""
+        x = validate.rows_arg(self.capabilities, "prefix_sum", x)
+        n = x.numel()
+        slots = as_numpy(x, torch.float32).copy()
+        offset = 1
+        while offset < n:
+            slots[offset:] = slots[offset:] + slots[:n - offset]  # the right side is evaluated first
+            offset *= 2
+        y = new_output(x.shape, torch.float32, x.device)
+        write(y, slots)
+        return y, schedule.hillis_steele_scan(n)
+
 
 def _grouped(x: torch.Tensor, Hk: int) -> torch.Tensor:
     """View ``[B, Hq, ...]`` as ``[B, Hk, G, ...]``: query head ``h`` is KV head ``h // G``'s member ``h % G``."""

@@ -159,3 +159,56 @@ def blocked(n: int, p: int, tree: str = "pairwise") -> Schedule:
         lead = np.asarray(starts, dtype=np.int64)
         rounds.append((lead[dst], lead[a], lead[b]))
     return Schedule(n, f"blocked p={p} + {tree} tree", rounds, 0)
+
+
+@dataclass
+class ScanSchedule:
+    """An inclusive prefix sum as rounds of parallel steps (SPEC WD-5).
+
+    Slots start as the inputs and end as the prefix sums. In each round every addition
+    ``slot[dst] = slot[a] + slot[b]`` reads the values the slots held before the round (a parallel step,
+    double-buffered), so a round may read a slot another of its additions writes.
+    """
+
+    n: int
+    kind: str
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def work(self) -> int:
+        """W: the number of additions."""
+        return int(sum(len(dst) for dst, _, _ in self.rounds))
+
+    @property
+    def depth(self) -> int:
+        """D: the longest chain of dependent additions behind any output."""
+        depth = np.zeros(self.n, dtype=np.int64)
+        for dst, a, b in self.rounds:
+            depth[dst] = np.maximum(depth[a], depth[b]) + 1  # gathers before it scatters: a parallel step
+        return int(depth.max()) if self.n else 0
+
+    def evaluate(self, x: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """All n prefix sums of ``x`` in ``dtype``, round by round in the declared order."""
+        slots = np.asarray(x, dtype=dtype).reshape(-1).copy()
+        if slots.size != self.n:
+            raise ValueError(f"schedule is for n={self.n} inputs, got {slots.size}")
+        for dst, a, b in self.rounds:
+            slots[dst] = slots[a] + slots[b]
+        return slots
+
+
+def sequential_scan(n: int) -> ScanSchedule:
+    """``y[i] = y[i-1] + x[i]``: W = D = n - 1."""
+    return ScanSchedule(n, "sequential", [_round([(i, i - 1)]) for i in range(1, n)])
+
+
+def hillis_steele_scan(n: int) -> ScanSchedule:
+    """Round d adds ``slot[i - 2^d]`` into ``slot[i]`` for every ``i >= 2^d`` at once.
+
+    For n a power of two: W = n·log2 n - (n - 1), D = log2 n (SPEC WD-5).
+    """
+    rounds, offset = [], 1
+    while offset < n:
+        rounds.append(_round([(i, i - offset) for i in range(offset, n)]))
+        offset *= 2
+    return ScanSchedule(n, "hillis-steele", rounds)

@@ -149,8 +149,9 @@ def merge_args(caps: Capabilities, m1: torch.Tensor, l1: torch.Tensor, m2: torch
 
 
 def rows_arg(caps: Capabilities, op: str, x: torch.Tensor) -> torch.Tensor:
-    """The input of softmax_stats (``[rows, cols]``) or reduce_sum (``[n]``)."""
-    ndim, dtypes = {"softmax_stats": (2, caps.stats_dtypes), "reduce_sum": (1, caps.reduce_dtypes)}[op]
+    """The input of softmax_stats (``[rows, cols]``), reduce_sum or prefix_sum (``[n]``)."""
+    ndim, dtypes = {"softmax_stats": (2, caps.stats_dtypes), "reduce_sum": (1, caps.reduce_dtypes),
+                    "prefix_sum": (1, caps.reduce_dtypes)}[op]
     _check_tensor("x", x, ndim)
     _require(x.numel() > 0, f"x is empty (shape {tuple(x.shape)})")
     _check_device(caps, {"x": x})

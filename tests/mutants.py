@@ -122,6 +122,12 @@ class Control(Backend):
         value = torch.tensor(order.evaluate(x.numpy()), dtype=torch.float32)
         return value, declared
 
+    def prefix_sum(self, x):  # noqa: ANN001, ANN201
+        validate.rows_arg(self.capabilities, "prefix_sum", x)
+        declared = sched.hillis_steele_scan(x.numel())
+        order = sched.sequential_scan(x.numel()) if self.defect == "sequential_declared_parallel_scan" else declared
+        return torch.from_numpy(order.evaluate(x.numpy())), declared
+
 
 def _make(defect: str | None):  # noqa: ANN202
     def factory() -> Control:
@@ -143,6 +149,7 @@ MUTANTS: dict[str, tuple[str, str]] = {
     "kd_reduction_mean": ("conformance/test_kd_loss.py::test_kd_loss_matches_oracle", "KD-1"),
     "sequential_declared_tree": ("conformance/test_work_depth.py::test_kernel_follows_schedule", "WD-2"),
     "gqa_modulo": ("conformance/test_attention.py::test_gqa_equals_repeated_kv", "ATT-6"),
+    "sequential_declared_parallel_scan": ("conformance/test_work_depth.py::test_scans", "WD-5"),
 }
 
 control = _make(None)
@@ -155,3 +162,4 @@ mutant_kd_no_t_squared = _make("kd_no_t_squared")
 mutant_kd_reduction_mean = _make("kd_reduction_mean")
 mutant_sequential_declared_tree = _make("sequential_declared_tree")
 mutant_gqa_modulo = _make("gqa_modulo")
+mutant_sequential_declared_parallel_scan = _make("sequential_declared_parallel_scan")

@@ -109,6 +109,16 @@ def test_tree_measures(n: int) -> None:
     assert sched.sequential(n).depth == n - 1
 
 
+@pytest.mark.parametrize("n", [2, 8, 64, 1024])
+def test_scan_measures(n: int) -> None:
+    log = int(math.log2(n))
+    hs = sched.hillis_steele_scan(n)
+    assert (hs.work, hs.depth) == (n * log - (n - 1), log)
+    assert (sched.sequential_scan(n).work, sched.sequential_scan(n).depth) == (n - 1, n - 1)
+    x = np.random.default_rng(0).standard_normal(n)
+    assert np.allclose(hs.evaluate(x, np.float64), np.cumsum(x))
+
+
 def test_wd1_example() -> None:
     tree = sched.pairwise_tree(64)
     assert (tree.work, tree.depth) == (63, 6)
