@@ -40,21 +40,27 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, report how it ended
 
 args=()
 for b in $backends; do args+=(--backend "$b"); done
-# Conformance: the backends in parallel (one process each, as always; the GPU has room for all of them and
-# correctness does not depend on timing), their result files concatenated in order afterwards.
-echo "== conformance (limit ${ATTNSPEC_CONFORMANCE_SECONDS:-240}s per backend): $backends"
+# Conformance: every backend x chapter in a process of its own, all at once (correctness does not depend on
+# timing, memory probes are per process, and the float64 oracle runs on the CPU cores), the result files
+# concatenated afterwards in order.
+chapters="${ATTNSPEC_CHAPTERS:-test_attention test_gradients test_softmax_stats test_kd_loss test_work_depth}"
+echo "== conformance (limit ${ATTNSPEC_CONFORMANCE_SECONDS:-240}s): $backends x $chapters"
 start=$SECONDS
 for b in $backends; do
-    timeout --signal=INT --kill-after=20 "${ATTNSPEC_CONFORMANCE_SECONDS:-240}" "$python" -m conformance.cli \
-        conformance --quick --device cuda --case-timeout 120 --backend "$b" --results "$out/conformance-$b.jsonl" \
-        > "$out/conformance-$b.log" 2>&1 &
+    for c in $chapters; do
+        timeout --signal=INT --kill-after=20 "${ATTNSPEC_CONFORMANCE_SECONDS:-240}" "$python" -m conformance.cli \
+            conformance --quick --device "${ATTNSPEC_DEVICE:-cuda}" --case-timeout 120 --backend "$b" -k "$c" \
+            --results "$out/conformance-$b-$c.jsonl" > "$out/conformance-$b-$c.log" 2>&1 &
+    done
 done
 wait
 echo "== conformance ended after $((SECONDS - start))s"
 : > "$out/conformance.jsonl"
 for b in $backends; do
-    cat "$out/conformance-$b.jsonl" >> "$out/conformance.jsonl" 2>/dev/null && rm -f "$out/conformance-$b.jsonl"
-    tail -n 4 "$out/conformance-$b.log"
+    for c in $chapters; do
+        cat "$out/conformance-$b-$c.jsonl" >> "$out/conformance.jsonl" 2>/dev/null && rm -f "$out/conformance-$b-$c.jsonl"
+        echo "-- $b $c: $(grep -E '^\[1/1\]' "$out/conformance-$b-$c.log" | head -1)"
+    done
 done
 # Benchmarks, one at a time: attention on the quick table (D 128, S 1k/4k/16k, causal and not) with the
 # memory sweep, then the full tables of the row operations (KD 8192 x 131072, stats, reduction up to 2^28).

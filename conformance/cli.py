@@ -123,7 +123,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
         try:
             with Live(spinner, console=console, refresh_per_second=4, transient=True):
-                run = run_backend(name, results, pytest_args, log_dir=results.parent / "logs", on_poll=poll)
+                run = run_backend(name, results, pytest_args, log_dir=results.parent / "logs" / results.stem,
+                                  on_poll=poll)
         except KeyboardInterrupt:
             console.print(f"[magenta]{label}: interrupted; the cases recorded so far are kept[/magenta]")
             print_verdicts(console, read_records(results))
