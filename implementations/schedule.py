@@ -22,6 +22,28 @@ import numpy as np
 Round = tuple[np.ndarray, np.ndarray, np.ndarray]  # dst, a, b (int64 arrays of equal length)
 
 
+def _work(rounds: list[Round]) -> int:
+    return int(sum(len(dst) for dst, _, _ in rounds))
+
+
+def _depths(n: int, rounds: list[Round]) -> np.ndarray:
+    """Each slot's longest chain of dependent additions (inputs 0); every round gathers before it scatters."""
+    depth = np.zeros(n, dtype=np.int64)
+    for dst, a, b in rounds:
+        depth[dst] = np.maximum(depth[a], depth[b]) + 1
+    return depth
+
+
+def _replay(n: int, rounds: list[Round], x: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """All slots after running ``rounds`` on ``x`` in ``dtype``, round by round, in the declared order."""
+    slots = np.asarray(x, dtype=dtype).reshape(-1).copy()
+    if slots.size != n:
+        raise ValueError(f"schedule is for n={n} inputs, got {slots.size}")
+    for dst, a, b in rounds:
+        slots[dst] = slots[a] + slots[b]
+    return slots
+
+
 @dataclass
 class Schedule:
     """An explicit combine schedule: ``rounds`` of ``(dst, a, b)`` additions, result in ``slot[result]``."""
@@ -40,15 +62,12 @@ class Schedule:
     @property
     def work(self) -> int:
         """W: the number of additions executed."""
-        return int(sum(len(dst) for dst, _, _ in self.rounds))
+        return _work(self.rounds)
 
     @property
     def depth(self) -> int:
         """D: the longest chain of dependent additions ending in the result (inputs have depth 0)."""
-        depth = np.zeros(self.n, dtype=np.int64)
-        for dst, a, b in self.rounds:
-            depth[dst] = np.maximum(depth[a], depth[b]) + 1
-        return int(depth[self.result])
+        return int(_depths(self.n, self.rounds)[self.result])
 
     def validate(self) -> None:
         """Raise ValueError if slots are out of range or an operation reads what its round writes."""
@@ -70,12 +89,7 @@ class Schedule:
 
     def evaluate(self, x: np.ndarray, dtype: np.dtype | type = np.float32) -> np.generic:
         """Run the schedule on ``x`` in ``dtype``, round by round, in exactly the declared order."""
-        slots = np.asarray(x, dtype=dtype).reshape(-1).copy()
-        if slots.size != self.n:
-            raise ValueError(f"schedule is for n={self.n} inputs, got {slots.size}")
-        for dst, a, b in self.rounds:
-            slots[dst] = slots[a] + slots[b]
-        return slots[self.result]
+        return _replay(self.n, self.rounds, x, dtype)[self.result]
 
     def greedy_time(self, p: int) -> int:
         """Steps of a greedy ``p``-processor execution of the additions' dependency graph (WD-3).
@@ -177,24 +191,16 @@ class ScanSchedule:
     @property
     def work(self) -> int:
         """W: the number of additions."""
-        return int(sum(len(dst) for dst, _, _ in self.rounds))
+        return _work(self.rounds)
 
     @property
     def depth(self) -> int:
         """D: the longest chain of dependent additions behind any output."""
-        depth = np.zeros(self.n, dtype=np.int64)
-        for dst, a, b in self.rounds:
-            depth[dst] = np.maximum(depth[a], depth[b]) + 1  # gathers before it scatters: a parallel step
-        return int(depth.max()) if self.n else 0
+        return int(_depths(self.n, self.rounds).max()) if self.n else 0
 
     def evaluate(self, x: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
         """All n prefix sums of ``x`` in ``dtype``, round by round in the declared order."""
-        slots = np.asarray(x, dtype=dtype).reshape(-1).copy()
-        if slots.size != self.n:
-            raise ValueError(f"schedule is for n={self.n} inputs, got {slots.size}")
-        for dst, a, b in self.rounds:
-            slots[dst] = slots[a] + slots[b]
-        return slots
+        return _replay(self.n, self.rounds, x, dtype)
 
 
 def sequential_scan(n: int) -> ScanSchedule:
