@@ -100,6 +100,13 @@ def causal_matrix(backend: BackendLike, device: str, quick: bool, backward: bool
     return cases
 
 
+def memory_case(dtypes: tuple[torch.dtype, ...], device: str, S: int) -> list[AttentionCase]:
+    """The one case of a memory-growth clause (ATT-10, GRAD-2): B 1, 4 heads, Sq = Sk = S, D 32 on the CPU
+    and 64 on CUDA, in the primary declared dtype."""
+    dtype = (dtypes_for(dtypes, device) or [torch.float32])[0]
+    return [AttentionCase(1, 4, 4, S, S, 32 if device == "cpu" else 64, dtype, device, None)]
+
+
 def rows_cases(dtypes: tuple[torch.dtype, ...], device: str, shapes: Iterable[tuple[int, int]]) -> list[RowsCase]:
     """``[rows, cols]`` cases for every declared dtype (or float32, reported unsupported, when none)."""
     return [RowsCase(r, c, dtype, device) for dtype in (dtypes_for(dtypes, device) or [torch.float32])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -74,23 +75,27 @@ def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return casegen.randn(tuple(x.shape), x.dtype, x.device, g)
 
 
-def memory_growth(trial: Trial, lengths: list[int], run: Callable[[int], tuple[object, int]],
-                  budget: Callable[[int, int], int]) -> None:
-    """Measure peak extra memory of ``run(S)`` for each S; check the budget at the largest S and the slope.
+def memory_growth(trial: Trial, lengths: list[int],
+                  prepare: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[Callable[[], object], int]]
+                  ) -> None:
+    """Measure the peak extra memory of a call at each sequence length; check the budget and the slope.
 
-    ``run(S)`` returns ``(fn, output_bytes)``: ``fn`` is called under the probe. ``budget(S, output_bytes)``
-    is the allowed peak. Passes when the peak at the largest S is within budget and the log-log slope of
-    the peaks over ``lengths`` is <= 1.1 (SPEC ATT-10).
+    For each S the trial's case is drawn at Sq = Sk = S and ``prepare(q, k, v)`` returns ``(fn, output_bytes)``:
+    ``fn`` is called under the probe. Passes when the peak at the largest S stays below the outputs plus a
+    tenth of the float32 score matrix (``0.1·B·Hq·S²·4`` bytes) and the log-log slope of the peaks over
+    ``lengths`` is <= 1.1 (SPEC ATT-10, GRAD-2).
     """
+    case = trial.case
+    assert isinstance(case, AttentionCase)
     peaks, probe = [], ""
     for S in lengths:
-        fn, out_bytes = run(S)
+        fn, out_bytes = prepare(*casegen.attention_inputs(dataclasses.replace(case, Sq=S, Sk=S), trial.seed))
         _, peak = peak_extra(fn, trial.device)
         peaks.append(peak.bytes)
         probe = peak.probe
         del fn
     slope = loglog_slope([float(s) for s in lengths], [float(p) for p in peaks])
-    allowed = budget(lengths[-1], out_bytes)
+    allowed = out_bytes + int(0.1 * case.B * case.Hq * lengths[-1] ** 2 * 4)
     trial.metrics.update({"S": lengths, "peak_extra_bytes": peaks, "slope": round(slope, 3),
                           "budget_bytes_at_max_S": allowed, "probe": probe})
     problems = []

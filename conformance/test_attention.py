@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -230,9 +232,7 @@ def test_large_logits(trial: Trial) -> None:
 
 
 def _memory(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
-    dtype = (C.dtypes_for(b.capabilities.dtypes, device) or [torch.float32])[0]
-    S = MEMORY_LENGTHS[device][-1]
-    return [AttentionCase(1, 4, 4, S, S, 32 if device == "cpu" else 64, dtype, device, None)]
+    return C.memory_case(b.capabilities.dtypes, device, MEMORY_LENGTHS[device][-1])
 
 
 MEMORY_LENGTHS = {"cpu": [512, 1024, 2048, 4096], "cuda": [2048, 4096, 8192, 16384]}
@@ -249,16 +249,12 @@ def test_linear_memory(trial: Trial) -> None:
     """
     if trial.backend.capabilities.memory != "linear":
         pytest.skip(UNSUPPORTED + f"declares memory={trial.backend.capabilities.memory!r}: exempt from ATT-10")
-    case = trial.case
 
-    def run(S: int) -> tuple[object, int]:
-        c = AttentionCase(case.B, case.Hq, case.Hk, S, S, case.D, case.dtype, case.device)
-        q, k, v = C.attention_inputs(c, trial.seed)
-        out_bytes = q.numel() * q.element_size() + case.B * case.Hq * S * 4
+    def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Callable[[], object], int]:
+        out_bytes = q.numel() * q.element_size() + q.shape[0] * q.shape[1] * q.shape[2] * 4  # out + lse
         return (lambda: trial.call("attention", q, k, v, causal=None)), out_bytes
 
-    memory_growth(trial, MEMORY_LENGTHS[case.device], run,
-                  lambda S, out_bytes: out_bytes + int(0.1 * case.B * case.Hq * S * S * 4))
+    memory_growth(trial, MEMORY_LENGTHS[trial.device], prepare)
 
 
 def _bad(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -36,9 +38,7 @@ def test_gradients_match_oracle(trial: Trial) -> None:
 
 
 def _grad2(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
-    dtype = (C.dtypes_for(b.capabilities.backward_dtypes, device) or [torch.float32])[0]
-    S = MEMORY_LENGTHS[device][-1]
-    return [AttentionCase(1, 4, 4, S, S, 32 if device == "cpu" else 64, dtype, device, None)]
+    return C.memory_case(b.capabilities.backward_dtypes, device, MEMORY_LENGTHS[device][-1])
 
 
 MEMORY_LENGTHS = {"cpu": [256, 512, 1024, 2048], "cuda": [2048, 4096, 8192, 16384]}
@@ -59,16 +59,13 @@ def test_backward_recomputes_from_lse(trial: Trial) -> None:
         pytest.skip(UNSUPPORTED + f"declares saves={caps.saves!r}: exempt from GRAD-2")
     case = trial.case
 
-    def run(S: int) -> tuple[object, int]:
-        c = AttentionCase(case.B, case.Hq, case.Hk, S, S, case.D, case.dtype, case.device)
-        q, k, v = C.attention_inputs(c, trial.seed)
+    def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Callable[[], object], int]:
         out, lse = trial.call("attention", q, k, v)
         dout = randn_like(out, trial.generator(salt=7))
         grads_bytes = 3 * q.numel() * q.element_size()
         return (lambda: trial.call("attention_backward", q, k, v, out, lse, dout)), grads_bytes
 
-    memory_growth(trial, MEMORY_LENGTHS[case.device], run,
-                  lambda S, grads: grads + int(0.1 * case.B * case.Hq * S * S * 4))
+    memory_growth(trial, MEMORY_LENGTHS[case.device], prepare)
     autograd_attention = getattr(trial.backend, "autograd_attention", None)
     if callable(autograd_attention):
         c = AttentionCase(1, 2, 2, 256, 256, 32, case.dtype, case.device)
