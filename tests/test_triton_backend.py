@@ -28,7 +28,14 @@ from implementations.base import BackendUnavailable, InvalidInputError, poisoned
 from implementations.schedule import pairwise_tree  # noqa: E402
 from implementations.triton import backends  # noqa: E402
 from implementations.triton.autograd import triton_attention  # noqa: E402
-from implementations.triton.reduce import pairwise_schedule  # noqa: E402
+from implementations.triton.kd_loss import kd_loss  # noqa: E402
+from implementations.triton.reduce import (  # noqa: E402
+    GPU_REDUCE,
+    INTERPRETER_REDUCE,
+    SCHEDULE_KIND,
+    strided_schedule,
+    strided_sum,
+)
 
 DEVICE = "cuda" if ON_CUDA else "cpu"
 BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
@@ -372,9 +379,15 @@ def kd_oracle(s, t, temperature, alpha, labels, ignore_index=-100):
     return loss.detach(), s64.grad
 
 
+#: the kernels of ``kd_loss``: the one-pass split kernel (as the backend runs it; with 1024-element parts, so
+#: rows of the GPU tests are cut into several parts that wait on each other), and the two-pass kernel
+KD_PATHS = {"one-pass": {}, "one-pass-1024": {"block": 1024}, "two-pass": {"one_pass": False}}
+
+
+@pytest.mark.parametrize("path", KD_PATHS)
 @pytest.mark.parametrize("vocab", [1000, 3001])
 @pytest.mark.parametrize("temperature,alpha,with_labels", [(2.0, 1.0, False), (1.5, 0.3, True), (1.0, 0.0, True)])
-def test_kd_loss(backend, vocab, temperature, alpha, with_labels):
+def test_kd_loss(vocab, temperature, alpha, with_labels, path):
     """KD-1, KD-2, KD-7: fused loss and ds against float64 for V not a multiple of the block."""
     rows = 64 if ON_CUDA else 6
     gen = generator("kd", vocab, temperature, alpha)
@@ -383,8 +396,10 @@ def test_kd_loss(backend, vocab, temperature, alpha, with_labels):
     labels = torch.randint(0, vocab, (rows,), generator=gen).to(DEVICE) if with_labels else None
     if labels is not None:
         labels[2] = -100
+    alpha = alpha if with_labels else 1.0
     with poisoned_outputs():
-        loss, ds = backend.kd_loss(s, t, temperature=temperature, alpha=alpha, labels=labels)
+        loss, ds = kd_loss(s, t, temperature=temperature, alpha=alpha, labels=labels, ignore_index=-100,
+                           ds_shape=s.shape, **KD_PATHS[path])
     ref_loss, ref_ds = kd_oracle(s, t, temperature, alpha, labels)
     assert loss.dim() == 0 and loss.dtype == torch.float32 and ds.shape == s.shape
     assert abs(float(loss) - float(ref_loss)) <= 2e-6 * max(1.0, abs(float(ref_loss)))
@@ -410,24 +425,38 @@ def test_kd_loss_shifts_and_3d(backend):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 64, 1000, 1025, 4097, 70001])
 def test_reduce_sum_follows_schedule(backend, n):
-    """WD-1, WD-2: bit-identical to the declared schedule evaluated in float32; W = n - 1, D = ceil(log2 n)."""
+    """WD-1, WD-2: bit-identical to the declared schedule evaluated in float32; W = n - 1, and the schedule's
+    depth is the pairwise tree's up to one program's lanes, the lanes' rows plus the tree's levels beyond."""
     x = randn((n,), F32, generator("reduce", n))
     with poisoned_outputs():
         value, schedule = backend.reduce_sum(x)
     assert value.dim() == 0 and value.dtype == torch.float32
     expected = schedule.evaluate(x.cpu().numpy())
     assert np.float32(value.item()).tobytes() == np.float32(expected).tobytes()
-    assert schedule.work == n - 1 and schedule.depth == math.ceil(math.log2(n))
+    assert schedule.work == n - 1 and schedule.kind == SCHEDULE_KIND
+    rows, lanes, _ = GPU_REDUCE if ON_CUDA else INTERPRETER_REDUCE
+    if n <= lanes:
+        assert schedule.depth == math.ceil(math.log2(n))
+    elif n <= rows * lanes:
+        assert schedule.depth == -(-n // lanes) - 1 + int(math.log2(lanes))
     schedule.validate()
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 64, 100, 129])
-def test_pairwise_schedule_is_the_pairwise_tree(n):
-    """The NumPy-built schedule equals ``schedule.pairwise_tree`` round for round."""
-    ours, theirs = pairwise_schedule(n), pairwise_tree(n)
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 100, 256])
+def test_strided_schedule_within_lanes_is_the_pairwise_tree(n):
+    """Up to one row of lanes the strided schedule is exactly ``schedule.pairwise_tree``, round for round."""
+    ours, theirs = strided_schedule(n, 4, 256), pairwise_tree(n)
     assert len(ours.rounds) == len(theirs.rounds) and ours.result == theirs.result
     for a, b in zip(ours.rounds, theirs.rounds):
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("rows,lanes", [(1, 2), (3, 4), (2, 8)])
+def test_strided_sum_configs(rows, lanes):
+    """Other shapes of program (several launches for n = 1000) follow their own schedules bit-exactly."""
+    x = randn((1000,), F32, generator("reduce-config", rows, lanes))
+    got = np.float32(strided_sum(x, rows, lanes).item())
+    assert got.tobytes() == np.float32(strided_schedule(1000, rows, lanes).evaluate(x.cpu().numpy())).tobytes()
 
 
 # ------------------------------------------------------------------------------------------------

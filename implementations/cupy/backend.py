@@ -33,6 +33,15 @@ MAX_GRID_Y = 65535
 ATTN_WARPS = 4
 REDUCE_THREADS = 512
 ROW_THREADS = 512
+KD_THREADS = 256  # kd_fused_split: threads per CTA (KD_NT)
+KD_PER = (1, 2, 4, 8, 16, 32)  # kd_fused_split: elements of s and of t per thread, in registers
+KD_TARGET_PARTS = 16  # kd_fused_split: PER is the smallest of KD_PER giving at most this many CTAs per row
+INT32_MAX = 2**31 - 1
+
+
+def kd_parts(V: int, per: int) -> int:
+    """CTAs per row of ``kd_fused_split<T, per, CE>`` at vocabulary ``V`` (each owns ``KD_THREADS * per`` columns)."""
+    return -(-V // (KD_THREADS * per))
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,11 @@ class CupyBackend(Backend):
             "in a separate kernel; no atomics, so gradients are deterministic",
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
-            "kd_loss: two streaming passes over s and t (statistics, then ds written directly), 20 bytes per "
-            "float32 element against 12 for one pass; per-row KL clamped at >= 0",
+            "kd_loss: one pass when a row's parts (CTAs of 256 threads holding 256 PER elements of s and t in "
+            "registers, PER <= 32) number at most the GPU's SMs (V <= 8192 x SMs, 1081344 on an H200): the parts "
+            "exchange partial statistics through global memory (work by start-order tickets, so the spin-wait "
+            "cannot deadlock), then write ds (12 bytes per float32 element); larger V: two streaming passes over "
+            "s and t (statistics, then ds), 20 bytes per float32 element; per-row KL clamped at >= 0",
         ),
     )
 
@@ -315,6 +327,25 @@ class CupyBackend(Backend):
 
     # -- knowledge distillation -------------------------------------------------------------------
 
+    #: the one-pass kernel runs only when V <= this (None: no limit besides the SM count). Tests and benchmarks
+    #: set it to 0 on an instance to force the two passes.
+    kd_one_pass_max_vocab: int | None = None
+    #: force this PER (one of KD_PER) on the one-pass path instead of the rule of :meth:`kd_one_pass_per`
+    #: (benchmarks compare PER = 16 and 32); the two passes still run when its parts exceed the SMs.
+    kd_per: int | None = None
+
+    def kd_one_pass_per(self, V: int, device: torch.device) -> int | None:
+        """The PER of the one-pass kernel ``kd_loss`` launches for vocabulary ``V`` on ``device``: the smallest
+        of ``KD_PER`` with at most ``KD_TARGET_PARTS`` parts per row, else the largest (``kd_per`` overrides);
+        None (two passes) when the row's parts outnumber the SMs, which could then not all be resident (the
+        parts of a row wait for each other), or when ``V > kd_one_pass_max_vocab``."""
+        if self.kd_one_pass_max_vocab is not None and V > self.kd_one_pass_max_vocab:
+            return None
+        per = self.kd_per or next((p for p in KD_PER if kd_parts(V, p) <= KD_TARGET_PARTS), KD_PER[-1])
+        if kd_parts(V, per) > torch.cuda.get_device_properties(device).multi_processor_count:
+            return None
+        return per
+
     def kd_loss(
         self,
         s: torch.Tensor,
@@ -327,8 +358,9 @@ class CupyBackend(Backend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused KD loss and its gradient (KD-1, KD-2, KD-7): see ``kd_loss.cu`` for the formulas.
 
-        Two streaming kernels (row statistics, then ds written directly) and a one-CTA finalisation; the
-        only [N, V] buffer is ds.
+        One pass when :meth:`kd_one_pass_per` gives a PER (``kd_scale``, ``kd_fused_split``, ``kd_finalize``:
+        s and t read once); otherwise two streaming kernels (row statistics, then ds written directly) and a
+        one-CTA finalisation. The only [N, V] buffer is ds.
         """
         s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
                                             labels=labels, ignore_index=ignore_index)
@@ -338,23 +370,39 @@ class CupyBackend(Backend):
         T = float(temperature)
         ce = y is not None and alpha < 1.0
         labels64 = y.to(torch.int64).contiguous() if y is not None else None
-        vw = 16 // s.element_size()
-        vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
-               and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
-        stats = torch.empty((N, 3), dtype=torch.float32, device=dev)
         counted = torch.empty((N,), dtype=torch.int32, device=dev)
         row_loss = torch.empty((N,), dtype=torch.float32, device=dev)
         scale = torch.empty((1,), dtype=torch.float32, device=dev)
         loss = new_output((), torch.float32, dev)
         ds = new_output(s.shape, s.dtype, dev)
         lab = labels64 if labels64 is not None else K.null_pointer()
-        tmpl = f"{K.CXX_TYPE[s.dtype]}, {ROW_THREADS}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
+        dtype = K.CXX_TYPE[s.dtype]
         strides = (K.i64(s2.stride(0)), K.i64(t2.stride(0)), K.i32(V))
+        finalize = K.kernel("kd_loss", "kd_finalize", dev)
+        per = self.kd_one_pass_per(V, dev)
+        if per is not None and N * kd_parts(V, per) > INT32_MAX:  # tickets and grid size are int32
+            per = None
+        if per is not None:
+            parts = kd_parts(V, per)
+            sync = torch.zeros((1 + N,), dtype=torch.int32, device=dev)  # ticket counter, per-row arrivals
+            partial = torch.empty((N, parts, 8), dtype=torch.float32, device=dev)
+            K.launch(K.kernel("kd_loss", "kd_scale", dev), (1,), (1024,), (lab, K.i64(N), K.i32(ignore_index), scale),
+                     dev)
+            K.launch(K.kernel("kd_loss", f"kd_fused_split<{dtype}, {per}, {K.cxx_bool(ce)}>", dev),
+                     (N * parts,), (KD_THREADS,),
+                     (s2, t2, *strides, K.i32(parts), lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha),
+                      K.f32(T * T), scale, sync, partial, row_loss, counted, ds), dev)
+            K.launch(finalize, (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale), dev)
+            return loss, ds
+        vw = 16 // s.element_size()
+        vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
+               and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
+        stats = torch.empty((N, 3), dtype=torch.float32, device=dev)
+        tmpl = f"{dtype}, {ROW_THREADS}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
         K.launch(K.kernel("kd_loss", f"kd_row_stats<{tmpl}>", dev), (N,), (ROW_THREADS,),
                  (s2, t2, *strides, lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha), K.f32(T * T), stats,
                   counted, row_loss), dev)
-        K.launch(K.kernel("kd_loss", "kd_finalize", dev), (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale),
-                 dev)
+        K.launch(finalize, (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale), dev)
         K.launch(K.kernel("kd_loss", f"kd_grad<{tmpl}>", dev), (N,), (ROW_THREADS,),
                  (s2, t2, *strides, lab, K.f32(1.0 / T), K.f32(alpha), stats, counted, scale, ds), dev)
         return loss, ds

@@ -9,7 +9,10 @@ Every timing is the median of ``triton.testing.do_bench`` (CUDA events) on fresh
   ``F.scaled_dot_product_attention`` restricted to the flash backend;
 - KD loss: forward + gradient, against ``torch.compile`` of the unfused formula
   ``kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, "batchmean") T^2`` and its autograd backward;
-  bandwidth counts the fewest bytes (read s and t, write ds) and the bytes the two passes move (s, t twice);
+  the backend's default (the one-pass ``kd_fused_split``, PER = 32 and 16 parts per row at V = 131072), the
+  one pass forced to PER = 16 (32 parts, 64 registers) and, for comparison, the two-pass form; bandwidth counts
+  the fewest bytes (read s and t, write ds), which the one pass also moves, and for the two passes the bytes
+  they move (s, t twice);
 - reduction of 2^28 float32 against ``torch.sum`` (bytes read / time);
 - softmax statistics of a [8192, 131072] float32 matrix against the device-to-device copy bandwidth
   (bytes read + written by ``Tensor.copy_`` / time).
@@ -109,6 +112,7 @@ def bench_kd(rows: list[dict]) -> None:
     N, V, T = 8192, 131072, 2.0
     s = torch.randn(N, V, device=DEV) * 2
     t = torch.randn(N, V, device=DEV) * 2
+    dev = torch.device(DEV)
 
     def reference(s_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(s_ / T, -1), F.log_softmax(t_ / T, -1), log_target=True,
@@ -120,17 +124,33 @@ def bench_kd(rows: list[dict]) -> None:
     def run_compiled() -> torch.Tensor:
         return torch.autograd.grad(compiled(sr, t), sr)[0]
 
+    two_pass = type(BE)()
+    two_pass.kd_one_pass_max_vocab = 0
+    per16 = type(BE)()
+    per16.kd_per = 16
     ref_ds = run_compiled()
-    loss, ds = BE.kd_loss(s, t, temperature=T)
-    diff = float((ds - ref_ds).abs().max())
-    loss_diff = abs(float(loss) - float(reference(s, t)))
-    del ref_ds, ds
+    ref_loss = float(reference(s, t))
+    accuracy = {}
+    for key, be in (("", BE), ("per16_", per16), ("two_pass_", two_pass)):
+        loss, ds = be.kd_loss(s, t, temperature=T)
+        accuracy[f"{key}max_abs_diff_ds"] = float((ds - ref_ds).abs().max())
+        accuracy[f"{key}loss_abs_diff"] = abs(float(loss) - ref_loss)
+        del ds
+    del ref_ds
     ours = median_ms(partial(BE.kd_loss, s, t, temperature=T))
+    ours16 = median_ms(partial(per16.kd_loss, s, t, temperature=T))
+    ours2 = median_ms(partial(two_pass.kd_loss, s, t, temperature=T))
     ref = median_ms(run_compiled)
     nbytes = 3 * N * V * 4
-    rows.append({"op": "kd_loss_fwd_bwd", "N": N, "V": V, "dtype": "float32", "T": T, "ms": ours,
-                 "gbps_min_bytes": nbytes / ours / 1e6, "gbps_moved": 5 * N * V * 4 / ours / 1e6,
-                 "torch_compile_ms": ref, "speedup": ref / ours, "max_abs_diff_ds": diff, "loss_abs_diff": loss_diff})
+    per = BE.kd_one_pass_per(V, dev)
+    per_16 = per16.kd_one_pass_per(V, dev)
+    rows.append({"op": "kd_loss_fwd_bwd", "N": N, "V": V, "dtype": "float32", "T": T,
+                 "form": f"one pass, PER={per}" if per else "two passes", "ms": ours,
+                 "gbps_min_bytes": nbytes / ours / 1e6, "torch_compile_ms": ref, "speedup": ref / ours,
+                 "per16_form": f"one pass, PER={per_16}" if per_16 else "two passes", "per16_ms": ours16,
+                 "per16_gbps_min_bytes": nbytes / ours16 / 1e6, "per16_speedup": ref / ours16,
+                 "two_pass_ms": ours2, "two_pass_gbps_min_bytes": nbytes / ours2 / 1e6,
+                 "two_pass_gbps_moved": 5 * N * V * 4 / ours2 / 1e6, "two_pass_speedup": ref / ours2, **accuracy})
 
 
 def copy_bandwidth() -> float:

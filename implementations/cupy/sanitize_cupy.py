@@ -41,12 +41,25 @@ def main() -> None:
     be.softmax_merge(m, l, m.flip(0), l.flip(0))
     torch.cuda.synchronize()
     print("softmax_stats, softmax_merge: ok")
-    for V, labelled in ((1001, True), (1024, False)):
-        s, t = torch.randn(4, V, device=dev), torch.randn(4, V, device=dev)
+    two_pass = type(be)()
+    two_pass.kd_one_pass_max_vocab = 0  # force kd_row_stats / kd_grad
+    per32 = type(be)()
+    per32.kd_per = 32  # one CTA of kd_fused_split<T, 32, CE> per row, mostly -inf padding
+    kd_cases = [  # backend, V, dtype, labelled: both KD forms; one pass (PER, parts) = (1, 4), (1, 4), (2, 10), (32, 1)
+        (be, 1001, torch.float32, True),
+        (be, 1024, torch.float32, False),
+        (be, 5000, torch.bfloat16, True),
+        (per32, 1001, torch.float32, True),
+        (two_pass, 1001, torch.float32, True),
+        (two_pass, 1024, torch.float32, False),
+    ]
+    for kd_be, V, dtype, labelled in kd_cases:
+        s, t = torch.randn(4, V, device=dev).to(dtype), torch.randn(4, V, device=dev).to(dtype)
         labels = torch.tensor([0, -100, V - 1, 5], device=dev) if labelled else None
-        loss, ds = be.kd_loss(s, t, temperature=2.0, alpha=0.5 if labelled else 1.0, labels=labels)
+        loss, ds = kd_be.kd_loss(s, t, temperature=2.0, alpha=0.5 if labelled else 1.0, labels=labels)
         torch.cuda.synchronize()
-        print(f"kd_loss V={V} labelled={labelled}: loss {float(loss):.4f}")
+        form = "one pass" if kd_be.kd_one_pass_per(V, s.device) else "two passes"
+        print(f"kd_loss V={V} {dtype} labelled={labelled} ({form}): loss {float(loss):.4f}")
     value, sched = be.reduce_sum(torch.randn(5000, device=dev))
     print(f"reduce_sum n=5000: {float(value):.4f} ({sched.kind})")
     print("sanitize: done")

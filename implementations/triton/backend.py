@@ -14,7 +14,7 @@ from ..schedule import Schedule
 from .attention_bwd import attention_backward, attention_delta, backward_config
 from .attention_fwd import attention_forward, forward_config
 from .kd_loss import kd_loss
-from .reduce import SCHEDULE_KIND, pairwise_schedule, pairwise_sum
+from .reduce import SCHEDULE_KIND, sum_with_schedule
 from .softmax_stats import softmax_merge, softmax_stats
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -46,8 +46,10 @@ def triton_capabilities(interpreter: bool) -> Capabilities:
         notes=(
             "kernels: attention_forward_kernel (online softmax, exp2, causal blocks skipped), "
             "attention_delta_kernel + attention_dkdv_kernel + attention_dq_kernel (recompute from lse, "
-            "no atomics), softmax_stats_kernel, softmax_merge_kernel, kd_loss_kernel (2 passes over V), "
-            "pairwise_block_sum_kernel",
+            "no atomics), softmax_stats_kernel, softmax_merge_kernel, kd_loss_split_kernel (one pass: s and t "
+            "read once, the parts of a row merged through a per-row counter; kd_loss_kernel, two passes, for "
+            "rows longer than SMs x 16384), "
+            "strided_block_sum_kernel (rows into lanes, pairwise tree over the lanes)",
             "lse: natural log, float32, written by the forward kernel",
             "float32 products use tl.dot input_precision='ieee' (exact, no TF32; FMA units, small fixed tiles)",
             "Triton interpreter on CPU" if interpreter else "compiled for the CUDA device",
@@ -145,16 +147,16 @@ class TritonBackend(Backend):
 
     def kd_loss(self, s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float = 1.0,
                 labels: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
-        """KD-1, KD-2, KD-7: fused loss and ``ds`` (one program per row, two passes over V)."""
+        """KD-1, KD-2, KD-7: fused loss and ``ds``, reading s and t once (``kd_loss.kd_loss_split_kernel``)."""
         s_rows, t_rows, flat_labels, alpha_value = validate.kd_args(
             self.capabilities, s, t, temperature=temperature, alpha=alpha, labels=labels, ignore_index=ignore_index)
         return kd_loss(s_rows, t_rows, temperature=float(temperature), alpha=alpha_value, labels=flat_labels,
                        ignore_index=ignore_index, ds_shape=s.shape)
 
     def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, Schedule]:
-        """WD-1, WD-2: the pairwise-tree sum and its schedule (bit-identical to ``schedule.evaluate``)."""
+        """WD-1, WD-2: the strided-lanes sum and its schedule (bit-identical to ``schedule.evaluate``)."""
         validate.rows_arg(self.capabilities, "reduce_sum", x)
-        return pairwise_sum(x), pairwise_schedule(x.numel())
+        return sum_with_schedule(x)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -28,7 +28,7 @@ from .attention_bwd import BackwardConfig, attention_backward, backward_config
 from .attention_fwd import attention_forward, forward_config
 from .common import LaunchConfig
 from .kd_loss import kd_loss
-from .reduce import pairwise_sum
+from .reduce import strided_sum
 from .softmax_stats import softmax_stats
 
 GiB = 1 << 30
@@ -43,9 +43,12 @@ FWD_SWEEP = [LaunchConfig(128, 128, 8, 2), LaunchConfig(128, 64, 8, 3), LaunchCo
              LaunchConfig(64, 64, 4, 4)]
 DKDV_SWEEP = [LaunchConfig(32, 128, 8, 2), LaunchConfig(64, 128, 8, 2), LaunchConfig(64, 64, 4, 3)]
 DQ_SWEEP = [LaunchConfig(128, 64, 8, 2), LaunchConfig(64, 64, 4, 3)]
-REDUCE_SWEEP = [(4096, 8), (4096, 4), (2048, 4)]  # larger blocks compile slowly on Triton 3.6 (reduce.py)
+#: reduction configs (rows, lanes, warps) of ``strided_sum``
+REDUCE_SWEEP = [(64, 1024, 4), (32, 1024, 4), (128, 1024, 4), (64, 2048, 8), (16, 4096, 8)]
 STATS_SWEEP = [(4096, 8), (8192, 8)]
-KD_SWEEP = [(4096, 8), (2048, 4), (8192, 16)]
+#: KD configs (one pass?, part or block length, warps): the one-pass split kernel and the two-pass kernel
+KD_SWEEP = [(True, 16384, 16), (True, 8192, 8), (True, 8192, 16), (True, 32768, 32), (True, 4096, 4),
+            (False, 4096, 8)]
 
 
 def median_ms(fn: Callable[[], object]) -> float:
@@ -232,21 +235,21 @@ def bench_kd(rec: Recorder, copy_gbs: float) -> dict[str, object]:
     labels = torch.randint(0, V, (N,), device=DEVICE)
     result: dict[str, object] = {"N": N, "V": V, "temperature": T, "alpha": alpha}
 
-    def fused(block: int, warps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return kd_loss(s, t, temperature=T, alpha=alpha, labels=labels, ignore_index=-100, ds_shape=s.shape,
-                       block=block, num_warps=warps)
+    def fused(one_pass: bool, block: int, warps: int, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+        args = {"alpha": alpha, "labels": labels, **kw}
+        return kd_loss(s, t, temperature=T, ignore_index=-100, ds_shape=s.shape, one_pass=one_pass, block=block,
+                       num_warps=warps, **args)
 
-    sweep = {}
-    for block, warps in KD_SWEEP:
-        sweep[f"block{block}_w{warps}"] = median_ms(lambda b=block, w=warps: fused(b, w))
+    def name(cfg: tuple[bool, int, int]) -> str:
+        return f"{'one_pass' if cfg[0] else 'two_pass'}_block{cfg[1]}_w{cfg[2]}"
+
+    sweep = {name(cfg): median_ms(lambda c=cfg: fused(*c)) for cfg in KD_SWEEP}
     result["fused_sweep_ms"] = sweep
-    best = min(KD_SWEEP, key=lambda c: sweep[f"block{c[0]}_w{c[1]}"])
-    result["fused_best"] = {"block": best[0], "num_warps": best[1]}
-    result["fused_ms"] = sweep[f"block{best[0]}_w{best[1]}"]
+    best = min(KD_SWEEP, key=lambda c: sweep[name(c)])
+    result["fused_best"] = {"one_pass": best[0], "block": best[1], "num_warps": best[2]}
+    result["fused_ms"] = sweep[name(best)]
     result["fused_extra_bytes_beyond_ds"] = peak_extra(lambda: fused(*best)) - s.numel() * 4
-    result["fused_kd_only_ms"] = median_ms(lambda: kd_loss(s, t, temperature=T, alpha=1.0, labels=None,
-                                                           ignore_index=-100, ds_shape=s.shape, block=best[0],
-                                                           num_warps=best[1]))
+    result["fused_kd_only_ms"] = median_ms(lambda: fused(*best, alpha=1.0, labels=None))
     floor_bytes = 3 * N * V * 4
     result["floor_ms"] = floor_bytes / copy_gbs / 1e6
     result["fused_over_floor"] = result["fused_ms"] / result["floor_ms"]
@@ -279,18 +282,15 @@ def bench_kd(rec: Recorder, copy_gbs: float) -> dict[str, object]:
 
 
 def bench_reduce(rec: Recorder) -> dict[str, object]:
-    """2^28 float32: pairwise-tree sum vs torch.sum, GB/s of input read."""
+    """2^28 float32: strided-lanes sum vs torch.sum, GB/s of input read."""
     x = torch.randn(SIZES["reduce"], device=DEVICE)
     nbytes = x.numel() * 4
     result: dict[str, object] = {"n": x.numel()}
     sweep = {}
-    values = set()
-    for block, warps in REDUCE_SWEEP:
-        ms = median_ms(lambda b=block, w=warps: pairwise_sum(x, b, w))
-        sweep[f"block{block}_w{warps}"] = {"ms": ms, "gbs": nbytes / ms / 1e6}
-        values.add(pairwise_sum(x, block, warps).item())
+    for rows, lanes, warps in REDUCE_SWEEP:
+        ms = median_ms(lambda c=(rows, lanes, warps): strided_sum(x, *c))
+        sweep[f"rows{rows}_lanes{lanes}_w{warps}"] = {"ms": ms, "gbs": nbytes / ms / 1e6}
     result["sweep"] = sweep
-    result["all_blocks_bit_identical"] = len(values) == 1  # every power-of-two block follows one schedule
     best = max(sweep, key=lambda key: sweep[key]["gbs"])
     result["best"] = best
     result["gbs"] = sweep[best]["gbs"]
@@ -298,7 +298,7 @@ def bench_reduce(rec: Recorder) -> dict[str, object]:
     result["torch_sum_gbs"] = nbytes / ms / 1e6
     result["ratio_vs_torch_sum"] = result["gbs"] / result["torch_sum_gbs"]
     exact = float(x.double().sum())
-    result["rel_err_vs_float64"] = abs(float(pairwise_sum(x)) - exact) / abs(exact)
+    result["rel_err_vs_float64"] = abs(float(strided_sum(x)) - exact) / abs(exact)
     result["torch_sum_rel_err_vs_float64"] = abs(float(torch.sum(x)) - exact) / abs(exact)
     rec.put("reduce_sum", result)
     return result

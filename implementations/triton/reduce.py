@@ -1,17 +1,19 @@
-"""Float32 sum with a declared combine order: the pairwise tree (SPEC WD-1, WD-2).
+"""Float32 sum with a declared combine order (SPEC WD-1, WD-2): strided lanes, then a pairwise tree.
 
-Each program loads one aligned block of ``B`` (a power of two) inputs, padding past ``n`` with ``-0.0``,
-the exact identity of IEEE addition (``x + -0.0 == x`` for every x, ``-0.0`` included). It then halves the
-block ``log2(B)`` times: reshaping to ``[k, 2]`` and splitting the pairs adds exactly ``x[2i] + x[2i+1]``
-(one addition per pair, so its order within the pair does not matter: float addition is commutative).
-Round r therefore adds the partial sums at distance ``2^r``: the pairwise tree over the block. The block
-sums go through the same kernel again (blocks of a power of two), until one value is left.
+One launch covers ``m`` values with programs of ``ROWS x LANES`` consecutive values (a power-of-two number
+of lanes). Lane ``j`` of program ``p`` starts from value ``p·ROWS·LANES + j`` and adds the values
+``LANES, 2·LANES, ...`` further on in order, one vector addition per row (a plain elementwise ``+``, so each
+lane's order is exactly the rows' order); then the ``LANES`` lane sums go through a pairwise tree
+(reshaping to ``[k, 2]`` and splitting the pairs adds exactly ``lane[2i] + lane[2i+1]``, level after level).
+Program sums go through the same kernel again until one value is left. Values past ``m`` are loaded as
+``-0.0``, the exact identity of IEEE addition (``x + -0.0 == x`` for every x, ``-0.0`` included), so they
+change nothing and the schedule leaves them out.
 
-Because every stage uses aligned power-of-two blocks, the whole computation is exactly the pairwise tree
-over all n inputs: round r adds ``slot[i + 2^r]`` into ``slot[i]`` for ``i % 2^(r+1) == 0`` and
-``i + 2^r < n``, the rounds of stage 1 being r < log2(B), those of stage 2 the next ones, and so on (padded
-slots only ever add ``-0.0``). :func:`pairwise_schedule` declares exactly that, so a float32 result is
-bit-identical to ``schedule.evaluate(x)``: W = n - 1 additions, depth D = ceil(log2 n).
+This is a blocked schedule in the sense of WD-3 with strided blocks (the lanes are the workers): the rows
+stream through registers at the memory's speed and the tree, the part that needs data movement between
+threads, runs once per ``ROWS·LANES`` values. :func:`strided_schedule` builds exactly these rounds with
+NumPy, so a float32 result is bit-identical to ``schedule.evaluate(x)``: W = n - 1; for ``n <= LANES`` the
+schedule is the pairwise tree (D = ceil(log2 n)), beyond it D = ROWS - 1 + log2(LANES) per launch.
 """
 
 from __future__ import annotations
@@ -23,56 +25,89 @@ import triton
 import triton.language as tl
 
 from ..base import new_output
-from ..schedule import Schedule
-from .common import next_pow2
+from ..schedule import Round, Schedule
 
-SCHEDULE_KIND = "pairwise tree"
-#: the tree is unrolled log2(BLOCK) levels deep: Triton 3.6 compiles it for sm_90 in 0.4 s (1024), 2.7 s
-#: (4096), 13 s (8192), far longer beyond (NOTES.md), so blocks stay at 4096
-GPU_REDUCE_BLOCK = 4096
-GPU_REDUCE_WARPS = 8
-INTERPRETER_REDUCE_BLOCK = 1024
+SCHEDULE_KIND = "blocked: strided lanes summed row by row, then a pairwise tree over the lanes, per launch"
+#: (rows, lanes, warps) per launch: the GPU's stream 64 rows of 1024 lanes per program (the tree is unrolled
+#: log2(lanes) levels; Triton 3.6 compiles a 1024-lane tree for sm_90 in under a second); the interpreter's
+#: are small so CPU tests cover several programs and launches
+GPU_REDUCE = (64, 1024, 4)
+INTERPRETER_REDUCE = (4, 256, 4)
 
 
 @triton.jit
-def pairwise_block_sum_kernel(X, OUT, n, stride, BLOCK: tl.constexpr, LEVELS: tl.constexpr):
-    """``OUT[pid]`` = pairwise-tree sum of ``X[pid*BLOCK : (pid+1)*BLOCK]`` (``BLOCK = 2**LEVELS``)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(X + offs * stride, mask=offs < n, other=-0.0)
+def strided_block_sum_kernel(X, OUT, n, stride, ROWS: tl.constexpr, LANES: tl.constexpr, LEVELS: tl.constexpr):
+    """``OUT[pid]`` = the sum of ``X[pid·ROWS·LANES :][: ROWS·LANES]``: rows into lanes, then a pairwise tree."""
+    base = tl.program_id(0).to(tl.int64) * (ROWS * LANES)
+    offs = base + tl.arange(0, LANES)
+    acc = tl.load(X + offs * stride, mask=offs < n, other=-0.0)
+    for r in tl.range(1, ROWS):
+        row = offs + r * LANES
+        acc += tl.load(X + row * stride, mask=row < n, other=-0.0)
     for level in tl.static_range(LEVELS):
-        even, odd = tl.split(tl.reshape(x, (BLOCK >> (level + 1), 2)))
-        x = even + odd
-    tl.store(OUT + tl.program_id(0) + tl.arange(0, 1), x)
+        even, odd = tl.split(tl.reshape(acc, (LANES >> (level + 1), 2)))
+        acc = even + odd
+    tl.store(OUT + tl.program_id(0) + tl.arange(0, 1), acc)
 
 
-def pairwise_sum(x: torch.Tensor, block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """The pairwise-tree sum of a float32 ``[n]`` as a 0-dim tensor; ``block`` a power of two >= 2."""
-    if block is None:
-        block = INTERPRETER_REDUCE_BLOCK if x.device.type == "cpu" else GPU_REDUCE_BLOCK
-    if num_warps is None:
-        num_warps = 4 if x.device.type == "cpu" else GPU_REDUCE_WARPS
+def _config(device: torch.device, rows: int | None, lanes: int | None, num_warps: int | None) -> tuple[int, int, int]:
+    default = INTERPRETER_REDUCE if device.type == "cpu" else GPU_REDUCE
+    rows, lanes, num_warps = rows or default[0], lanes or default[1], num_warps or default[2]
+    if rows < 1 or lanes < 2 or lanes & (lanes - 1):
+        raise ValueError(f"rows must be >= 1 and lanes a power of two >= 2, got rows={rows}, lanes={lanes}")
+    return rows, lanes, num_warps
+
+
+def strided_sum(x: torch.Tensor, rows: int | None = None, lanes: int | None = None,
+                num_warps: int | None = None) -> torch.Tensor:
+    """The sum of a float32 ``[n]`` in the order of :func:`strided_schedule`, as a 0-dim tensor."""
+    rows, lanes, num_warps = _config(x.device, rows, lanes, num_warps)
     values, n, stride = x, x.numel(), x.stride(0)
     while True:
-        size = min(block, max(2, next_pow2(n)))
-        programs = triton.cdiv(n, size)
+        programs = triton.cdiv(n, rows * lanes)
         out = (new_output((), torch.float32, x.device) if programs == 1
                else torch.empty(programs, dtype=torch.float32, device=x.device))
-        pairwise_block_sum_kernel[(programs,)](values, out, n, stride, BLOCK=size, LEVELS=size.bit_length() - 1,
-                                               num_warps=num_warps)
+        strided_block_sum_kernel[(programs,)](values, out, n, stride, ROWS=rows, LANES=lanes,
+                                              LEVELS=lanes.bit_length() - 1, num_warps=num_warps)
         if programs == 1:
             return out
         values, n, stride = out, programs, 1
 
 
-def pairwise_schedule(n: int) -> Schedule:
-    """The schedule :func:`pairwise_sum` follows: round r adds ``slot[i + 2^r]`` into ``slot[i]``.
-
-    Built with NumPy (about 3 * 8 * n bytes); equal to ``implementations.schedule.pairwise_tree(n)``.
-    """
+def _launch_rounds(m: int, rows: int, lanes: int) -> list[Round]:
+    """One launch's rounds over values ``0..m-1`` (indices of that launch's inputs)."""
+    starts = np.arange(0, m, rows * lanes, dtype=np.int64)
+    lane = (starts[:, None] + np.arange(lanes, dtype=np.int64)[None, :]).ravel()
     rounds = []
-    stride = 1
-    while stride < n:
-        dst = np.arange(0, n - stride, 2 * stride, dtype=np.int64)
-        rounds.append((dst, dst.copy(), dst + stride))
-        stride *= 2
-    return Schedule(n, SCHEDULE_KIND, rounds, 0)
+    for r in range(1, rows):
+        src = lane + r * lanes
+        keep = src < m
+        if keep.any():
+            rounds.append((lane[keep], lane[keep], src[keep]))
+    step = 1
+    while step < lanes:
+        dst = (starts[:, None] + np.arange(0, lanes - step, 2 * step, dtype=np.int64)[None, :]).ravel()
+        keep = dst + step < m
+        if keep.any():
+            rounds.append((dst[keep], dst[keep], dst[keep] + step))
+        step *= 2
+    return rounds
+
+
+def strided_schedule(n: int, rows: int, lanes: int) -> Schedule:
+    """The schedule :func:`strided_sum` follows for ``n`` inputs (launches chained: launch k's value i is
+    the slot of program i's first input in launch k - 1). Built with NumPy, about 3 · 8 · n bytes."""
+    rounds: list[Round] = []
+    m, scale = n, 1
+    while True:
+        rounds += [(dst * scale, a * scale, b * scale) for dst, a, b in _launch_rounds(m, rows, lanes)]
+        programs = -(-m // (rows * lanes))
+        if programs == 1:
+            return Schedule(n, SCHEDULE_KIND, rounds, 0)
+        m, scale = programs, scale * rows * lanes
+
+
+def sum_with_schedule(x: torch.Tensor) -> tuple[torch.Tensor, Schedule]:
+    """The backend's reduction: :func:`strided_sum` with the device's config and the schedule it followed."""
+    rows, lanes, _ = _config(x.device, None, None, None)
+    return strided_sum(x), strided_schedule(x.numel(), rows, lanes)
