@@ -63,7 +63,9 @@ def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     sc = default_scale(q.shape[-1]) if scale is None else scale
     refs = oracle.oracle_grads(q, k, v, dout, causal=causal, scale=sc)
     naives = oracle.attention_grads(q, k, v, dout, causal=causal, scale=sc, compute=q.dtype)
-    terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2])
+    # the longest sums behind a gradient element: over the queries of a KV head (dk, dv), over the keys (dq),
+    # and over D in dP = dO·v and delta = dO·o, whose difference every dS takes (with one key it cancels to 0)
+    terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2], q.shape[3])
     magnitude = max(float(r.abs().max()) for r in refs)  # dq is exactly 0 when each row sees one key
     trial.check(*(compare(name, got, ref, naive, dtype=q.dtype, terms=terms, magnitude=magnitude)
                   for name, got, ref, naive in zip(("dq", "dk", "dv"), (dq, dk, dv), refs, naives)))

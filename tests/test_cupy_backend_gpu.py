@@ -18,6 +18,7 @@ from implementations.base import BackendUnavailable, poisoned_outputs
 
 try:
     from implementations.cupy import backends
+    from implementations.cupy.backend import KD_PART, kd_split
 
     BACKEND = backends()
     SKIP = ""
@@ -202,43 +203,30 @@ def _kd_reference(s: torch.Tensor, t: torch.Tensor, T: float, alpha: float, labe
     return loss.detach(), ds
 
 
-KD_PATHS = ("one_pass", "two_pass")
+def _kd_backend(part: int | None = None, threads: int | None = None):
+    """A backend whose ``kd_part`` uses parts of ``part`` columns and CTAs of ``threads`` (None: defaults)."""
+    be = type(BACKEND)()
+    be.kd_part_cols, be.kd_threads = part, threads
+    return be
 
 
-def _kd_backend(path: str, V: int):
-    """The backend with ``kd_loss`` on ``path``: one pass (``kd_fused_split``, V <= 8192 x SMs) or two."""
-    if path == "two_pass":
-        be = type(BACKEND)()
-        be.kd_one_pass_max_vocab = 0
-        assert be.kd_one_pass_per(V, torch.device(DEV)) is None
-        return be
-    assert BACKEND.kd_one_pass_per(V, torch.device(DEV)) is not None
-    return BACKEND
+def _kd_parts(V: int, N: int, part: int | None = None) -> tuple[int, int]:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return kd_split(V, N, sms, part or KD_PART)
 
 
-def _sms() -> int:
-    return torch.cuda.get_device_properties(DEV).multi_processor_count
-
-
-@pytest.mark.parametrize("path", KD_PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-# one pass (PER, parts): (1, 1) for V <= 256, (1, 4) at 1000, (2, 9) at 4097, (8, 16) at 32768, (16, 13) at
-# 50000, (32, 16) at 131072, (32, 25) at 200000
-@pytest.mark.parametrize("V", [1, 7, 37, 1000, 1001, 4097, 32768, 50000, 131072, 200000])
-@pytest.mark.parametrize("labelled", [False, True])
-def test_kd_loss(path: str, dtype: torch.dtype, V: int, labelled: bool) -> None:
-    be = _kd_backend(path, V)
-    N, T = (37 if V <= 4097 else 6), 2.0
-    s = (torch.randn(N, V, device=DEV) * 3).to(dtype)
-    t = (torch.randn(N, V, device=DEV) * 3).to(dtype)
+def _kd_check(be, N: int, V: int, dtype: torch.dtype, labelled: bool, seed: int = 0) -> None:
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    s = (torch.randn(N, V, device=DEV, generator=g) * 3).to(dtype)
+    t = (torch.randn(N, V, device=DEV, generator=g) * 3).to(dtype)
     labels, alpha = None, 1.0
     if labelled:
-        labels = torch.randint(0, V, (N,), device=DEV)
+        labels = torch.randint(0, V, (N,), device=DEV, generator=g)
         labels[::5] = -100
         alpha = 0.7
     with poisoned_outputs():
-        loss, ds = be.kd_loss(s, t, temperature=T, alpha=alpha, labels=labels)
-    ref_loss, ref_ds = _kd_reference(s, t, T, alpha, labels, -100)
+        loss, ds = be.kd_loss(s, t, temperature=2.0, alpha=alpha, labels=labels)
+    ref_loss, ref_ds = _kd_reference(s, t, 2.0, alpha, labels, -100)
     assert loss.shape == () and ds.shape == s.shape and ds.dtype == dtype
     assert abs(float(loss) - float(ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss))) * max(1.0, math.log2(V))
     tol = (1e-5 if dtype == torch.float32 else 8e-3) * float(ref_ds.abs().max())
@@ -247,30 +235,69 @@ def test_kd_loss(path: str, dtype: torch.dtype, V: int, labelled: bool) -> None:
         assert torch.equal(ds[::5], torch.zeros_like(ds[::5]))
 
 
-@pytest.mark.parametrize("V", [4097, 131072])
-def test_kd_loss_one_pass_agrees_with_two_pass_and_repeats(V: int) -> None:
-    one, two = _kd_backend("one_pass", V), _kd_backend("two_pass", V)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [1, 7, 37, 1000, 1001, 4097, 32768, 50000, 131072, 200000])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_kd_loss(dtype: torch.dtype, V: int, labelled: bool) -> None:
+    """Default parts (8192 columns): one part up to V = 8192, 4 at 32768, 16 at 131072, 25 at 200000."""
+    _kd_check(BACKEND, 37 if V <= 4097 else 6, V, dtype, labelled, seed=V)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("part, threads, V, parts", [
+    (1024, 128, 4097, 5),   # scalar loads, a last part of one column
+    (1024, 256, 4096, 4),   # 16-byte loads, 256 threads
+    (1024, 128, 5000, 5),   # 16-byte loads (float32, 8 | 5000), last part shorter than a step
+    (64, 128, 1000, 16),    # parts shorter than the CTA's step of packs
+    (64, 32, 37, 1),        # one warp, one part shorter than the CTA
+])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_kd_loss_several_parts_per_row(dtype: torch.dtype, part: int, threads: int, V: int, parts: int,
+                                       labelled: bool) -> None:
+    assert _kd_parts(V, 37, part)[0] == parts
+    _kd_check(_kd_backend(part, threads), 37, V, dtype, labelled, seed=part + V)
+
+
+@pytest.mark.parametrize("V", [4096, 4000])  # 16 parts of 256 columns (4000: the last one of 160)
+def test_kd_loss_many_rows_of_many_parts(V: int) -> None:
+    """4096 rows x 16 parts: 65536 CTAs meeting by row through the ticket order."""
+    assert _kd_parts(V, 4096, 256)[0] == 16
+    _kd_check(_kd_backend(256), 4096, V, torch.float32, labelled=True, seed=V)
+
+
+def test_kd_loss_part_widened_to_the_sm_count() -> None:
+    """Parts of 64 columns would give a row of 200000 columns 3125 parts; they are widened so that a row has at
+    most as many parts as the GPU has SMs (all of a row's parts must be able to be resident at once)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    parts, cols = _kd_parts(200000, 5, 64)
+    assert parts <= sms and cols > 64 and cols % 64 == 0 and parts * cols >= 200000
+    _kd_check(_kd_backend(64), 5, 200000, torch.float32, labelled=True)
+
+
+@pytest.mark.parametrize("V, part", [(4097, None), (131072, None), (4097, 1024), (50000, 256)])
+def test_kd_loss_repeats_bit_identically(V: int, part: int | None) -> None:
+    """No float atomics: loss and ds are bit-identical on repeat, whatever order the parts meet in."""
+    be = _kd_backend(part)
     s, t = torch.randn(9, V, device=DEV) * 3, torch.randn(9, V, device=DEV) * 3
     labels = torch.randint(0, V, (9,), device=DEV)
     labels[3] = -100
-    loss1, ds1 = one.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
-    loss2, ds2 = two.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
-    assert abs(float(loss1) - float(loss2)) <= 1e-5 * max(1.0, abs(float(loss2)))
-    assert float((ds1 - ds2).abs().max()) <= 1e-5 * float(ds2.abs().max())
-    loss1b, ds1b = one.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
-    assert torch.equal(loss1, loss1b) and torch.equal(ds1, ds1b)
+    loss1, ds1 = be.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
+    loss2, ds2 = be.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
+    assert torch.equal(loss1, loss2) and torch.equal(ds1, ds2)
 
 
-@pytest.mark.parametrize("path", KD_PATHS)
-def test_kd_loss_masked_teacher_logits(path: str) -> None:
-    """Teacher logits of -inf (a masked or padded vocabulary) have p_t = 0 and add nothing to the KL."""
-    V, T = 5000, 2.0
-    be = _kd_backend(path, V)
+@pytest.mark.parametrize("V", [5000, 5001])  # 16-byte and scalar loads
+@pytest.mark.parametrize("part", [None, 1024])  # one part; 5 parts, of which part 4 (and row 1's part 0) all -inf
+def test_kd_loss_masked_teacher_logits(V: int, part: int | None) -> None:
+    """Teacher logits of -inf (a masked or padded vocabulary) have p_t = 0 and add nothing to the KL; rows
+    starting with -inf teacher logits (running max still -inf) and parts holding only -inf teacher logits
+    must not give NaN."""
+    T = 2.0
     s, t = torch.randn(5, V, device=DEV) * 3, torch.randn(5, V, device=DEV) * 3
     t[:, 4000:] = -math.inf
     t[1, :1500] = -math.inf
     with poisoned_outputs():
-        loss, ds = be.kd_loss(s, t, temperature=T)
+        loss, ds = _kd_backend(part).kd_loss(s, t, temperature=T)
     s64 = s.double().cpu().requires_grad_()
     pt = torch.softmax(t.double().cpu() / T, -1)
     kl = (torch.xlogy(pt, pt) - pt * torch.log_softmax(s64 / T, -1)).sum(-1)
@@ -280,79 +307,17 @@ def test_kd_loss_masked_teacher_logits(path: str) -> None:
     assert float((ds.double().cpu() - ref_ds).abs().max()) <= 1e-5 * float(ref_ds.abs().max())
 
 
-@pytest.mark.parametrize("path", KD_PATHS)
-def test_kd_loss_zero_for_shifted_logits(path: str) -> None:
-    be = _kd_backend(path, 5000)
+def test_kd_loss_zero_for_shifted_logits() -> None:
     s = torch.randn(8, 5000, device=DEV)
-    loss, ds = be.kd_loss(s, s + 3.0, temperature=4.0)
+    loss, ds = BACKEND.kd_loss(s, s + 3.0, temperature=4.0)
     assert 0.0 <= float(loss) < 1e-5 and float(ds.abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize("path", KD_PATHS)
-def test_kd_loss_no_counted_row(path: str) -> None:
-    be = _kd_backend(path, 300)
+def test_kd_loss_no_counted_row() -> None:
     s, t = torch.randn(4, 300, device=DEV), torch.randn(4, 300, device=DEV)
     with poisoned_outputs():
-        loss, ds = be.kd_loss(s, t, temperature=1.0, alpha=0.5, labels=torch.full((4,), -100, device=DEV))
+        loss, ds = BACKEND.kd_loss(s, t, temperature=1.0, alpha=0.5, labels=torch.full((4,), -100, device=DEV))
     assert float(loss) == 0.0 and torch.equal(ds, torch.zeros_like(ds))
-
-
-def test_kd_loss_one_pass_up_to_one_part_per_sm() -> None:
-    """V = 8192 x SMs: PER = 32 and as many parts per row as SMs (each lane of the merging warp takes
-    several parts), still one pass; one column more runs the two passes."""
-    from implementations.cupy.backend import kd_parts
-
-    dev = torch.device(DEV)
-    for V, one_pass in ((8192 * _sms(), True), (8192 * _sms() + 1, False)):
-        per = BACKEND.kd_one_pass_per(V, dev)
-        assert (per is not None) == one_pass
-        if one_pass:
-            assert per == 32 and kd_parts(V, per) == _sms()
-        s, t = torch.randn(3, V, device=DEV) * 3, torch.randn(3, V, device=DEV) * 3
-        labels = torch.tensor([5, -100, V - 1], device=DEV)
-        with poisoned_outputs():
-            loss, ds = BACKEND.kd_loss(s, t, temperature=2.0, alpha=0.8, labels=labels)
-        ref_loss, ref_ds = _kd_reference(s, t, 2.0, 0.8, labels, -100)
-        assert abs(float(loss) - float(ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss))) * math.log2(V)
-        assert float((ds.double().cpu() - ref_ds).abs().max()) <= 1e-5 * float(ref_ds.abs().max())
-
-
-@pytest.mark.parametrize("per", [1, 16])
-def test_kd_loss_forced_per(per: int) -> None:
-    """``kd_per`` overrides the rule: PER = 1 at V = 20000 gives 79 parts per row (more than a warp's lanes)."""
-    from implementations.cupy.backend import kd_parts
-
-    V = 20000
-    if kd_parts(V, per) > _sms():
-        pytest.skip(f"{kd_parts(V, per)} parts exceed the {_sms()} SMs")
-    be = type(BACKEND)()
-    be.kd_per = per
-    assert be.kd_one_pass_per(V, torch.device(DEV)) == per
-    s, t = torch.randn(5, V, device=DEV) * 3, torch.randn(5, V, device=DEV) * 3
-    labels = torch.tensor([0, 1, -100, V - 1, 7], device=DEV)
-    with poisoned_outputs():
-        loss, ds = be.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
-    ref_loss, ref_ds = _kd_reference(s, t, 1.5, 0.6, labels, -100)
-    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss))) * math.log2(V)
-    assert float((ds.double().cpu() - ref_ds).abs().max()) <= 1e-5 * float(ref_ds.abs().max())
-    loss2, ds2 = be.kd_loss(s, t, temperature=1.5, alpha=0.6, labels=labels)
-    assert torch.equal(loss, loss2) and torch.equal(ds, ds2)
-
-
-def test_kd_loss_one_pass_many_rows() -> None:
-    """Many more CTAs (4096 rows x 16 parts) than can be resident: the tickets keep the waits short and
-    deadlock-free; agrees with the two passes and repeats bit for bit."""
-    N, V = 4096, 8192
-    one, two = _kd_backend("one_pass", V), _kd_backend("two_pass", V)
-    s, t = torch.randn(N, V, device=DEV) * 3, torch.randn(N, V, device=DEV) * 3
-    labels = torch.randint(0, V, (N,), device=DEV)
-    labels[::7] = -100
-    loss1, ds1 = one.kd_loss(s, t, temperature=2.0, alpha=0.5, labels=labels)
-    loss2, ds2 = two.kd_loss(s, t, temperature=2.0, alpha=0.5, labels=labels)
-    assert abs(float(loss1) - float(loss2)) <= 1e-5 * max(1.0, abs(float(loss2)))
-    assert float((ds1 - ds2).abs().max()) <= 1e-5 * float(ds2.abs().max())
-    loss1b, ds1b = one.kd_loss(s, t, temperature=2.0, alpha=0.5, labels=labels)
-    assert torch.equal(loss1, loss1b) and torch.equal(ds1, ds1b)
 
 
 # -- reduction --------------------------------------------------------------------------------------

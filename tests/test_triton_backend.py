@@ -379,9 +379,9 @@ def kd_oracle(s, t, temperature, alpha, labels, ignore_index=-100):
     return loss.detach(), s64.grad
 
 
-#: the kernels of ``kd_loss``: the one-pass split kernel (as the backend runs it; with 1024-element parts, so
-#: rows of the GPU tests are cut into several parts that wait on each other), and the two-pass kernel
-KD_PATHS = {"one-pass": {}, "one-pass-1024": {"block": 1024}, "two-pass": {"one_pass": False}}
+#: ``kd_loss`` with the device's defaults, and with parts of 1024 columns in 256-column steps (on the GPU the
+#: rows below then have several parts that wait on each other; the interpreter always runs one part per row)
+KD_PATHS = {"defaults": {}, "parts-1024": {"chunk": 1024, "block": 256}}
 
 
 @pytest.mark.parametrize("path", KD_PATHS)
@@ -408,6 +408,24 @@ def test_kd_loss(vocab, temperature, alpha, with_labels, path):
         assert torch.all(ds[2] == 0)
     if alpha == 1.0:
         assert float(ds.double().sum(-1).abs().max()) <= 1e-6  # KD-2: sums to 0 over V
+
+
+def test_kd_loss_teacher_rows_starting_with_minus_inf(backend):
+    """KD-1: teacher logits of -inf (a masked vocabulary) filling the first blocks of a row give finite,
+    correct loss and ds: nothing computes -inf - -inf."""
+    gen = generator("kd-inf")
+    s = randn((4, 700), F32, gen, 2.0)
+    t = randn((4, 700), F32, gen, 2.0)
+    t[:, :600] = float("-inf")
+    loss, ds = kd_loss(s, t, temperature=2.0, alpha=1.0, labels=None, ignore_index=-100, ds_shape=s.shape, block=256)
+    s64 = s.cpu().double().requires_grad_()
+    log_ps, log_pt = torch.log_softmax(s64 / 2.0, -1), torch.log_softmax(t.cpu().double() / 2.0, -1)
+    terms = torch.where(log_pt > float("-inf"), log_pt.exp() * (log_pt - log_ps), 0.0)  # 0 log 0 = 0
+    ref_loss = terms.sum(-1).mean() * 4.0
+    (ref_ds,) = torch.autograd.grad(ref_loss, s64)
+    assert torch.isfinite(loss) and bool(torch.isfinite(ds).all())
+    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss)))
+    assert float((ds.cpu().double() - ref_ds).abs().max()) <= 1e-7
 
 
 def test_kd_loss_shifts_and_3d(backend):

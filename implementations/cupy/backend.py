@@ -33,15 +33,28 @@ MAX_GRID_Y = 65535
 ATTN_WARPS = 4
 REDUCE_THREADS = 512
 ROW_THREADS = 512
-KD_THREADS = 256  # kd_fused_split: threads per CTA (KD_NT)
-KD_PER = (1, 2, 4, 8, 16, 32)  # kd_fused_split: elements of s and of t per thread, in registers
-KD_TARGET_PARTS = 16  # kd_fused_split: PER is the smallest of KD_PER giving at most this many CTAs per row
+#: kd_part defaults: columns per part of a row and threads per CTA. A part's s and t are 64 KB in float32; at
+#: ~40 registers 6 CTAs of 256 threads fit an SM, so the parts in flight (792 on 132 SMs, 50 MB) about fill
+#: the L2 and pass 2 finds its lines there (128 threads: 12 CTAs per SM, twice that). ``CupyBackend.kd_part_cols``
+#: / ``kd_threads`` override them.
+KD_PART = 8192
+KD_THREADS = 256
+KD_COL_ALIGN = 64  # part boundaries fall on multiples of this many columns (16-byte packs, whole lines)
 INT32_MAX = 2**31 - 1
 
 
-def kd_parts(V: int, per: int) -> int:
-    """CTAs per row of ``kd_fused_split<T, per, CE>`` at vocabulary ``V`` (each owns ``KD_THREADS * per`` columns)."""
-    return -(-V // (KD_THREADS * per))
+def kd_split(V: int, N: int, sms: int, part: int = KD_PART) -> tuple[int, int]:
+    """``(parts, cols)`` of ``kd_part`` for ``N`` rows of ``V`` columns on a device with ``sms`` SMs.
+
+    Parts of ``part`` columns, widened (to a multiple of ``KD_COL_ALIGN``) so that a row has at most ``sms``
+    parts (the parts of a row wait for each other, so all of them must be able to be resident at once) and
+    ``N * parts`` tickets fit an int32.
+    """
+    if N > INT32_MAX:
+        raise InvalidInputError(f"kd_loss: {N} rows exceed the int32 grid of the cupy kernel")
+    cols = max(part, -(-V // min(sms, INT32_MAX // N)))
+    cols = -(-cols // KD_COL_ALIGN) * KD_COL_ALIGN
+    return -(-V // cols), cols
 
 
 @dataclass(frozen=True)
@@ -159,11 +172,10 @@ class CupyBackend(Backend):
             "in a separate kernel; no atomics, so gradients are deterministic",
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
-            "kd_loss: one pass when a row's parts (CTAs of 256 threads holding 256 PER elements of s and t in "
-            "registers, PER <= 32) number at most the GPU's SMs (V <= 8192 x SMs, 1081344 on an H200): the parts "
-            "exchange partial statistics through global memory (work by start-order tickets, so the spin-wait "
-            "cannot deadlock), then write ds (12 bytes per float32 element); larger V: two streaming passes over "
-            "s and t (statistics, then ds), 20 bytes per float32 element; per-row KL clamped at >= 0",
+            "kd_loss: each row cut into parts of 8192 columns, one 256-thread CTA per part taking (row, part) from a "
+            "start-order ticket; a part streams its columns (statistics), meets the row's other parts through "
+            "global memory, and streams them again from L2 writing ds (parts <= SMs, so the wait cannot "
+            "deadlock); -inf logits allowed; per-row KL clamped at >= 0",
         ),
     )
 
@@ -327,24 +339,10 @@ class CupyBackend(Backend):
 
     # -- knowledge distillation -------------------------------------------------------------------
 
-    #: the one-pass kernel runs only when V <= this (None: no limit besides the SM count). Tests and benchmarks
-    #: set it to 0 on an instance to force the two passes.
-    kd_one_pass_max_vocab: int | None = None
-    #: force this PER (one of KD_PER) on the one-pass path instead of the rule of :meth:`kd_one_pass_per`
-    #: (benchmarks compare PER = 16 and 32); the two passes still run when its parts exceed the SMs.
-    kd_per: int | None = None
-
-    def kd_one_pass_per(self, V: int, device: torch.device) -> int | None:
-        """The PER of the one-pass kernel ``kd_loss`` launches for vocabulary ``V`` on ``device``: the smallest
-        of ``KD_PER`` with at most ``KD_TARGET_PARTS`` parts per row, else the largest (``kd_per`` overrides);
-        None (two passes) when the row's parts outnumber the SMs, which could then not all be resident (the
-        parts of a row wait for each other), or when ``V > kd_one_pass_max_vocab``."""
-        if self.kd_one_pass_max_vocab is not None and V > self.kd_one_pass_max_vocab:
-            return None
-        per = self.kd_per or next((p for p in KD_PER if kd_parts(V, p) <= KD_TARGET_PARTS), KD_PER[-1])
-        if kd_parts(V, per) > torch.cuda.get_device_properties(device).multi_processor_count:
-            return None
-        return per
+    #: columns per part of ``kd_part`` (None: ``KD_PART``) and threads per CTA (None: ``KD_THREADS``); tests and
+    #: benchmarks set them on an instance
+    kd_part_cols: int | None = None
+    kd_threads: int | None = None
 
     def kd_loss(
         self,
@@ -358,9 +356,8 @@ class CupyBackend(Backend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused KD loss and its gradient (KD-1, KD-2, KD-7): see ``kd_loss.cu`` for the formulas.
 
-        One pass when :meth:`kd_one_pass_per` gives a PER (``kd_scale``, ``kd_fused_split``, ``kd_finalize``:
-        s and t read once); otherwise two streaming kernels (row statistics, then ds written directly) and a
-        one-CTA finalisation. The only [N, V] buffer is ds.
+        ``kd_scale`` (1 / count), ``kd_part`` (one CTA per part of a row, :func:`kd_split`: statistics, the
+        row's parts meet, ds) and ``kd_finalize`` (the loss, fixed order). The only [N, V] buffer is ds.
         """
         s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
                                             labels=labels, ignore_index=ignore_index)
@@ -370,41 +367,28 @@ class CupyBackend(Backend):
         T = float(temperature)
         ce = y is not None and alpha < 1.0
         labels64 = y.to(torch.int64).contiguous() if y is not None else None
-        counted = torch.empty((N,), dtype=torch.int32, device=dev)
+        vw = 16 // s.element_size()
+        vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
+               and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
+        threads = self.kd_threads or KD_THREADS
+        if threads % 32 or not 32 <= threads <= 1024:
+            raise ValueError(f"kd_threads must be a multiple of 32 in [32, 1024], got {threads}")
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        parts, cols = kd_split(V, N, sms, self.kd_part_cols or KD_PART)
+        sync = torch.zeros((1 + N,), dtype=torch.int32, device=dev)  # ticket counter, per-row arrivals
+        partial = torch.empty((N, parts, 8), dtype=torch.float32, device=dev) if parts > 1 else K.null_pointer()
         row_loss = torch.empty((N,), dtype=torch.float32, device=dev)
         scale = torch.empty((1,), dtype=torch.float32, device=dev)
         loss = new_output((), torch.float32, dev)
         ds = new_output(s.shape, s.dtype, dev)
         lab = labels64 if labels64 is not None else K.null_pointer()
-        dtype = K.CXX_TYPE[s.dtype]
-        strides = (K.i64(s2.stride(0)), K.i64(t2.stride(0)), K.i32(V))
-        finalize = K.kernel("kd_loss", "kd_finalize", dev)
-        per = self.kd_one_pass_per(V, dev)
-        if per is not None and N * kd_parts(V, per) > INT32_MAX:  # tickets and grid size are int32
-            per = None
-        if per is not None:
-            parts = kd_parts(V, per)
-            sync = torch.zeros((1 + N,), dtype=torch.int32, device=dev)  # ticket counter, per-row arrivals
-            partial = torch.empty((N, parts, 8), dtype=torch.float32, device=dev)
-            K.launch(K.kernel("kd_loss", "kd_scale", dev), (1,), (1024,), (lab, K.i64(N), K.i32(ignore_index), scale),
-                     dev)
-            K.launch(K.kernel("kd_loss", f"kd_fused_split<{dtype}, {per}, {K.cxx_bool(ce)}>", dev),
-                     (N * parts,), (KD_THREADS,),
-                     (s2, t2, *strides, K.i32(parts), lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha),
-                      K.f32(T * T), scale, sync, partial, row_loss, counted, ds), dev)
-            K.launch(finalize, (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale), dev)
-            return loss, ds
-        vw = 16 // s.element_size()
-        vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
-               and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
-        stats = torch.empty((N, 3), dtype=torch.float32, device=dev)
-        tmpl = f"{dtype}, {ROW_THREADS}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
-        K.launch(K.kernel("kd_loss", f"kd_row_stats<{tmpl}>", dev), (N,), (ROW_THREADS,),
-                 (s2, t2, *strides, lab, K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha), K.f32(T * T), stats,
-                  counted, row_loss), dev)
-        K.launch(finalize, (1,), (1024,), (row_loss, counted, K.i64(N), loss, scale), dev)
-        K.launch(K.kernel("kd_loss", f"kd_grad<{tmpl}>", dev), (N,), (ROW_THREADS,),
-                 (s2, t2, *strides, lab, K.f32(1.0 / T), K.f32(alpha), stats, counted, scale, ds), dev)
+        tmpl = f"{K.CXX_TYPE[s.dtype]}, {threads}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
+        K.launch(K.kernel("kd_loss", "kd_scale", dev), (1,), (1024,), (lab, K.i64(N), K.i32(ignore_index), scale), dev)
+        K.launch(K.kernel("kd_loss", f"kd_part<{tmpl}>", dev), (N * parts,), (threads,),
+                 (s2, t2, K.i64(s2.stride(0)), K.i64(t2.stride(0)), K.i32(V), K.i32(cols), K.i32(parts), lab,
+                  K.i32(ignore_index), K.f32(1.0 / T), K.f32(alpha), K.f32(T * T), scale, sync, partial, row_loss,
+                  ds), dev)
+        K.launch(K.kernel("kd_loss", "kd_finalize", dev), (1,), (1024,), (row_loss, K.i64(N), scale, loss), dev)
         return loss, ds
 
     # -- reduction --------------------------------------------------------------------------------

@@ -9,10 +9,8 @@ Every timing is the median of ``triton.testing.do_bench`` (CUDA events) on fresh
   ``F.scaled_dot_product_attention`` restricted to the flash backend;
 - KD loss: forward + gradient, against ``torch.compile`` of the unfused formula
   ``kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, "batchmean") T^2`` and its autograd backward;
-  the backend's default (the one-pass ``kd_fused_split``, PER = 32 and 16 parts per row at V = 131072), the
-  one pass forced to PER = 16 (32 parts, 64 registers) and, for comparison, the two-pass form; bandwidth counts
-  the fewest bytes (read s and t, write ds), which the one pass also moves, and for the two passes the bytes
-  they move (s, t twice);
+  ``kd_part`` at each (columns per part, threads) of ``KD_CONFIGS`` (the default also with the cross-entropy
+  term, alpha = 0.5 with labels); bandwidth counts the fewest bytes (read s and t, write ds);
 - reduction of 2^28 float32 against ``torch.sum`` (bytes read / time);
 - softmax statistics of a [8192, 131072] float32 matrix against the device-to-device copy bandwidth
   (bytes read + written by ``Tensor.copy_`` / time).
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from implementations.cupy import backends
-from implementations.cupy.backend import FwdConfig, attention_forward, reduce_value
+from implementations.cupy.backend import KD_PART, KD_THREADS, FwdConfig, attention_forward, kd_split, reduce_value
 
 BE = backends()
 DEV = "cuda"
@@ -108,11 +106,17 @@ def bench_bwd(rows: list[dict]) -> None:
                          "sdpa_flash_tflops": flops / ref / 1e9, "ratio": ref / ours, "max_abs_diff_vs_sdpa": diff})
 
 
+#: (columns per part, threads per CTA) of ``kd_part`` swept by the KD section; the first is the default
+KD_CONFIGS = ((KD_PART, KD_THREADS), (8192, 128), (4096, 128), (16384, 256))
+
+
 def bench_kd(rows: list[dict]) -> None:
     N, V, T = 8192, 131072, 2.0
     s = torch.randn(N, V, device=DEV) * 2
     t = torch.randn(N, V, device=DEV) * 2
-    dev = torch.device(DEV)
+    labels = torch.randint(0, V, (N,), device=DEV)
+    labels[::7] = -100
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     def reference(s_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(s_ / T, -1), F.log_softmax(t_ / T, -1), log_target=True,
@@ -124,33 +128,26 @@ def bench_kd(rows: list[dict]) -> None:
     def run_compiled() -> torch.Tensor:
         return torch.autograd.grad(compiled(sr, t), sr)[0]
 
-    two_pass = type(BE)()
-    two_pass.kd_one_pass_max_vocab = 0
-    per16 = type(BE)()
-    per16.kd_per = 16
     ref_ds = run_compiled()
     ref_loss = float(reference(s, t))
-    accuracy = {}
-    for key, be in (("", BE), ("per16_", per16), ("two_pass_", two_pass)):
-        loss, ds = be.kd_loss(s, t, temperature=T)
-        accuracy[f"{key}max_abs_diff_ds"] = float((ds - ref_ds).abs().max())
-        accuracy[f"{key}loss_abs_diff"] = abs(float(loss) - ref_loss)
-        del ds
-    del ref_ds
-    ours = median_ms(partial(BE.kd_loss, s, t, temperature=T))
-    ours16 = median_ms(partial(per16.kd_loss, s, t, temperature=T))
-    ours2 = median_ms(partial(two_pass.kd_loss, s, t, temperature=T))
     ref = median_ms(run_compiled)
     nbytes = 3 * N * V * 4
-    per = BE.kd_one_pass_per(V, dev)
-    per_16 = per16.kd_one_pass_per(V, dev)
-    rows.append({"op": "kd_loss_fwd_bwd", "N": N, "V": V, "dtype": "float32", "T": T,
-                 "form": f"one pass, PER={per}" if per else "two passes", "ms": ours,
-                 "gbps_min_bytes": nbytes / ours / 1e6, "torch_compile_ms": ref, "speedup": ref / ours,
-                 "per16_form": f"one pass, PER={per_16}" if per_16 else "two passes", "per16_ms": ours16,
-                 "per16_gbps_min_bytes": nbytes / ours16 / 1e6, "per16_speedup": ref / ours16,
-                 "two_pass_ms": ours2, "two_pass_gbps_min_bytes": nbytes / ours2 / 1e6,
-                 "two_pass_gbps_moved": 5 * N * V * 4 / ours2 / 1e6, "two_pass_speedup": ref / ours2, **accuracy})
+    for part, threads in KD_CONFIGS:
+        be = type(BE)()
+        be.kd_part_cols, be.kd_threads = part, threads
+        loss, ds = be.kd_loss(s, t, temperature=T)
+        diff = float((ds - ref_ds).abs().max())
+        loss_diff = abs(float(loss) - ref_loss)
+        del ds
+        ours = median_ms(partial(be.kd_loss, s, t, temperature=T))
+        row = {"op": "kd_loss_fwd_bwd", "N": N, "V": V, "dtype": "float32", "T": T, "part": part,
+               "threads": threads, "parts": kd_split(V, N, sms, part)[0], "ms": ours,
+               "gbps_min_bytes": nbytes / ours / 1e6, "torch_compile_ms": ref, "speedup": ref / ours,
+               "max_abs_diff_ds": diff, "loss_abs_diff": loss_diff}
+        if (part, threads) == KD_CONFIGS[0]:  # the default also with the cross-entropy term (Triton: 4.41 ms)
+            row["ce_alpha0.5_ms"] = median_ms(partial(be.kd_loss, s, t, temperature=T, alpha=0.5, labels=labels))
+        rows.append(row)
+        print(rows[-1], flush=True)
 
 
 def copy_bandwidth() -> float:

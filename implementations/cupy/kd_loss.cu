@@ -9,14 +9,12 @@
 //   ds_j           = [alpha T (p_s,j - p_t,j) + (1 - alpha)(softmax(s)_j - [j == y])] / count
 // Online logsumexps: for xt the accumulator also carries a = sum_j e^(xt_j - m_t)(xt_j - xs_j), rescaled
 // like l_t, so sum_j p_t,j (xt_j - xs_j) = a / l_t.
-// One pass (V <= number of SMs * 256 * 32): kd_scale counts the rows and writes 1 / count; kd_fused_split
-// reads each row once into registers, split over `parts` independent CTAs that exchange their partial
-// statistics through global memory (work assigned by tickets in start order, so waiting is deadlock-free),
-// and writes ds from the registers; kd_finalize sums the row losses in a fixed order.
-// Two passes (any V): kd_row_stats streams each row once; kd_finalize sums the row losses and writes
-// 1 / count; kd_grad streams the row again and writes ds.
-// The only [N, V] buffer is ds itself. KL >= 0 holds exactly; rounding can push the computed value a
-// few ulps below 0, so each row's KL is clamped at 0 (KD-3).
+// kd_scale writes 1 / count; kd_part (one CTA per part of a row, see there) streams its part of s and t,
+// meets the row's other parts through global memory, and streams the part again writing ds (the second read
+// mostly hits L2); kd_finalize sums the row losses in a fixed order. -inf logits are allowed (masked or
+// padded vocabulary): see kd_pack. The only [N, V] buffer is ds itself. KL >= 0 holds exactly; rounding can
+// push the computed value a few ulps below 0, so each row's KL is clamped at 0 (KD-3). No float atomics:
+// the results are bit-identical on repeat.
 #include "common.cuh"
 
 struct KDAcc {
@@ -29,7 +27,7 @@ struct KDAcc {
 // is still -inf the exponents are taken against 0 (so -inf - -inf never occurs), and a teacher term
 // with e^(xt - m_t) == 0 adds 0 (its xt - xs may be -inf or NaN).
 template <int N, bool CE>
-__device__ __forceinline__ void kd_pack(KDAcc& c, const float* s, const float* t, float inv_t) {
+__device__ __forceinline__ void kd_pack(KDAcc& c, const float (&s)[N], const float (&t)[N], float inv_t) {
     float xs[N], xt[N];
     float ps = -ATTNSPEC_INF, pt = -ATTNSPEC_INF, p1 = -ATTNSPEC_INF;
 #pragma unroll
@@ -89,12 +87,44 @@ __device__ __forceinline__ KDAcc kd_shfl(const KDAcc& c, int off) {
     return o;
 }
 
-// Stream a row's n elements of s and t into c; thread j takes 16-byte packs j, j + NT, ... (VEC: sr, tr
-// 16-byte aligned), then the tail elements.
+// Streaming (evict-first) loads and stores, `.cs`: lines read by pass 2 and the ds lines are not used again,
+// so L2 evicts them before the lines pass 1 brought in for parts still waiting for their pass 2. Inline PTX
+// (no headers; 16-bit types as raw bits). Global addresses: the pointers come from cudaMalloc.
+__device__ __forceinline__ vec16 ld_stream(const vec16* p) {
+    vec16 v;
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+        : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float ld_stream(const float* p) {
+    float v;
+    asm("ld.global.cs.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+template <class H>  // bf16_t, f16_t
+__device__ __forceinline__ H ld_stream(const H* p) {
+    H v;
+    asm("ld.global.cs.b16 %0, [%1];" : "=h"(v.bits) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void st_stream(vec16* p, const vec16& v) {
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]), "r"(v.w[2]),
+                 "r"(v.w[3]));
+}
+__device__ __forceinline__ void st_stream(float* p, float v) {
+    asm volatile("st.global.cs.f32 [%0], %1;" ::"l"(p), "f"(v));
+}
+template <class H>
+__device__ __forceinline__ void st_stream(H* p, H v) {
+    asm volatile("st.global.cs.b16 [%0], %1;" ::"l"(p), "h"(v.bits));
+}
+
+// Pass 1: stream n elements of s and t into c. VEC (sr, tr 16-byte aligned, n a multiple of 16 / sizeof(T)):
+// thread x takes 16-byte packs x, x + NT, ..., two packs of s and two of t in flight per step; otherwise
+// elements x, x + NT, ...
 template <class T, int NT, bool VEC, bool CE>
 __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int n, float inv_t) {
     constexpr int VW = 16 / sizeof(T);
-    int done = 0;
     if constexpr (VEC) {
         const int nv = n / VW;
         const vec16* sv = reinterpret_cast<const vec16*>(sr);
@@ -118,7 +148,7 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
                 kd_pack<VW, CE>(c, a, b, inv_t);
             }
         }
-        for (; j < nv; j += NT) {
+        if (j < nv) {
             const vec16 rs = sv[j], rt = tv[j];
             float a[VW], b[VW];
 #pragma unroll
@@ -128,11 +158,11 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
             }
             kd_pack<VW, CE>(c, a, b, inv_t);
         }
-        done = nv * VW;
-    }
-    for (int j = done + threadIdx.x; j < n; j += NT) {
-        const float a[1] = {to_f32(sr[j])}, b[1] = {to_f32(tr[j])};
-        kd_pack<1, CE>(c, a, b, inv_t);
+    } else {
+        for (int j = threadIdx.x; j < n; j += NT) {
+            const float a[1] = {to_f32(sr[j])}, b[1] = {to_f32(tr[j])};
+            kd_pack<1, CE>(c, a, b, inv_t);
+        }
     }
 }
 
@@ -163,7 +193,7 @@ __device__ __forceinline__ float kd_row_loss(const KDAcc& c, const T* sr, i64 y,
     return use ? loss : 0.f;
 }
 
-// One element of ds (both forms): c_kd = alpha T / count, c_ce = (1 - alpha) / count (0 for rows that do
+// One element of ds: c_kd = alpha T / count, c_ce = (1 - alpha) / count (0 for rows that do
 // not count), lse = (lse_s, lse_t, lse_1) of the row;
 // ds_j = c_kd (e^(xs_j - lse_s) - e^(xt_j - lse_t)) + c_ce (e^(s_j - lse_1) - [j == y]).
 template <bool CE>
@@ -174,117 +204,55 @@ __device__ __forceinline__ float kd_grad_value(float sv, float tv, bool is_label
     return gv;
 }
 
-// ds over the n elements of a row.
+// Pass 2: ds over n elements (sr, tr, dr at the part's first column; y: the label's column counted from
+// there, outside [0, n) when the label lies in another part), the CTA's last step of NT packs (VEC, as in
+// kd_scan) or NT elements first, since the most recently read lines are the likeliest still in L2; two
+// steps in flight; streaming loads and stores.
 template <class T, int NT, bool VEC, bool CE>
 __device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, int n, i64 y, float inv_t,
                                               float c_kd, float c_ce, const float (&lse)[3]) {
-    constexpr int VW = 16 / sizeof(T);
-    auto grad = [&](float sv, float tv, int j) {
-        return kd_grad_value<CE>(sv, tv, j == y, inv_t, c_kd, c_ce, lse);
-    };
-    int done = 0;
     if constexpr (VEC) {
+        constexpr int VW = 16 / sizeof(T);
         const int nv = n / VW;
         const vec16* sv = reinterpret_cast<const vec16*>(sr);
         const vec16* tv = reinterpret_cast<const vec16*>(tr);
         vec16* dv = reinterpret_cast<vec16*>(dr);
-        for (int j = threadIdx.x; j < nv; j += NT) {
-            const vec16 rs = sv[j], rt = tv[j];
+        auto grad = [&](const vec16& rs, const vec16& rt, int j) {
             vec16 out;
             T* o = reinterpret_cast<T*>(&out);
 #pragma unroll
             for (int k = 0; k < VW; ++k)
-                o[k] = from_f32<T>(grad(to_f32(reinterpret_cast<const T*>(&rs)[k]),
-                                        to_f32(reinterpret_cast<const T*>(&rt)[k]), j * VW + k));
-            dv[j] = out;
+                o[k] = from_f32<T>(kd_grad_value<CE>(to_f32(reinterpret_cast<const T*>(&rs)[k]),
+                                                     to_f32(reinterpret_cast<const T*>(&rt)[k]), j * VW + k == y,
+                                                     inv_t, c_kd, c_ce, lse));
+            st_stream(dv + j, out);
+        };
+        int j = (nv - 1) / NT * NT + (int)threadIdx.x;  // this thread's pack of the last step
+        if (j >= nv) j -= NT;                           // (the last step may be partial)
+        for (; j >= NT; j -= 2 * NT) {
+            const vec16 rs0 = ld_stream(sv + j), rt0 = ld_stream(tv + j);
+            const vec16 rs1 = ld_stream(sv + j - NT), rt1 = ld_stream(tv + j - NT);
+            grad(rs0, rt0, j);
+            grad(rs1, rt1, j - NT);
         }
-        done = nv * VW;
-    }
-    for (int j = done + threadIdx.x; j < n; j += NT) dr[j] = from_f32<T>(grad(to_f32(sr[j]), to_f32(tr[j]), j));
-}
-
-// Two passes, 1: per-row statistics, one CTA per row. stats[row] = (lse_s, lse_t, lse_1) in units
-// of the logits, counted[row] in {0, 1}, row_loss[row] as above. CE: the cross-entropy term is active
-// (labels given and alpha < 1).
-template <class T, int NT, bool VEC, bool CE>
-__global__ void __launch_bounds__(NT) kd_row_stats(const T* __restrict__ s, const T* __restrict__ t, i64 s_stride,
-                                                   i64 t_stride, int V, const i64* __restrict__ labels,
-                                                   int ignore_index, float inv_t, float alpha, float t2,
-                                                   float* __restrict__ stats, int* __restrict__ counted,
-                                                   float* __restrict__ row_loss) {
-    const i64 r = blockIdx.x;
-    const T* sr = s + r * s_stride;
-    KDAcc c = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-    kd_scan<T, NT, VEC, CE>(c, sr, t + r * t_stride, V, inv_t);
-    kd_block_reduce<NT>(c);
-    if (threadIdx.x != 0) return;
-    const i64 y = labels ? labels[r] : 0;
-    const bool use = !labels || y != ignore_index;
-    float lse[3];
-    row_loss[r] = kd_row_loss<T, CE>(c, sr, y, use, alpha, t2, lse);
-    stats[3 * r] = lse[0];
-    stats[3 * r + 1] = lse[1];
-    stats[3 * r + 2] = lse[2];
-    counted[r] = use ? 1 : 0;
-}
-
-// Both forms (one CTA of 1024): loss = sum(row_loss) / count and scale[0] = 1 / count (0 when count = 0; the
-// one-pass form has already read the same value from kd_scale). Each thread sums rows tid, tid + 1024, ...
-// in order, then a fixed tree: the result is deterministic.
-__global__ void __launch_bounds__(1024) kd_finalize(const float* __restrict__ row_loss, const int* __restrict__ counted,
-                                                    i64 n, float* __restrict__ loss, float* __restrict__ scale) {
-    __shared__ float ps[32];
-    __shared__ long long pc[32];
-    float sum = 0.f;
-    long long cnt = 0;
-    for (i64 i = threadIdx.x; i < n; i += 1024) {
-        sum += row_loss[i];
-        cnt += counted[i];
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) {
-        sum += __shfl_down_sync(0xffffffffu, sum, off);
-        cnt += __shfl_down_sync(0xffffffffu, cnt, off);
-    }
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        ps[warp] = sum;
-        pc[warp] = cnt;
-    }
-    __syncthreads();
-    if (warp != 0) return;
-    sum = ps[lane];
-    cnt = pc[lane];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) {
-        sum += __shfl_down_sync(0xffffffffu, sum, off);
-        cnt += __shfl_down_sync(0xffffffffu, cnt, off);
-    }
-    if (lane == 0) {
-        loss[0] = cnt > 0 ? sum / (float)cnt : 0.f;
-        scale[0] = cnt > 0 ? 1.f / (float)cnt : 0.f;
+        if (j >= 0) grad(ld_stream(sv + j), ld_stream(tv + j), j);
+    } else {
+        auto grad = [&](int j) {
+            st_stream(dr + j, from_f32<T>(kd_grad_value<CE>(to_f32(ld_stream(sr + j)), to_f32(ld_stream(tr + j)),
+                                                            j == y, inv_t, c_kd, c_ce, lse)));
+        };
+        int j = (n - 1) / NT * NT + (int)threadIdx.x;
+        if (j >= n) j -= NT;
+        for (; j >= NT; j -= 2 * NT) {
+            grad(j);
+            grad(j - NT);
+        }
+        if (j >= 0) grad(j);
     }
 }
 
-// Two passes, 2: ds for one row per CTA (zeros for rows that do not count).
-template <class T, int NT, bool VEC, bool CE>
-__global__ void __launch_bounds__(NT) kd_grad(const T* __restrict__ s, const T* __restrict__ t, i64 s_stride,
-                                              i64 t_stride, int V, const i64* __restrict__ labels, float inv_t,
-                                              float alpha, const float* __restrict__ stats,
-                                              const int* __restrict__ counted, const float* __restrict__ scale,
-                                              T* __restrict__ ds) {
-    const i64 r = blockIdx.x;
-    const float inv_n = counted[r] ? scale[0] : 0.f;
-    const float lse[3] = {stats[3 * r], stats[3 * r + 1], stats[3 * r + 2]};
-    kd_write_grad<T, NT, VEC, CE>(s + r * s_stride, t + r * t_stride, ds + r * V, V, CE ? labels[r] : -1, inv_t,
-                                  alpha / inv_t * inv_n, (1.f - alpha) * inv_n, lse);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// One pass: a row split over independent CTAs that meet through global memory.
-
-// One-pass form, before kd_fused_split (one CTA of 1024): scale[0] = 1 / (number of rows whose label is
-// not ignore_index; all n rows without labels), 0 when none counts. Integer counts: deterministic.
+// Before kd_part (one CTA of 1024): scale[0] = 1 / (number of rows whose label is not ignore_index; all n
+// rows without labels), 0 when none counts. Integer counts: deterministic.
 __global__ void __launch_bounds__(1024) kd_scale(const i64* __restrict__ labels, i64 n, int ignore_index,
                                                  float* __restrict__ scale) {
     __shared__ long long pc[32];
@@ -301,38 +269,34 @@ __global__ void __launch_bounds__(1024) kd_scale(const i64* __restrict__ labels,
     if (threadIdx.x == 0) scale[0] = cnt > 0 ? 1.f / (float)cnt : 0.f;
 }
 
-#define KD_NT 256  // threads per CTA of kd_fused_split
-
 __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 
-// One row per `parts` CTAs (grid x = N * parts, KD_NT threads), parts = ceil(V / (KD_NT * PER)) <= the
-// number of SMs. sync: 1 + N int32 zeros; partial: N * parts * 8 floats (scratch).
+// One part of one row per CTA: grid x = N * parts; part p owns columns [p cols, min((p + 1) cols, V)), cols a
+// multiple of 64 (VEC: V too a multiple of 16 / sizeof(T), rows 16-byte aligned), parts = ceil(V / cols) <=
+// the number of SMs. sync: 1 + N int32 zeros; partial: N * parts * 8 floats (scratch; unused when parts = 1);
+// scale[0] = 1 / count from kd_scale.
 // Work by ticket: thread 0 takes ticket = atomicAdd(&sync[0], 1) when the CTA starts; row = ticket / parts,
 // part = ticket % parts. So when a CTA waits for its row, every part with a smaller ticket has started (and
-// does not leave before publishing), and the parts still missing take the next tickets: as long as `parts`
-// CTAs can be resident at once (one per SM suffices), a free slot always exists for them, and the wait ends.
-// Part p owns columns [p KD_NT PER, (p + 1) KD_NT PER); thread x holds elements lo + i KD_NT (lo = p KD_NT
-// PER + x, i < PER) of s and t in registers (coalesced scalar loads, all issued before any arithmetic;
-// columns >= V read as -inf and are never stored). Each thread accumulates its values in slices of
-// min(PER, 8) (a slice whose first column is >= V holds only padding and is skipped), the CTA merges its
-// threads (kd_block_reduce), and thread 0 publishes the CTA's KDAcc in partial[row][part] (__threadfence,
-// then atomicAdd on sync[1 + row]). Warp 0 waits (ld.acquire.gpu) until all parts have published, lane l
-// merges parts l, l + 32, ... in order, then a fixed xor-shuffle tree; lane 0's result is the row's
-// statistics, bit-identical in every CTA of the row and on every run. Part 0 writes row_loss and counted.
-// ds comes from the registers. scale[0] = 1 / count is written by kd_scale beforehand. Global traffic:
-// s and t read once, ds written once, plus 32 bytes per CTA of partial statistics.
-template <class T, int PER, bool CE>
-__global__ void __launch_bounds__(KD_NT)
-    kd_fused_split(const T* __restrict__ s, const T* __restrict__ t, i64 s_stride, i64 t_stride, int V, int parts,
-                   const i64* __restrict__ labels, int ignore_index, float inv_t, float alpha, float t2,
-                   const float* __restrict__ scale, int* sync, float* partial, float* __restrict__ row_loss,
-                   int* __restrict__ counted, T* __restrict__ ds) {
-    constexpr int SL = PER < 8 ? PER : 8;  // slice length of the accumulation
-    static_assert(PER % SL == 0, "PER must be a power of two");
+// does not leave before publishing), and the row's missing parts take the next tickets: if the CTAs resident
+// at once can hold `parts` CTAs (one per SM suffices), a slot is free for them, so the wait ends (the CTAs
+// that hold slots and wait all belong to the lowest waiting row, whose missing parts are next in line).
+// Pass 1 streams the part into a KDAcc (kd_scan), the CTA merges its threads (kd_block_reduce), thread 0
+// publishes the part's KDAcc in partial[row][part] (__threadfence, then atomicAdd on sync[1 + row]); warp 0
+// waits (ld.acquire.gpu) until all parts have published, lane l merges parts l, l + 32, ... in order, then a
+// fixed xor-shuffle tree: lane 0 holds the row's statistics, bit-identical in every CTA of the row and on
+// every run. Part 0 writes row_loss. Pass 2 streams the part again, last step first, and writes ds
+// (kd_write_grad). HBM traffic: s and t about once when the part (cols x 2 sizeof(T) bytes) is still in L2
+// at pass 2, ds once, plus 32 bytes per part of statistics.
+template <class T, int NT, bool VEC, bool CE>
+__global__ void __launch_bounds__(NT)
+    kd_part(const T* __restrict__ s, const T* __restrict__ t, i64 s_stride, i64 t_stride, int V, int cols,
+            int parts, const i64* __restrict__ labels, int ignore_index, float inv_t, float alpha, float t2,
+            const float* __restrict__ scale, int* sync, float* partial, float* __restrict__ row_loss,
+            T* __restrict__ ds) {
     __shared__ int cta_ticket;
     __shared__ float row_lse[3];
     if (threadIdx.x == 0) cta_ticket = atomicAdd(&sync[0], 1);
@@ -340,86 +304,81 @@ __global__ void __launch_bounds__(KD_NT)
     const int ticket = cta_ticket;
     const i64 r = ticket / parts;
     const int part = ticket % parts;
-    const int lo = part * (KD_NT * PER) + (int)threadIdx.x;
+    const int lo = part * cols;
+    const int n = min(cols, V - lo);
     const T* sr = s + r * s_stride;
     const T* tr = t + r * t_stride;
-
-    float sv[PER], tv[PER];
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int j = lo + i * KD_NT;
-        const bool ok = j < V;
-        sv[i] = ok ? to_f32(sr[j]) : -ATTNSPEC_INF;
-        tv[i] = ok ? to_f32(tr[j]) : -ATTNSPEC_INF;
-    }
     const i64 y = labels ? labels[r] : -1;
     const bool use = !labels || y != ignore_index;
 
     KDAcc c = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-#pragma unroll
-    for (int q = 0; q < PER / SL; ++q)
-        if (lo + q * SL * KD_NT < V) kd_pack<SL, CE>(c, sv + q * SL, tv + q * SL, inv_t);
-    kd_block_reduce<KD_NT>(c);
+    kd_scan<T, NT, VEC, CE>(c, sr + lo, tr + lo, n, inv_t);
+    kd_block_reduce<NT>(c);
 
     if (threadIdx.x < 32) {
         const int lane = threadIdx.x;
-        float4* rp = reinterpret_cast<float4*>(partial + (r * parts) * 8);
-        int* arrived = &sync[1 + r];
-        if (lane == 0) {
-            rp[2 * part] = make_float4(c.ms, c.ls, c.mt, c.lt);
-            rp[2 * part + 1] = make_float4(c.a, c.m1, c.l1, 0.f);
-            __threadfence();  // the partial before the arrival
-            atomicAdd(arrived, 1);
-        }
-        while (ld_acquire_gpu(arrived) < parts) __nanosleep(32);
-        KDAcc row = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-        for (int q = lane; q < parts; q += 32) {
-            const float4 a = __ldcg(rp + 2 * q), b = __ldcg(rp + 2 * q + 1);
-            kd_merge(row, KDAcc{a.x, a.y, a.z, a.w, b.x, b.y, b.z});
-        }
+        if (parts > 1) {
+            float4* rp = reinterpret_cast<float4*>(partial + (r * parts) * 8);
+            int* arrived = &sync[1 + r];
+            if (lane == 0) {
+                rp[2 * part] = make_float4(c.ms, c.ls, c.mt, c.lt);
+                rp[2 * part + 1] = make_float4(c.a, c.m1, c.l1, 0.f);
+                __threadfence();  // the partial before the arrival
+                atomicAdd(arrived, 1);
+            }
+            while (ld_acquire_gpu(arrived) < parts) __nanosleep(32);
+            c = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
+            for (int q = lane; q < parts; q += 32) {
+                const float4 a = __ldcg(rp + 2 * q), b = __ldcg(rp + 2 * q + 1);
+                kd_merge(c, KDAcc{a.x, a.y, a.z, a.w, b.x, b.y, b.z});
+            }
 #pragma unroll
-        for (int off = 16; off > 0; off /= 2) kd_merge(row, kd_shfl(row, off));
+            for (int off = 16; off > 0; off /= 2) kd_merge(c, kd_shfl(c, off));
+        }
         if (lane == 0) {
             float lse[3];
-            const float loss = kd_row_loss<T, CE>(row, sr, y, use, alpha, t2, lse);
+            const float loss = kd_row_loss<T, CE>(c, sr, y, use, alpha, t2, lse);
             row_lse[0] = lse[0];
             row_lse[1] = lse[1];
             row_lse[2] = lse[2];
-            if (part == 0) {
-                row_loss[r] = loss;
-                counted[r] = use ? 1 : 0;
-            }
+            if (part == 0) row_loss[r] = loss;
         }
     }
     __syncthreads();  // row_lse
 
     const float inv_n = use ? scale[0] : 0.f;
-    const float c_kd = alpha / inv_t * inv_n, c_ce = (1.f - alpha) * inv_n;
     const float lse[3] = {row_lse[0], row_lse[1], row_lse[2]};
-    T* dr = ds + r * V;
+    kd_write_grad<T, NT, VEC, CE>(sr + lo, tr + lo, ds + r * V + lo, n, CE ? y - lo : -1, inv_t,
+                                  alpha / inv_t * inv_n, (1.f - alpha) * inv_n, lse);
+}
+
+// After kd_part (one CTA of 1024): loss = (sum of row_loss) x scale[0]. Each thread sums rows tid, tid + 1024,
+// ... in order, then a fixed tree: the result is deterministic.
+__global__ void __launch_bounds__(1024) kd_finalize(const float* __restrict__ row_loss, i64 n,
+                                                    const float* __restrict__ scale, float* __restrict__ loss) {
+    __shared__ float ps[32];
+    float sum = 0.f;
+    for (i64 i = threadIdx.x; i < n; i += 1024) sum += row_loss[i];
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int j = lo + i * KD_NT;
-        if (j < V) dr[j] = from_f32<T>(kd_grad_value<CE>(sv[i], tv[i], j == y, inv_t, c_kd, c_ce, lse));
-    }
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+    if (threadIdx.x % 32 == 0) ps[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x >= 32) return;
+    sum = ps[threadIdx.x];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+    if (threadIdx.x == 0) loss[0] = sum * scale[0];
 }
 
 #ifdef ATTNSPEC_INSTANTIATE
-#define ATTNSPEC_KD_STATS_ARGS(T) \
-    const T*, const T*, i64, i64, int, const i64*, int, float, float, float, float*, int*, float*
-#define ATTNSPEC_KD_GRAD_ARGS(T) \
-    const T*, const T*, i64, i64, int, const i64*, float, float, const float*, const int*, const float*, T*
-template __global__ void kd_row_stats<float, 512, true, false>(ATTNSPEC_KD_STATS_ARGS(float));
-template __global__ void kd_row_stats<bf16_t, 512, false, true>(ATTNSPEC_KD_STATS_ARGS(bf16_t));
-template __global__ void kd_grad<float, 512, true, false>(ATTNSPEC_KD_GRAD_ARGS(float));
-template __global__ void kd_grad<bf16_t, 512, false, true>(ATTNSPEC_KD_GRAD_ARGS(bf16_t));
-#define ATTNSPEC_KD_FUSED_ARGS(T)                                                                            \
-    const T*, const T*, i64, i64, int, int, const i64*, int, float, float, float, const float*, int*, float*, \
-        float*, int*, T*
-template __global__ void kd_fused_split<float, 32, false>(ATTNSPEC_KD_FUSED_ARGS(float));
-template __global__ void kd_fused_split<float, 32, true>(ATTNSPEC_KD_FUSED_ARGS(float));
-template __global__ void kd_fused_split<float, 16, false>(ATTNSPEC_KD_FUSED_ARGS(float));
-template __global__ void kd_fused_split<bf16_t, 32, true>(ATTNSPEC_KD_FUSED_ARGS(bf16_t));
-template __global__ void kd_fused_split<bf16_t, 4, true>(ATTNSPEC_KD_FUSED_ARGS(bf16_t));
-template __global__ void kd_fused_split<f16_t, 1, false>(ATTNSPEC_KD_FUSED_ARGS(f16_t));
+#define ATTNSPEC_KD_PART_ARGS(T)                                                                               \
+    const T*, const T*, i64, i64, int, int, int, const i64*, int, float, float, float, const float*, int*, float*, \
+        float*, T*
+template __global__ void kd_part<float, 256, true, false>(ATTNSPEC_KD_PART_ARGS(float));
+template __global__ void kd_part<float, 256, true, true>(ATTNSPEC_KD_PART_ARGS(float));
+template __global__ void kd_part<float, 128, true, false>(ATTNSPEC_KD_PART_ARGS(float));
+template __global__ void kd_part<float, 256, false, true>(ATTNSPEC_KD_PART_ARGS(float));
+template __global__ void kd_part<bf16_t, 256, true, true>(ATTNSPEC_KD_PART_ARGS(bf16_t));
+template __global__ void kd_part<bf16_t, 256, false, true>(ATTNSPEC_KD_PART_ARGS(bf16_t));
+template __global__ void kd_part<f16_t, 256, true, false>(ATTNSPEC_KD_PART_ARGS(f16_t));
 #endif

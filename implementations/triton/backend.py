@@ -46,9 +46,8 @@ def triton_capabilities(interpreter: bool) -> Capabilities:
         notes=(
             "kernels: attention_forward_kernel (online softmax, exp2, causal blocks skipped), "
             "attention_delta_kernel + attention_dkdv_kernel + attention_dq_kernel (recompute from lse, "
-            "no atomics), softmax_stats_kernel, softmax_merge_kernel, kd_loss_split_kernel (one pass: s and t "
-            "read once, the parts of a row merged through a per-row counter; kd_loss_kernel, two passes, for "
-            "rows longer than SMs x 16384), "
+            "no atomics), softmax_stats_kernel, softmax_merge_kernel, kd_loss_kernel (rows cut into "
+            "parts that meet through a per-row counter; two passes over each part, the second from L2), "
             "strided_block_sum_kernel (rows into lanes, pairwise tree over the lanes)",
             "lse: natural log, float32, written by the forward kernel",
             "float32 products use tl.dot input_precision='ieee' (exact, no TF32; FMA units, small fixed tiles)",
@@ -147,7 +146,7 @@ class TritonBackend(Backend):
 
     def kd_loss(self, s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float = 1.0,
                 labels: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
-        """KD-1, KD-2, KD-7: fused loss and ``ds``, reading s and t once (``kd_loss.kd_loss_split_kernel``)."""
+        """KD-1, KD-2, KD-7: fused loss and ``ds`` (``kd_loss.kd_loss_kernel``: parts of a row, two passes each)."""
         s_rows, t_rows, flat_labels, alpha_value = validate.kd_args(
             self.capabilities, s, t, temperature=temperature, alpha=alpha, labels=labels, ignore_index=ignore_index)
         return kd_loss(s_rows, t_rows, temperature=float(temperature), alpha=alpha_value, labels=flat_labels,

@@ -46,9 +46,9 @@ DQ_SWEEP = [LaunchConfig(128, 64, 8, 2), LaunchConfig(64, 64, 4, 3)]
 #: reduction configs (rows, lanes, warps) of ``strided_sum``
 REDUCE_SWEEP = [(64, 1024, 4), (32, 1024, 4), (128, 1024, 4), (64, 2048, 8), (16, 4096, 8)]
 STATS_SWEEP = [(4096, 8), (8192, 8)]
-#: KD configs (one pass?, part or block length, warps): the one-pass split kernel and the two-pass kernel
-KD_SWEEP = [(True, 16384, 16), (True, 8192, 8), (True, 8192, 16), (True, 32768, 32), (True, 4096, 4),
-            (False, 4096, 8)]
+#: (chunk, block, warps) of the KD kernel; a chunk of the whole row (131072) is the two-pass form
+KD_SWEEP = [(8192, 2048, 4), (4096, 1024, 4), (16384, 2048, 4), (8192, 1024, 4), (2048, 1024, 4),
+            (16384, 4096, 8), (131072, 4096, 8)]
 
 
 def median_ms(fn: Callable[[], object]) -> float:
@@ -235,18 +235,18 @@ def bench_kd(rec: Recorder, copy_gbs: float) -> dict[str, object]:
     labels = torch.randint(0, V, (N,), device=DEVICE)
     result: dict[str, object] = {"N": N, "V": V, "temperature": T, "alpha": alpha}
 
-    def fused(one_pass: bool, block: int, warps: int, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def fused(chunk: int, block: int, warps: int, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
         args = {"alpha": alpha, "labels": labels, **kw}
-        return kd_loss(s, t, temperature=T, ignore_index=-100, ds_shape=s.shape, one_pass=one_pass, block=block,
+        return kd_loss(s, t, temperature=T, ignore_index=-100, ds_shape=s.shape, chunk=chunk, block=block,
                        num_warps=warps, **args)
 
-    def name(cfg: tuple[bool, int, int]) -> str:
-        return f"{'one_pass' if cfg[0] else 'two_pass'}_block{cfg[1]}_w{cfg[2]}"
+    def name(cfg: tuple[int, int, int]) -> str:
+        return f"chunk{cfg[0]}_block{cfg[1]}_w{cfg[2]}"
 
     sweep = {name(cfg): median_ms(lambda c=cfg: fused(*c)) for cfg in KD_SWEEP}
     result["fused_sweep_ms"] = sweep
     best = min(KD_SWEEP, key=lambda c: sweep[name(c)])
-    result["fused_best"] = {"one_pass": best[0], "block": best[1], "num_warps": best[2]}
+    result["fused_best"] = {"chunk": best[0], "block": best[1], "num_warps": best[2]}
     result["fused_ms"] = sweep[name(best)]
     result["fused_extra_bytes_beyond_ds"] = peak_extra(lambda: fused(*best)) - s.numel() * 4
     result["fused_kd_only_ms"] = median_ms(lambda: fused(*best, alpha=1.0, labels=None))

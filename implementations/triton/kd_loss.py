@@ -14,21 +14,25 @@ Statistics are kept in base 2: for each of s/T, t/T and (with the cross-entropy 
 (max m, sum z of 2^(x - m)), plus ``A = sum 2^(t/T - mt) (t - s)`` for the teacher. KL is then
 ``A/(T z_t) - ((mt - ms) + log2(z_t / z_s)) ln 2`` (no rounding of the two ~log2(V)-sized logsumexps
 before they cancel), clamped at 0 (it is >= 0 exactly; the clamp removes rounding below zero, KD-3).
-Nothing ``[N, V]`` is allocated but ds (KD-7). Two kernels:
+Nothing ``[N, V]`` is allocated but ds (KD-7).
 
-- ``kd_loss_split_kernel`` (one pass; the default): a row is cut into ``SPLIT`` parts of ``CHUNK``
-  elements, one program per part. A program loads its part of s and t once, keeps it in registers,
-  publishes its part's statistics, waits until every part of its row has published (a per-row arrival
-  counter), merges the ``SPLIT`` partial statistics in part order (so every part of a row computes the
-  same row statistics) and writes its part of ds from the registers. Each byte of s and t is read once and
-  ds written once: the memory floor. Waiting on other programs is safe because programs take their
-  (row, part) from a ticket counter in the order they start: when a program waits, every part with a
-  smaller ticket has started, so the waits resolve as long as ``SPLIT`` programs can be resident at once
-  (``SPLIT <= number of SMs`` is required). On the interpreter, which runs programs one after another,
-  ``SPLIT`` is 1.
-- ``kd_loss_kernel`` (two passes, for rows too long to split that way): one program per row; pass 1
-  streams the row keeping running statistics merged block by block (block sums with Kahan
-  compensation), pass 2 streams it again and writes ds.
+``kd_loss_kernel``: a row is cut into parts of ``CHUNK`` columns, one program each. Pass 1 streams the
+part of s and t keeping the running statistics, merged block by block (block sums with Kahan compensation;
+exponent base 0 while a running max is still -inf, and teacher entries of weight 0 add nothing, so rows
+starting with -inf logits give no NaN). The program publishes its part's statistics, waits until every
+part of its row has published (a per-row arrival counter), merges them in part order (so every part of a
+row computes the same row statistics) and streams its part again, last block first, writing ds. A part is
+64 KB of s and t (8192 float32 columns), so pass 2 finds it in L2: HBM sees s and t about once. Pass 2's
+reads and the ds stores carry an evict-first hint so they do not push out parts still waiting for pass 2.
+
+Waiting on other programs is safe because programs take their (row, part) from a ticket counter in the
+order they start: when a program waits, every part with a smaller ticket has started, so the waits
+resolve as long as a row's parts can be resident at once (:func:`split_parts` keeps parts <= SMs). The
+interpreter runs programs one after another, so there a row is one part (no wait).
+
+Measured on the H200 (N = 8192, V = 131072, float32, NOTES.md): 4.41 ms with the cross-entropy term,
+4.01 ms without; one program per row streaming the row twice took 5.11 ms, and a one-pass form keeping
+the part in registers (commit 8305191) 5.89 ms at best.
 """
 
 from __future__ import annotations
@@ -41,15 +45,18 @@ import triton.language as tl
 from ..base import new_output
 from .common import LN2_K, LOG2E_K, compensated_add, next_pow2
 
-GPU_KD_BLOCK = 4096
+#: GPU defaults: parts of 8192 columns streamed 2048 at a time (a part's s and t, 64 KB, are still in L2
+#: when pass 2 reads them again)
+GPU_KD_CHUNK = 8192
+GPU_KD_BLOCK = 2048
 INTERPRETER_KD_BLOCK = 1024
-KD_WARPS = 8
-#: one-pass part length and warps on the GPU: 32 elements of s and of t per thread stay in registers
-GPU_KD_CHUNK = 16384
-KD_SPLIT_WARPS = 16
-#: per-part statistics stored by the one-pass kernel: ms, zs, mt, zt, A, m1, z1 (and one pad slot)
+KD_WARPS = 4
+#: per-part statistics published for the row's other parts: ms, zs, mt, zt, A, m1, z1 (and one pad slot)
 PART_STATS = 8
 PART_STATS_K = tl.constexpr(PART_STATS)
+#: pass 2's reads and the ds writes are not read again: evicted first, so the lines pass 1 brought into L2
+#: for other parts' pass 2 stay (H200: 4.41 ms with the hint, 4.67 ms without, at N = 8192, V = 131072)
+EVICT_PASS2 = tl.constexpr("evict_first")
 
 
 @triton.jit
@@ -59,8 +66,9 @@ def _merge(m, z, c, x2):
     Returns ``(m', z', c', rescale, e)`` with ``rescale = 2^(m - m')`` and ``e = 2^(x2 - m')``.
     """
     m_new = tl.maximum(m, tl.max(x2, 0))
-    rescale = tl.exp2(m - m_new)
-    e = tl.exp2(x2 - m_new)
+    base = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while every value so far is -inf
+    rescale = tl.exp2(m - base)
+    e = tl.exp2(x2 - base)
     z, c = compensated_add(z * rescale, c * rescale, tl.sum(e, 0))
     return m_new, z, c, rescale, e
 
@@ -97,143 +105,125 @@ def _grad(s, t, offs, y, c_temp, ls2, lt2, l1_2, c_kd, c_ce, HAS_CE: tl.constexp
 
 
 @triton.jit
-def _part_stats(x2):
-    """``(max, sum 2^(x2 - max), 2^(x2 - max))`` of base-2 values (masked lanes -inf; at least one is not)."""
-    m = tl.max(x2, 0)
-    e = tl.exp2(x2 - m)
-    return m, tl.sum(e, 0), e
-
-
-@triton.jit
-def _merge_parts(m, z):
-    """Merge per-part ``(m, z)`` vectors (absent parts ``(-inf, 0)``) in a fixed order; also returns
-    the rescale factors ``2^(m - max)``."""
-    m_all = tl.max(m, 0)
-    f = tl.exp2(m - m_all)
-    return m_all, tl.sum(z * f, 0), f
-
-
-@triton.jit
-def kd_loss_split_kernel(S, T, LABELS, COUNT, DS, ROW_LOSS, PART, SYNC, stride_s, stride_t, stride_ds, V,
-                         inv_temp, temp, alpha, ignore_index,
-                         SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, CHUNK: tl.constexpr,
-                         HAS_LABELS: tl.constexpr, HAS_CE: tl.constexpr):
-    """One part of one row (see the module docstring): ``SYNC[0]`` hands out tickets, ``SYNC[1 + row]``
-    counts the row's parts that published their statistics in ``PART[row, part, :]``."""
-    ticket = tl.atomic_add(SYNC, 1, sem="relaxed")
-    row = (ticket // SPLIT).to(tl.int64)
-    part = ticket % SPLIT
-    s_row = S + row * stride_s
-    t_row = T + row * stride_t
-    offs = part * CHUNK + tl.arange(0, CHUNK)
-    mask = offs < V
-    c_temp = inv_temp * LOG2E_K
-    s = tl.load(s_row + offs, mask=mask, other=0.0).to(tl.float32)
-    t = tl.load(t_row + offs, mask=mask, other=0.0).to(tl.float32)
-
-    ms, zs, _ = _part_stats(tl.where(mask, s * c_temp, float("-inf")))
-    mt, zt, et = _part_stats(tl.where(mask, t * c_temp, float("-inf")))
-    at = tl.sum(et * (t - s), 0)
-    m1 = ms
-    z1 = zs
-    if HAS_CE:
-        m1, z1, _ = _part_stats(tl.where(mask, s * LOG2E_K, float("-inf")))
-    slot = tl.arange(0, PART_STATS_K)
-    stats = tl.where(slot == 0, ms, tl.where(slot == 1, zs, tl.where(slot == 2, mt, tl.where(
-        slot == 3, zt, tl.where(slot == 4, at, tl.where(slot == 5, m1, z1))))))
-    part_base = PART + (row * SPLIT) * PART_STATS_K
-    tl.store(part_base + part * PART_STATS_K + slot, stats)
-    tl.debug_barrier()  # every thread's part of the store precedes the release below
-    arrived = tl.atomic_add(SYNC + 1 + row, 1, sem="release") + 1
-    while arrived < SPLIT:
-        arrived = tl.atomic_add(SYNC + 1 + row, 0, sem="acquire")
-
-    parts = tl.arange(0, SPLIT_P2)
-    present = parts < SPLIT
-    cell = part_base + parts * PART_STATS_K
-    ms, zs, _ = _merge_parts(tl.load(cell + 0, mask=present, other=float("-inf"), cache_modifier=".cg"),
-                             tl.load(cell + 1, mask=present, other=0.0, cache_modifier=".cg"))
-    mt_p = tl.load(cell + 2, mask=present, other=float("-inf"), cache_modifier=".cg")
-    mt, zt, ft = _merge_parts(mt_p, tl.load(cell + 3, mask=present, other=0.0, cache_modifier=".cg"))
-    at = tl.sum(tl.load(cell + 4, mask=present, other=0.0, cache_modifier=".cg") * ft, 0)
-    m1, z1, _ = _merge_parts(tl.load(cell + 5, mask=present, other=float("-inf"), cache_modifier=".cg"),
-                             tl.load(cell + 6, mask=present, other=0.0, cache_modifier=".cg"))
-
-    coef, y = _row_coef(LABELS, COUNT, row, ignore_index, HAS_LABELS)
-    if part == 0:
-        loss = _row_loss(ms, zs, mt, zt, at, m1, z1, s_row, y, inv_temp, temp, alpha, HAS_CE)
-        tl.store(ROW_LOSS + row, tl.where(coef > 0.0, loss * coef, 0.0))
-    g = _grad(s, t, offs, y, c_temp, ms + tl.log2(zs), mt + tl.log2(zt), m1 + tl.log2(z1), coef * alpha * temp,
-              coef * (1.0 - alpha), HAS_CE)
-    tl.store(DS + row * stride_ds + offs, g.to(DS.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def kd_loss_kernel(S, T, LABELS, COUNT, DS, ROW_LOSS, stride_s, stride_t, stride_ds, V,
-                   inv_temp, temp, alpha, ignore_index,
-                   BLOCK: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_CE: tl.constexpr):
-    """Row ``program_id(0)``, two passes: writes ``ROW_LOSS[row] = c * loss_row`` (0 if ignored) and ``DS[row, :]``."""
-    row = tl.program_id(0).to(tl.int64)
-    s_row = S + row * stride_s
-    t_row = T + row * stride_t
+def _stats(s_row, t_row, lo, hi, c_temp, BLOCK: tl.constexpr, HAS_CE: tl.constexpr):
+    """Pass 1 over columns ``[lo, hi)``: base-2 ``(ms, zs, mt, zt, A, m1, z1)`` (module docstring)."""
     lanes = tl.arange(0, BLOCK)
-    c_temp = inv_temp * LOG2E_K  # x/T in base 2
-
     zero = tl.full((), 0.0, tl.float32)
     ms = tl.full((), float("-inf"), tl.float32)
     mt = tl.full((), float("-inf"), tl.float32)
     m1 = tl.full((), float("-inf"), tl.float32)
     zs, zt, z1, at = zero, zero, zero, zero  # sums, each with a Kahan compensation
     cs, ct, c1, ca = zero, zero, zero, zero
-    for start in range(0, V, BLOCK):
+    for start in range(lo, hi, BLOCK):
         offs = start + lanes
-        mask = offs < V
+        mask = offs < hi
         s = tl.load(s_row + offs, mask=mask, other=0.0).to(tl.float32)
         t = tl.load(t_row + offs, mask=mask, other=0.0).to(tl.float32)
         ms, zs, cs, _, _ = _merge(ms, zs, cs, tl.where(mask, s * c_temp, float("-inf")))
         mt, zt, ct, rescale_t, et = _merge(mt, zt, ct, tl.where(mask, t * c_temp, float("-inf")))
-        at, ca = compensated_add(at * rescale_t, ca * rescale_t, tl.sum(et * (t - s), 0))
+        at, ca = compensated_add(at * rescale_t, ca * rescale_t, tl.sum(tl.where(et > 0.0, et * (t - s), 0.0), 0))
         if HAS_CE:
             m1, z1, c1, _, _ = _merge(m1, z1, c1, tl.where(mask, s * LOG2E_K, float("-inf")))
+    return ms, zs, mt, zt, at, m1, z1
+
+
+@triton.jit
+def _merge_parts(cells, present, slot):
+    """Statistic ``slot`` pair ``(m, z)`` of every part of a row merged in part order; also ``2^(m_p - m)``."""
+    m = tl.load(cells + slot, mask=present, other=float("-inf"), cache_modifier=".cg")
+    z = tl.load(cells + slot + 1, mask=present, other=0.0, cache_modifier=".cg")
+    m_all = tl.max(m, 0)
+    f = tl.exp2(m - tl.where(m_all == float("-inf"), 0.0, m_all))
+    return m_all, tl.sum(z * f, 0), f
+
+
+@triton.jit
+def kd_loss_kernel(S, T, LABELS, COUNT, DS, ROW_LOSS, PART, SYNC, stride_s, stride_t, stride_ds, V,
+                   inv_temp, temp, alpha, ignore_index,
+                   SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+                   HAS_LABELS: tl.constexpr, HAS_CE: tl.constexpr):
+    """One part (``CHUNK`` columns) of one row: pass 1, publish, wait for the row's other parts, merge, pass 2.
+
+    ``SYNC[0]`` hands out tickets (row, part) in the order programs start; ``SYNC[1 + row]`` counts the parts
+    of the row that published their statistics in ``PART[row, part, :]``. Writes ``ROW_LOSS[row] = c * loss``
+    (0 if ignored; part 0) and the part's columns of ``DS[row, :]``.
+    """
+    ticket = tl.atomic_add(SYNC, 1, sem="relaxed")
+    row = (ticket // SPLIT).to(tl.int64)
+    part = ticket % SPLIT
+    s_row = S + row * stride_s
+    t_row = T + row * stride_t
+    lo = part * CHUNK
+    hi = tl.minimum(lo + CHUNK, V)
+    c_temp = inv_temp * LOG2E_K  # x/T in base 2
+    ms, zs, mt, zt, at, m1, z1 = _stats(s_row, t_row, lo, hi, c_temp, BLOCK, HAS_CE)
+    if SPLIT > 1:
+        slot = tl.arange(0, PART_STATS_K)
+        stats = tl.where(slot == 0, ms, tl.where(slot == 1, zs, tl.where(slot == 2, mt, tl.where(
+            slot == 3, zt, tl.where(slot == 4, at, tl.where(slot == 5, m1, z1))))))
+        cells = PART + row * SPLIT * PART_STATS_K
+        tl.store(cells + part * PART_STATS_K + slot, stats)
+        tl.debug_barrier()  # every thread's share of the store precedes the release below
+        arrived = tl.atomic_add(SYNC + 1 + row, 1, sem="release") + 1
+        while arrived < SPLIT:
+            arrived = tl.atomic_add(SYNC + 1 + row, 0, sem="acquire")
+        parts = tl.arange(0, SPLIT_P2)
+        present = parts < SPLIT
+        part_cells = cells + parts * PART_STATS_K
+        ms, zs, _ = _merge_parts(part_cells, present, 0)
+        mt, zt, f_t = _merge_parts(part_cells, present, 2)
+        at = tl.sum(tl.load(part_cells + 4, mask=present, other=0.0, cache_modifier=".cg") * f_t, 0)
+        m1, z1, _ = _merge_parts(part_cells, present, 5)
 
     coef, y = _row_coef(LABELS, COUNT, row, ignore_index, HAS_LABELS)
-    loss = _row_loss(ms, zs, mt, zt, at, m1, z1, s_row, y, inv_temp, temp, alpha, HAS_CE)
-    tl.store(ROW_LOSS + row, tl.where(coef > 0.0, loss * coef, 0.0))
+    if part == 0:
+        loss = _row_loss(ms, zs, mt, zt, at, m1, z1, s_row, y, inv_temp, temp, alpha, HAS_CE)
+        tl.store(ROW_LOSS + row, tl.where(coef > 0.0, loss * coef, 0.0))
 
+    # pass 2, last block first: the most recently read columns are the likeliest still in L2
     ls2, lt2, l1_2 = ms + tl.log2(zs), mt + tl.log2(zt), m1 + tl.log2(z1)
+    c_kd, c_ce = coef * alpha * temp, coef * (1.0 - alpha)
     ds_row = DS + row * stride_ds
-    for start in range(0, V, BLOCK):
-        offs = start + lanes
-        mask = offs < V
-        s = tl.load(s_row + offs, mask=mask, other=0.0).to(tl.float32)
-        t = tl.load(t_row + offs, mask=mask, other=0.0).to(tl.float32)
-        g = _grad(s, t, offs, y, c_temp, ls2, lt2, l1_2, coef * alpha * temp, coef * (1.0 - alpha), HAS_CE)
-        tl.store(ds_row + offs, g.to(DS.dtype.element_ty), mask=mask)
+    lanes = tl.arange(0, BLOCK)
+    last = lo + ((hi - lo - 1) // BLOCK) * BLOCK
+    for i in range(0, tl.cdiv(hi - lo, BLOCK)):
+        offs = last - i * BLOCK + lanes
+        mask = offs < hi
+        s = tl.load(s_row + offs, mask=mask, other=0.0, eviction_policy=EVICT_PASS2).to(tl.float32)
+        t = tl.load(t_row + offs, mask=mask, other=0.0, eviction_policy=EVICT_PASS2).to(tl.float32)
+        g = _grad(s, t, offs, y, c_temp, ls2, lt2, l1_2, c_kd, c_ce, HAS_CE)
+        tl.store(ds_row + offs, g.to(DS.dtype.element_ty), mask=mask, eviction_policy=EVICT_PASS2)
 
 
-def split_parts(vocab: int, device: torch.device, chunk: int | None = None) -> tuple[int, int] | None:
-    """``(parts, chunk)`` of the one-pass kernel for rows of ``vocab`` on ``device``, or None when a row
-    needs more parts than can be resident at once (more than the device's SMs): then two passes run."""
-    if device.type == "cpu":  # the interpreter runs one program at a time: one part per row
-        return 1, next_pow2(vocab)
-    chunk = min(chunk or GPU_KD_CHUNK, next_pow2(vocab))
-    parts = -(-vocab // chunk)
-    return (parts, chunk) if parts <= torch.cuda.get_device_properties(device).multi_processor_count else None
+def split_parts(vocab: int, device: torch.device, chunk: int | None = None, block: int | None = None
+                ) -> tuple[int, int, int]:
+    """``(parts, chunk, block)`` for rows of ``vocab`` columns on ``device``.
+
+    The interpreter runs programs one after another (a waiting program would wait forever): one part per
+    row. On the GPU parts of ``chunk`` columns, widened so a row never has more parts than the device has
+    SMs (then all parts of a row can be resident at once, which the wait needs).
+    """
+    if device.type == "cpu":
+        block = min(block or INTERPRETER_KD_BLOCK, next_pow2(vocab))
+        return 1, -(-vocab // block) * block, block
+    block = min(block or GPU_KD_BLOCK, next_pow2(vocab))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    chunk = max(chunk or GPU_KD_CHUNK, -(-vocab // sms))
+    chunk = -(-chunk // block) * block
+    return -(-vocab // chunk), chunk, block
 
 
 def kd_loss(s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float, labels: torch.Tensor | None,
-            ignore_index: int, ds_shape: torch.Size, one_pass: bool = True, block: int | None = None,
-            num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, ds)`` of validated ``[N, V]`` rows; ``ds`` shaped ``ds_shape`` (the caller's logits shape).
-
-    ``one_pass``: the split kernel where rows allow it (:func:`split_parts`), else the two-pass kernel;
-    ``block``: the part length (one pass) or the streaming block (two passes); ``num_warps``: per program.
-    """
+            ignore_index: int, ds_shape: torch.Size, chunk: int | None = None, block: int | None = None,
+            num_warps: int = KD_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, ds)`` of validated ``[N, V]`` rows; ``ds`` shaped ``ds_shape`` (the caller's logits shape);
+    ``chunk``: columns per part, ``block``: columns per step (None: the device's defaults, :func:`split_parts`)."""
     n_rows, vocab = s.shape
     if s.stride(1) != 1:
         s = s.contiguous()
     if t.stride(1) != 1:
         t = t.contiguous()
+    parts, chunk, block = split_parts(vocab, s.device, chunk, block)
     ds = new_output(ds_shape, s.dtype, s.device)
     ds_rows = ds.view(n_rows, vocab)
     row_loss = torch.empty(n_rows, dtype=torch.float32, device=s.device)
@@ -243,22 +233,14 @@ def kd_loss(s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: floa
     else:
         label_arg = labels.contiguous()
         count = (label_arg != ignore_index).sum()
-    common = (s, t, label_arg, count, ds_rows, row_loss)
-    scalars = (s.stride(0), t.stride(0), ds_rows.stride(0), vocab, 1.0 / temperature, float(temperature),
-               float(alpha), int(ignore_index))
-    flags = {"HAS_LABELS": labels is not None, "HAS_CE": labels is not None and alpha < 1.0}
-    split = split_parts(vocab, s.device, block) if one_pass else None
-    if split is not None:
-        parts, chunk = split
-        partial = torch.empty((n_rows, parts, PART_STATS), dtype=torch.float32, device=s.device)
-        sync = torch.zeros(1 + n_rows, dtype=torch.int32, device=s.device)
-        kd_loss_split_kernel[(n_rows * parts,)](*common, partial, sync, *scalars, SPLIT=parts,
-                                               SPLIT_P2=next_pow2(parts), CHUNK=chunk,
-                                               num_warps=num_warps or KD_SPLIT_WARPS, **flags)
-    else:
-        if block is None:
-            block = min(INTERPRETER_KD_BLOCK if s.device.type == "cpu" else GPU_KD_BLOCK, next_pow2(vocab))
-        kd_loss_kernel[(n_rows,)](*common, *scalars, BLOCK=block, num_warps=num_warps or KD_WARPS, **flags)
+    partial = torch.empty((n_rows, parts, PART_STATS) if parts > 1 else (1,), dtype=torch.float32, device=s.device)
+    sync = torch.zeros(1 + n_rows, dtype=torch.int32, device=s.device)
+    kd_loss_kernel[(n_rows * parts,)](
+        s, t, label_arg, count, ds_rows, row_loss, partial, sync, s.stride(0), t.stride(0), ds_rows.stride(0),
+        vocab, 1.0 / temperature, float(temperature), float(alpha), int(ignore_index),
+        SPLIT=parts, SPLIT_P2=next_pow2(parts), CHUNK=chunk, BLOCK=block, HAS_LABELS=labels is not None,
+        HAS_CE=labels is not None and alpha < 1.0, num_warps=num_warps,
+    )
     loss = new_output((), torch.float32, s.device)
     torch.sum(row_loss, dim=0, out=loss)
     return loss, ds
