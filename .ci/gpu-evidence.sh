@@ -12,7 +12,8 @@
 # history is given one from .whl/repo.bundle (`git bundle create .whl/repo.bundle HEAD`).
 # Every step has a time limit and writes as it goes, so a step that runs out leaves what it measured.
 # ATTNSPEC_STEPS picks steps (default: all of "conformance bench rows asv report"), so the evidence can be
-# gathered over several calls of a time-limited machine.
+# gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations benchmarked,
+# ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv parametrises.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-reports/gpu}"
@@ -23,9 +24,11 @@ backends="${ATTNSPEC_GPU_BACKENDS:-torch-flash torch-efficient torch-cudnn torch
 steps=" ${ATTNSPEC_STEPS:-conformance bench rows asv report} "
 wants() { [[ "$steps" == *" $1 "* ]]; }
 
-if ! git rev-parse --verify -q HEAD >/dev/null && [ -f .whl/repo.bundle ]; then
-    git init -q . && git fetch -q .whl/repo.bundle HEAD && git update-ref refs/heads/main FETCH_HEAD \
-        && git symbolic-ref HEAD refs/heads/main && git reset -q
+# The bundle names the commit this tree is; a machine that keeps files between sessions may hold a .git of
+# an older one, so the bundle's head always wins (mixed reset: the working tree is left as it is).
+if [ -f .whl/repo.bundle ]; then
+    { git rev-parse --git-dir >/dev/null 2>&1 || git init -q .; } && git fetch -q .whl/repo.bundle HEAD \
+        && git update-ref refs/heads/main FETCH_HEAD && git symbolic-ref HEAD refs/heads/main && git reset -q
 fi
 export ATTNSPEC_COMMIT="${ATTNSPEC_COMMIT:-$(git rev-parse --verify -q HEAD || echo unknown)}"
 if ! "$python" -c "import asv" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
@@ -76,11 +79,13 @@ fi
 # memory sweep, then the full tables of the row operations (KD 8192 x 131072, stats, reduction up to 2^28).
 wants bench && step bench-attention "${ATTNSPEC_BENCH_SECONDS:-150}" "$python" -m benchmarks.bench --quick \
     --memory-scaling --op attention --op attention_backward --output "$out/bench.json" "${args[@]}"
-wants rows && step bench-rows "${ATTNSPEC_BENCH_ROWS_SECONDS:-90}" "$python" -m benchmarks.bench --op kd_loss \
-    --op softmax_stats --op reduce_sum --output "$out/bench-rows.json" "${args[@]}"
+row_ops=()
+for op in ${ATTNSPEC_ROWS_OPS:-kd_loss softmax_stats reduce_sum}; do row_ops+=(--op "$op"); done
+wants rows && step bench-rows "${ATTNSPEC_BENCH_ROWS_SECONDS:-90}" "$python" -m benchmarks.bench "${row_ops[@]}" \
+    --output "$out/bench-rows.json" "${args[@]}"
 wants asv && step asv "${ATTNSPEC_ASV_SECONDS:-60}" bash -c "'$python' -m asv machine --yes --machine h200 >/dev/null && \
     ASV_PYTHONPATH='$PWD' '$python' -m asv run --quick --machine h200 -E 'existing:$python' \
-    --set-commit-hash '$ATTNSPEC_COMMIT' --bench '^asv_suite\.(AttentionForward|ReduceSum)\.' && \
+    --set-commit-hash '$ATTNSPEC_COMMIT' --bench '${ATTNSPEC_ASV_BENCH:-^asv_suite\.(AttentionForward|ReduceSum)\.}' && \
     mkdir -p '$out/asv' && cp -r .asv/results/h200 '$out/asv/' && cp .asv/results/benchmarks.json '$out/asv/'"
 report_inputs=()
 for f in bench.json bench-rows.json; do [ -f "$out/$f" ] && report_inputs+=("$out/$f"); done

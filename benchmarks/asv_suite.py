@@ -21,6 +21,8 @@ so the other modules of this folder do not add benchmarks (their helpers are nam
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from benchmarks.bench import BASELINE_ORIGIN, bench_backends, implements, peak_bytes
@@ -92,11 +94,17 @@ class _BytesOperation(_Operation):
     track_gbps.unit = "GB/s"  # type: ignore[attr-defined]
 
 
+#: ``ATTNSPEC_ASV_BACKENDS="triton torch.sum ..."`` keeps only these backends in ``params`` (every parameter
+#: combination costs asv a process, which on a GPU means importing torch and compiling kernels afresh)
+_ONLY = set(os.environ.get("ATTNSPEC_ASV_BACKENDS", "").split())
+
+
 def _backends(op: str) -> list[str]:
     """Backends that can run ``op`` here: available, and baselines only for their own operation (each
     parameter combination costs asv a process, so hopeless ones are left out of ``params``)."""
     return sorted(name for name, e in _ENTRIES.items()
-                  if e.available and (e.origin != BASELINE_ORIGIN or implements(e, op)))
+                  if e.available and (e.origin != BASELINE_ORIGIN or implements(e, op))
+                  and (not _ONLY or name in _ONLY))
 
 
 def _params(op: str) -> list[list[str]]:

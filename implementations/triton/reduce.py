@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..base import new_output
-from ..schedule import Round, Schedule
+from ..schedule import DeferredSchedule, Round, Schedule
 
 SCHEDULE_KIND = "blocked: strided lanes summed row by row, then a pairwise tree over the lanes, per launch"
 #: (rows, lanes, warps) per launch: the GPU's stream 64 rows of 1024 lanes per program (the tree is unrolled
@@ -108,6 +108,8 @@ def strided_schedule(n: int, rows: int, lanes: int) -> Schedule:
 
 
 def sum_with_schedule(x: torch.Tensor) -> tuple[torch.Tensor, Schedule]:
-    """The backend's reduction: :func:`strided_sum` with the device's config and the schedule it followed."""
+    """The backend's reduction: :func:`strided_sum` with the device's config and the schedule it followed
+    (built when first used: benchmarks time the kernel, not NumPy)."""
     rows, lanes, _ = _config(x.device, None, None, None)
-    return strided_sum(x), strided_schedule(x.numel(), rows, lanes)
+    n = x.numel()
+    return strided_sum(x), DeferredSchedule(n, SCHEDULE_KIND, lambda: strided_schedule(n, rows, lanes).rounds)
