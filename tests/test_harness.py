@@ -140,6 +140,24 @@ def test_schedule_evaluation_is_order_sensitive() -> None:
     assert sched.sequential(4).evaluate(x) != sched.pairwise_tree(4).evaluate(x)
 
 
+def test_deferred_schedule_builds_once_on_first_use() -> None:
+    """A DeferredSchedule knows n, kind and result at once, builds its rounds on the first read only, and
+    then measures and evaluates exactly like the schedule it defers."""
+    built = []
+
+    def build() -> list[sched.Round]:
+        built.append(1)
+        return sched.pairwise_tree(100).rounds
+
+    lazy = sched.DeferredSchedule(100, "pairwise tree", build)
+    assert (lazy.n, lazy.kind, lazy.result, built) == (100, "pairwise tree", 0, [])
+    eager = sched.pairwise_tree(100)
+    x = np.random.default_rng(1).standard_normal(100).astype(np.float32)
+    assert (lazy.work, lazy.depth) == (eager.work, eager.depth) and built == [1]
+    assert lazy.evaluate(x).tobytes() == eager.evaluate(x).tobytes() and built == [1]
+    lazy.validate()
+
+
 def test_invalid_schedule_is_rejected() -> None:
     bad = sched.Schedule(4, "bad", [(np.array([0, 1]), np.array([0, 1]), np.array([1, 2]))], 0)
     with pytest.raises(ValueError, match="read and written"):
