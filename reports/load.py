@@ -217,6 +217,8 @@ def load_bench(path: Path) -> Bench:
     bench.ceilings = data.get("ceilings") or {}
     bench.records = _list_of_dicts(data.get("records"))
     bench.memory_scaling = _list_of_dicts(data.get("memory_scaling"))
+    if isinstance(data.get("note"), str):
+        bench.problems.append(f"note: {data['note']}")
     if data.get("interrupted"):
         bench.problems.append("the benchmark run was interrupted: showing the records it wrote")
     elif "finished" in data and not data["finished"]:

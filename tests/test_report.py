@@ -356,6 +356,9 @@ def test_loaders_tolerate_bad_files(tmp_path: Path) -> None:
     interrupted = tmp_path / "b.json"
     interrupted.write_text(json.dumps({**bench_data(), "interrupted": True, "finished": None}))
     assert load_bench(interrupted).problems == ["the benchmark run was interrupted: showing the records it wrote"]
+    curated = tmp_path / "n.json"
+    curated.write_text(json.dumps({**bench_data(), "note": "reduce_sum records removed"}))
+    assert load_bench(curated).problems == ["note: reduce_sum records removed"]
     assert load_asv(tmp_path).problems
 
 
