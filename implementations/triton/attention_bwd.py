@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ..base import new_output
 from .attention_fwd import causal_offset
-from .common import LOG2E, LOG2E_K, LaunchConfig, block_d, dot_precision, fit_stages, mma, upcast_dots
+from .common import LOG2E, LOG2E_K, LaunchConfig, block_d, dot_precision, fit_stages, load_tile, mma, upcast_dots
 
 
 @dataclass(frozen=True)
@@ -103,23 +103,13 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
         offs_m = start_m + offs_m0
         qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
         do_ptrs = do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
+        m_ok = offs_m < Sq
+        qt = load_tile(qt_ptrs, m_ok, d_ok, MASKED, EVEN_D, True)
+        do = load_tile(do_ptrs, m_ok, d_ok, MASKED, EVEN_D, False)
         if MASKED:
-            m_ok = offs_m < Sq
-            if EVEN_D:
-                qt = tl.load(qt_ptrs, mask=m_ok[None, :], other=0.0)
-                do = tl.load(do_ptrs, mask=m_ok[:, None], other=0.0)
-            else:
-                qt = tl.load(qt_ptrs, mask=m_ok[None, :] & d_ok[:, None], other=0.0)
-                do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
             lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=0.0) * LOG2E_K
             delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
         else:
-            if EVEN_D:
-                qt = tl.load(qt_ptrs)
-                do = tl.load(do_ptrs)
-            else:
-                qt = tl.load(qt_ptrs, mask=d_ok[:, None], other=0.0)
-                do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
             lse2 = tl.load(lse_base + offs_m) * LOG2E_K
             delta = tl.load(delta_base + offs_m)
         st = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST) * qk_scale
@@ -209,21 +199,9 @@ def _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, str
         offs_n = start_n + offs_n0
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
         vt_ptrs = v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd
-        if MASKED:
-            n_ok = offs_n < Sk
-            if EVEN_D:
-                k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
-                vt = tl.load(vt_ptrs, mask=n_ok[None, :], other=0.0)
-            else:
-                k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-                vt = tl.load(vt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        else:
-            if EVEN_D:
-                k = tl.load(k_ptrs)
-                vt = tl.load(vt_ptrs)
-            else:
-                k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
-                vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        n_ok = offs_n < Sk
+        k = load_tile(k_ptrs, n_ok, d_ok, MASKED, EVEN_D, False)
+        vt = load_tile(vt_ptrs, n_ok, d_ok, MASKED, EVEN_D, True)
         s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST) * qk_scale
         p = tl.exp2(s - lse2[:, None])
         if MASKED:

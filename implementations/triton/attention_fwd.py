@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..base import new_output
-from .common import LN2_K, LOG2E, LaunchConfig, block_d, dot_precision, fit_stages, mma, upcast_dots
+from .common import LN2_K, LOG2E, LaunchConfig, block_d, dot_precision, fit_stages, load_tile, mma, upcast_dots
 
 #: GPU tile table for 16-bit inputs by head-dim tile (block_m, block_n, warps, stages); see NOTES.md
 GPU_FORWARD_16BIT: dict[int, LaunchConfig] = {
@@ -75,21 +75,9 @@ def _forward_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stri
         offs_n = start_n + offs_n0
         kt_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
         v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
-            n_ok = offs_n < Sk
-            if EVEN_D:
-                kt = tl.load(kt_ptrs, mask=n_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
-            else:
-                kt = tl.load(kt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        else:
-            if EVEN_D:
-                kt = tl.load(kt_ptrs)
-                v = tl.load(v_ptrs)
-            else:
-                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        n_ok = offs_n < Sk
+        kt = load_tile(kt_ptrs, n_ok, d_ok, MASKED, EVEN_D, True)
+        v = load_tile(v_ptrs, n_ok, d_ok, MASKED, EVEN_D, False)
         s = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST) * qk_scale
         if MASKED:
             visible = offs_n[None, :] < Sk

@@ -86,6 +86,28 @@ def mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def load_tile(ptrs, row_ok, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """A ``[rows, D]`` tile at ``ptrs`` (``TRANSPOSED``: ``[D, rows]``), zero outside the rows ``row_ok`` when
+    ``MASKED`` and outside the head dims ``d_ok`` unless ``EVEN_D``; an unmasked load where neither applies."""
+    if TRANSPOSED:
+        rows = row_ok[None, :]
+        cols = d_ok[:, None]
+    else:
+        rows = row_ok[:, None]
+        cols = d_ok[None, :]
+    if MASKED:
+        if EVEN_D:
+            return tl.load(ptrs, mask=rows, other=0.0)
+        else:
+            return tl.load(ptrs, mask=rows & cols, other=0.0)
+    else:
+        if EVEN_D:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=cols, other=0.0)
+
+
+@triton.jit
 def compensated_add(total, comp, x):
     """Kahan summation: ``total + x`` with the rounding error carried in ``comp``; returns ``(total, comp)``."""
     y = x - comp
