@@ -251,21 +251,28 @@ __device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, i
     }
 }
 
+// Sum of v over the 1024 threads of a CTA in a fixed order: shfl_down within each warp, then warp 0 the same
+// way over the 32 warp sums. The total is in thread 0 (the other threads hold partial sums).
+template <class V>
+__device__ __forceinline__ V cta1024_sum(V v) {
+    __shared__ V part[32];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = part[threadIdx.x % 32];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    return v;
+}
+
 // Before kd_part (one CTA of 1024): scale[0] = 1 / (number of rows whose label is not ignore_index; all n
 // rows without labels), 0 when none counts. Integer counts: deterministic.
 __global__ void __launch_bounds__(1024) kd_scale(const i64* __restrict__ labels, i64 n, int ignore_index,
                                                  float* __restrict__ scale) {
-    __shared__ long long pc[32];
     long long cnt = 0;
     for (i64 i = threadIdx.x; i < n; i += 1024) cnt += labels ? (labels[i] != ignore_index ? 1 : 0) : 1;
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
-    if (threadIdx.x % 32 == 0) pc[threadIdx.x / 32] = cnt;
-    __syncthreads();
-    if (threadIdx.x >= 32) return;
-    cnt = pc[threadIdx.x];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
+    cnt = cta1024_sum(cnt);
     if (threadIdx.x == 0) scale[0] = cnt > 0 ? 1.f / (float)cnt : 0.f;
 }
 
@@ -356,17 +363,9 @@ __global__ void __launch_bounds__(NT)
 // ... in order, then a fixed tree: the result is deterministic.
 __global__ void __launch_bounds__(1024) kd_finalize(const float* __restrict__ row_loss, i64 n,
                                                     const float* __restrict__ scale, float* __restrict__ loss) {
-    __shared__ float ps[32];
     float sum = 0.f;
     for (i64 i = threadIdx.x; i < n; i += 1024) sum += row_loss[i];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
-    if (threadIdx.x % 32 == 0) ps[threadIdx.x / 32] = sum;
-    __syncthreads();
-    if (threadIdx.x >= 32) return;
-    sum = ps[threadIdx.x];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+    sum = cta1024_sum(sum);
     if (threadIdx.x == 0) loss[0] = sum * scale[0];
 }
 
