@@ -218,7 +218,7 @@ class ReferenceBackend(Backend):
         value = new_output((), torch.float32, x.device)
         value.fill_(float(partial_sums[-1]))
         n = x.numel()
-        return value, schedule.DeferredSchedule(n, "sequential", lambda: schedule.sequential(n).rounds)
+        return value, schedule.DeferredSchedule(n, lambda: schedule.sequential(n))
 
     def prefix_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.ScanSchedule]:
         """WD-5: ``y[i] = y[i-1] + x[i]`` in float32, left to right, the declared ``sequential_scan(n)``."""

@@ -321,7 +321,7 @@ class TiledReferenceBackend(Backend):
             stride *= 2
         value = new_output((), torch.float32, x.device)
         value.fill_(float(slots[0]))
-        return value, schedule.DeferredSchedule(n, "pairwise tree", lambda: schedule.pairwise_tree(n).rounds)
+        return value, schedule.DeferredSchedule(n, lambda: schedule.pairwise_tree(n))
 
     def prefix_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.ScanSchedule]:
         """WD-5: Hillis-Steele inclusive scan in float32: round ``d`` adds ``y[i - 2^d]`` into ``y[i]`` for

@@ -141,21 +141,23 @@ def test_schedule_evaluation_is_order_sensitive() -> None:
 
 
 def test_deferred_schedule_builds_once_on_first_use() -> None:
-    """A DeferredSchedule knows n, kind and result at once, builds its rounds on the first read only, and
-    then measures and evaluates exactly like the schedule it defers."""
+    """A DeferredSchedule knows n at once, builds its schedule on the first read only, and then has the kind,
+    result, measures and evaluation of the schedule it defers; one built over another n is refused."""
     built = []
 
-    def build() -> list[sched.Round]:
+    def build() -> sched.Schedule:
         built.append(1)
-        return sched.pairwise_tree(100).rounds
+        return sched.pairwise_tree(100)
 
-    lazy = sched.DeferredSchedule(100, "pairwise tree", build)
-    assert (lazy.n, lazy.kind, lazy.result, built) == (100, "pairwise tree", 0, [])
+    lazy = sched.DeferredSchedule(100, build)
+    assert (lazy.n, built) == (100, [])
     eager = sched.pairwise_tree(100)
     x = np.random.default_rng(1).standard_normal(100).astype(np.float32)
-    assert (lazy.work, lazy.depth) == (eager.work, eager.depth) and built == [1]
+    assert (lazy.kind, lazy.result, lazy.work, lazy.depth) == (eager.kind, eager.result, eager.work, eager.depth)
     assert lazy.evaluate(x).tobytes() == eager.evaluate(x).tobytes() and built == [1]
     lazy.validate()
+    with pytest.raises(ValueError, match="over 5 inputs built one over 100"):
+        _ = sched.DeferredSchedule(5, build).rounds
 
 
 def test_invalid_schedule_is_rejected() -> None:

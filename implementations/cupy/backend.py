@@ -25,7 +25,7 @@ from implementations.base import (
 )
 from implementations.cupy import _kernels as K
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
-from implementations.schedule import Schedule
+from implementations.schedule import DeferredSchedule, Schedule
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -397,7 +397,8 @@ class CupyBackend(Backend):
         """Float32 sum in the order of :func:`~implementations.cupy.schedule_builder.reduce_schedule` (WD-2)."""
         x = validate.rows_arg(self.capabilities, "reduce_sum", x)
         value, ctas = reduce_value(x)
-        return value, reduce_schedule(x.numel(), ctas, REDUCE_THREADS)
+        n = x.numel()
+        return value, DeferredSchedule(n, lambda: reduce_schedule(n, ctas, REDUCE_THREADS))
 
 
 def reduce_value(x: torch.Tensor) -> tuple[torch.Tensor, int]:

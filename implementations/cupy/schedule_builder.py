@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from implementations.schedule import DeferredSchedule, Round, Schedule
+from implementations.schedule import Round, Schedule
 
 WARP = 32
 
@@ -60,21 +60,15 @@ def launch_rounds(slots: np.ndarray, ctas: int, threads: int) -> tuple[list[Roun
 
 def reduce_schedule(n: int, ctas: int, threads: int) -> Schedule:
     """The schedule of the backend's reduction over ``n`` inputs: a launch of ``ctas`` CTAs, then one CTA
-    over their sums when ``ctas > 1``. The rounds are built when first used (:class:`DeferredSchedule`); the
-    result is always slot 0 (thread 0 of CTA 0, in both launches)."""
+    over their sums when ``ctas > 1``."""
     if ctas > threads:
         raise ValueError(f"the second launch has one CTA of {threads} threads, so ctas <= {threads}")
-
-    def build() -> list[Round]:
-        rounds, partial = launch_rounds(np.arange(n, dtype=np.int64), ctas, threads)
-        if ctas > 1:
-            more, partial = launch_rounds(partial, 1, threads)
-            rounds += more
-        assert int(partial[0]) == 0
-        return rounds
-
-    return DeferredSchedule(n, f"strided sequential over {ctas}x{threads} threads + shfl_down warp tree + CTA tree"
-                            + (", then one CTA over the partial sums" if ctas > 1 else ""), build)
+    rounds, partial = launch_rounds(np.arange(n, dtype=np.int64), ctas, threads)
+    if ctas > 1:
+        more, partial = launch_rounds(partial, 1, threads)
+        rounds += more
+    return Schedule(n, f"strided sequential over {ctas}x{threads} threads + shfl_down warp tree + CTA tree"
+                    + (", then one CTA over the partial sums" if ctas > 1 else ""), rounds, int(partial[0]))
 
 
 def grid_size(n: int, threads: int, sm_count: int) -> int:
