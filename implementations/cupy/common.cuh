@@ -139,10 +139,12 @@ __device__ __forceinline__ void load_tile(T* sm, const T* g, i64 stride, int row
 
 // Row-wise (max, sum) merge of online softmax: (m1,l1) (+) (m2,l2) = (m, l1 e^(m1-m) + l2 e^(m2-m)),
 // m = max(m1, m2). A term whose max equals m enters unscaled, so (-inf,0) (+) (-inf,0) = (-inf,0).
+// BASE2: statistics of base-2 logits (l = sum 2^(x - m)), merged with 2^ in place of e^.
+template <bool BASE2 = false>
 __device__ __forceinline__ void merge_ml(float& m, float& l, float m2, float l2) {
     const float mn = fmaxf(m, m2);
-    const float a = (m == mn) ? l : l * expf(m - mn);
-    const float b = (m2 == mn) ? l2 : l2 * expf(m2 - mn);
+    const float a = (m == mn) ? l : l * (BASE2 ? exp2f(m - mn) : expf(m - mn));
+    const float b = (m2 == mn) ? l2 : l2 * (BASE2 ? exp2f(m2 - mn) : expf(m2 - mn));
     m = mn;
     l = a + b;
 }

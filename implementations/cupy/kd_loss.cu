@@ -9,6 +9,10 @@
 //   ds_j           = [alpha T (p_s,j - p_t,j) + (1 - alpha)(softmax(s)_j - [j == y])] / count
 // Online logsumexps: for xt the accumulator also carries a = sum_j e^(xt_j - m_t)(xt_j - xs_j), rescaled
 // like l_t, so sum_j p_t,j (xt_j - xs_j) = a / l_t.
+// The kernels work in base 2 (as the attention kernels do): they scale the logits by log2(e) once, so each
+// exponential is one exp2f, a single MUFU.EX2 under -ftz, where expf adds a range reduction. The running
+// statistics are base-2 (m, l = sum 2^(x - m), a = sum 2^(xt - mt)(xt - xs) in base-2 units, lse2 =
+// m + log2 l); natural values are ln 2 times them: lse = ln2 lse2, KL = ln2 (a / l_t - lse2_t + lse2_s).
 // kd_scale writes 1 / count; kd_part (one CTA per part of a row, see there) streams its part of s and t,
 // meets the row's other parts through global memory, and streams the part again writing ds (the second read
 // mostly hits L2); kd_finalize sums the row losses in a fixed order. -inf logits are allowed (masked or
@@ -23,33 +27,37 @@ struct KDAcc {
     float m1, l1;     // s at temperature 1 (cross-entropy), when needed
 };
 
-// Add N values of s and t (registers of the caller) to c. -inf values are allowed: while a running max
-// is still -inf the exponents are taken against 0 (so -inf - -inf never occurs), and a teacher term
-// with e^(xt - m_t) == 0 adds 0 (its xt - xs may be -inf or NaN).
+// Add N values of s and t (registers of the caller) to c, as base-2 logits xs = s k2, xt = t k2 (k2 =
+// log2(e) / T) and s log2(e). -inf values are allowed: while a running max is still -inf the exponents are
+// taken against 0 (so -inf - -inf never occurs), and a teacher term with 2^(xt - m_t) == 0 adds 0 (its
+// xt - xs may be -inf or NaN).
 template <int N, bool CE>
-__device__ __forceinline__ void kd_pack(KDAcc& c, const float (&s)[N], const float (&t)[N], float inv_t) {
-    float xs[N], xt[N];
+__device__ __forceinline__ void kd_pack(KDAcc& c, const float (&s)[N], const float (&t)[N], float k2) {
+    float xs[N], xt[N], x1[N];
     float ps = -ATTNSPEC_INF, pt = -ATTNSPEC_INF, p1 = -ATTNSPEC_INF;
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-        xs[k] = s[k] * inv_t;
-        xt[k] = t[k] * inv_t;
+        xs[k] = __fmul_rn(s[k], k2);  // rounded products, never contracted: kd_grad_value takes the same
+        xt[k] = __fmul_rn(t[k], k2);
         ps = fmaxf(ps, xs[k]);
         pt = fmaxf(pt, xt[k]);
-        p1 = fmaxf(p1, s[k]);
+        if (CE) {
+            x1[k] = __fmul_rn(s[k], ATTNSPEC_LOG2E);
+            p1 = fmaxf(p1, x1[k]);
+        }
     }
     if (ps > c.ms) {
-        c.ls *= expf(c.ms - ps);
+        c.ls *= exp2f(c.ms - ps);
         c.ms = ps;
     }
     if (pt > c.mt) {
-        const float f = expf(c.mt - pt);
+        const float f = exp2f(c.mt - pt);
         c.lt *= f;
         c.a *= f;
         c.mt = pt;
     }
     if (CE && p1 > c.m1) {
-        c.l1 *= expf(c.m1 - p1);
+        c.l1 *= exp2f(c.m1 - p1);
         c.m1 = p1;
     }
     const float bs = c.ms == -ATTNSPEC_INF ? 0.f : c.ms;
@@ -57,22 +65,22 @@ __device__ __forceinline__ void kd_pack(KDAcc& c, const float (&s)[N], const flo
     const float b1 = c.m1 == -ATTNSPEC_INF ? 0.f : c.m1;
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-        c.ls += expf(xs[k] - bs);
-        const float e = expf(xt[k] - bt);
+        c.ls += exp2f(xs[k] - bs);
+        const float e = exp2f(xt[k] - bt);
         c.lt += e;
         c.a += e > 0.f ? e * (xt[k] - xs[k]) : 0.f;
-        if (CE) c.l1 += expf(s[k] - b1);
+        if (CE) c.l1 += exp2f(x1[k] - b1);
     }
 }
 
 __device__ __forceinline__ void kd_merge(KDAcc& c, const KDAcc& o) {
-    merge_ml(c.ms, c.ls, o.ms, o.ls);
+    merge_ml<true>(c.ms, c.ls, o.ms, o.ls);
     const float mt = fmaxf(c.mt, o.mt);
-    const float f1 = c.mt == mt ? 1.f : expf(c.mt - mt), f2 = o.mt == mt ? 1.f : expf(o.mt - mt);
+    const float f1 = c.mt == mt ? 1.f : exp2f(c.mt - mt), f2 = o.mt == mt ? 1.f : exp2f(o.mt - mt);
     c.lt = c.lt * f1 + o.lt * f2;
     c.a = c.a * f1 + o.a * f2;
     c.mt = mt;
-    merge_ml(c.m1, c.l1, o.m1, o.l1);
+    merge_ml<true>(c.m1, c.l1, o.m1, o.l1);
 }
 
 __device__ __forceinline__ KDAcc kd_shfl(const KDAcc& c, int off) {
@@ -123,7 +131,7 @@ __device__ __forceinline__ void st_stream(H* p, H v) {
 // thread x takes 16-byte packs x, x + NT, ..., two packs of s and two of t in flight per step; otherwise
 // elements x, x + NT, ...
 template <class T, int NT, bool VEC, bool CE>
-__device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int n, float inv_t) {
+__device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int n, float k2) {
     constexpr int VW = 16 / sizeof(T);
     if constexpr (VEC) {
         const int nv = n / VW;
@@ -145,7 +153,7 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
                     a[k] = to_f32(reinterpret_cast<const T*>(&rs[u])[k]);
                     b[k] = to_f32(reinterpret_cast<const T*>(&rt[u])[k]);
                 }
-                kd_pack<VW, CE>(c, a, b, inv_t);
+                kd_pack<VW, CE>(c, a, b, k2);
             }
         }
         if (j < nv) {
@@ -156,12 +164,12 @@ __device__ __forceinline__ void kd_scan(KDAcc& c, const T* sr, const T* tr, int 
                 a[k] = to_f32(reinterpret_cast<const T*>(&rs)[k]);
                 b[k] = to_f32(reinterpret_cast<const T*>(&rt)[k]);
             }
-            kd_pack<VW, CE>(c, a, b, inv_t);
+            kd_pack<VW, CE>(c, a, b, k2);
         }
     } else {
         for (int j = threadIdx.x; j < n; j += NT) {
             const float a[1] = {to_f32(sr[j])}, b[1] = {to_f32(tr[j])};
-            kd_pack<1, CE>(c, a, b, inv_t);
+            kd_pack<1, CE>(c, a, b, k2);
         }
     }
 }
@@ -178,29 +186,34 @@ __device__ __forceinline__ void kd_block_reduce(KDAcc& c) {
         for (int w = 1; w < NT / 32; ++w) kd_merge(c, part[w]);
 }
 
-// A row's (lse_s, lse_t, lse_1) from its merged accumulator, and its loss (0 unless `use`).
+// A row's base-2 (lse2_s, lse2_t, lse2_1) from its merged accumulator, and its loss (0 unless `use`).
 template <class T, bool CE>
 __device__ __forceinline__ float kd_row_loss(const KDAcc& c, const T* sr, i64 y, bool use, float alpha, float t2,
-                                             float (&lse)[3]) {
-    lse[0] = c.ms + logf(c.ls);
-    lse[1] = c.mt + logf(c.lt);
-    lse[2] = lse[0];
-    float loss = alpha * t2 * fmaxf(c.a / c.lt - lse[1] + lse[0], 0.f);
+                                             float (&lse2)[3]) {
+    lse2[0] = c.ms + log2f(c.ls);
+    lse2[1] = c.mt + log2f(c.lt);
+    lse2[2] = lse2[0];
+    // KL_2 = a / l_t - lse2_t + lse2_s, regrouped as a / l_t - (m_t - m_s) - log2(l_t / l_s): lse2 is ~log2 V
+    // large and its rounding (an ulp of ~12 at V = 5000) would not cancel, where each regrouped term is
+    // near its size in the KL (s = t + c: a / l_t and m_t - m_s both ~c k2, l_t / l_s ~1).
+    float loss = alpha * t2 * fmaxf(ATTNSPEC_LN2 * (c.a / c.lt - (c.mt - c.ms) - log2f(c.lt / c.ls)), 0.f);
     if (CE) {
-        lse[2] = c.m1 + logf(c.l1);
-        if (use) loss += (1.f - alpha) * (lse[2] - to_f32(sr[y]));  // y is in [0, V) for counted rows
+        lse2[2] = c.m1 + log2f(c.l1);
+        if (use) loss += (1.f - alpha) * (ATTNSPEC_LN2 * lse2[2] - to_f32(sr[y]));  // y in [0, V) when counted
     }
     return use ? loss : 0.f;
 }
 
 // One element of ds: c_kd = alpha T / count, c_ce = (1 - alpha) / count (0 for rows that do
-// not count), lse = (lse_s, lse_t, lse_1) of the row;
-// ds_j = c_kd (e^(xs_j - lse_s) - e^(xt_j - lse_t)) + c_ce (e^(s_j - lse_1) - [j == y]).
+// not count), k2 = log2(e) / T, lse2 = the row's base-2 (lse2_s, lse2_t, lse2_1);
+// ds_j = c_kd (2^(s_j k2 - lse2_s) - 2^(t_j k2 - lse2_t)) + c_ce (2^(s_j log2(e) - lse2_1) - [j == y]),
+// with the products rounded as kd_pack rounds them (no FMA contraction), so that a row whose softmax is
+// one-hot, V = 1 for one, gets 2^0 - 2^0 = 0 exactly (KD-2: ds sums to 0).
 template <bool CE>
-__device__ __forceinline__ float kd_grad_value(float sv, float tv, bool is_label, float inv_t, float c_kd,
-                                               float c_ce, const float (&lse)[3]) {
-    float gv = c_kd * (expf(sv * inv_t - lse[0]) - expf(tv * inv_t - lse[1]));
-    if (CE) gv += c_ce * (expf(sv - lse[2]) - (is_label ? 1.f : 0.f));
+__device__ __forceinline__ float kd_grad_value(float sv, float tv, bool is_label, float k2, float c_kd,
+                                               float c_ce, const float (&lse2)[3]) {
+    float gv = c_kd * (exp2f(__fmul_rn(sv, k2) - lse2[0]) - exp2f(__fmul_rn(tv, k2) - lse2[1]));
+    if (CE) gv += c_ce * (exp2f(__fmul_rn(sv, ATTNSPEC_LOG2E) - lse2[2]) - (is_label ? 1.f : 0.f));
     return gv;
 }
 
@@ -209,8 +222,8 @@ __device__ __forceinline__ float kd_grad_value(float sv, float tv, bool is_label
 // kd_scan) or NT elements first, since the most recently read lines are the likeliest still in L2; two
 // steps in flight; streaming loads and stores.
 template <class T, int NT, bool VEC, bool CE>
-__device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, int n, i64 y, float inv_t,
-                                              float c_kd, float c_ce, const float (&lse)[3]) {
+__device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, int n, i64 y, float k2,
+                                              float c_kd, float c_ce, const float (&lse2)[3]) {
     if constexpr (VEC) {
         constexpr int VW = 16 / sizeof(T);
         const int nv = n / VW;
@@ -224,7 +237,7 @@ __device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, i
             for (int k = 0; k < VW; ++k)
                 o[k] = from_f32<T>(kd_grad_value<CE>(to_f32(reinterpret_cast<const T*>(&rs)[k]),
                                                      to_f32(reinterpret_cast<const T*>(&rt)[k]), j * VW + k == y,
-                                                     inv_t, c_kd, c_ce, lse));
+                                                     k2, c_kd, c_ce, lse2));
             st_stream(dv + j, out);
         };
         int j = (nv - 1) / NT * NT + (int)threadIdx.x;  // this thread's pack of the last step
@@ -239,7 +252,7 @@ __device__ __forceinline__ void kd_write_grad(const T* sr, const T* tr, T* dr, i
     } else {
         auto grad = [&](int j) {
             st_stream(dr + j, from_f32<T>(kd_grad_value<CE>(to_f32(ld_stream(sr + j)), to_f32(ld_stream(tr + j)),
-                                                            j == y, inv_t, c_kd, c_ce, lse)));
+                                                            j == y, k2, c_kd, c_ce, lse2)));
         };
         int j = (n - 1) / NT * NT + (int)threadIdx.x;
         if (j >= n) j -= NT;
@@ -305,7 +318,7 @@ __global__ void __launch_bounds__(NT)
             const float* __restrict__ scale, int* sync, float* partial, float* __restrict__ row_loss,
             T* __restrict__ ds) {
     __shared__ int cta_ticket;
-    __shared__ float row_lse[3];
+    __shared__ float row_lse2[3];
     if (threadIdx.x == 0) cta_ticket = atomicAdd(&sync[0], 1);
     __syncthreads();
     const int ticket = cta_ticket;
@@ -319,7 +332,8 @@ __global__ void __launch_bounds__(NT)
     const bool use = !labels || y != ignore_index;
 
     KDAcc c = {-ATTNSPEC_INF, 0.f, -ATTNSPEC_INF, 0.f, 0.f, -ATTNSPEC_INF, 0.f};
-    kd_scan<T, NT, VEC, CE>(c, sr + lo, tr + lo, n, inv_t);
+    const float k2 = inv_t * ATTNSPEC_LOG2E;
+    kd_scan<T, NT, VEC, CE>(c, sr + lo, tr + lo, n, k2);
     kd_block_reduce<NT>(c);
 
     if (threadIdx.x < 32) {
@@ -343,20 +357,20 @@ __global__ void __launch_bounds__(NT)
             for (int off = 16; off > 0; off /= 2) kd_merge(c, kd_shfl(c, off));
         }
         if (lane == 0) {
-            float lse[3];
-            const float loss = kd_row_loss<T, CE>(c, sr, y, use, alpha, t2, lse);
-            row_lse[0] = lse[0];
-            row_lse[1] = lse[1];
-            row_lse[2] = lse[2];
+            float lse2[3];
+            const float loss = kd_row_loss<T, CE>(c, sr, y, use, alpha, t2, lse2);
+            row_lse2[0] = lse2[0];
+            row_lse2[1] = lse2[1];
+            row_lse2[2] = lse2[2];
             if (part == 0) row_loss[r] = loss;
         }
     }
-    __syncthreads();  // row_lse
+    __syncthreads();  // row_lse2
 
     const float inv_n = use ? scale[0] : 0.f;
-    const float lse[3] = {row_lse[0], row_lse[1], row_lse[2]};
-    kd_write_grad<T, NT, VEC, CE>(sr + lo, tr + lo, ds + r * V + lo, n, CE ? y - lo : -1, inv_t,
-                                  alpha / inv_t * inv_n, (1.f - alpha) * inv_n, lse);
+    const float lse2[3] = {row_lse2[0], row_lse2[1], row_lse2[2]};
+    kd_write_grad<T, NT, VEC, CE>(sr + lo, tr + lo, ds + r * V + lo, n, CE ? y - lo : -1, k2,
+                                  alpha / inv_t * inv_n, (1.f - alpha) * inv_n, lse2);
 }
 
 // After kd_part (one CTA of 1024): loss = (sum of row_loss) x scale[0]. Each thread sums rows tid, tid + 1024,
