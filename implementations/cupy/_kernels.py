@@ -27,7 +27,6 @@ CXX_TYPE: dict[torch.dtype, str] = {torch.bfloat16: "bf16_t", torch.float16: "f1
 
 
 @functools.cache
-@functools.cache
 def _kernel(name: str, expr: str, device: int) -> cupy.RawKernel:
     with cupy.cuda.Device(device):
         module = cupy.RawModule(code=source(name), options=OPTIONS, name_expressions=(expr,))
@@ -55,11 +54,12 @@ def null_pointer() -> np.uint64:
     return np.uint64(0)
 
 
-def _cupy_stream(stream: torch.cuda.Stream) -> cupy.cuda.Stream:
-    """CuPy's handle on a torch stream (the CUDA stream protocol where torch has it)."""
-    if hasattr(stream, "__cuda_stream__"):
-        return cupy.cuda.Stream.from_external(stream)
-    return cupy.cuda.ExternalStream(stream.cuda_stream, stream.device.index)
+@functools.lru_cache(maxsize=64)
+def _cupy_stream(handle: int, device: int) -> cupy.cuda.ExternalStream:
+    """CuPy's handle on the CUDA stream ``handle`` (a torch stream's ``cuda_stream``) of ``device``, made once
+    per stream: the handle does not own the stream, so a cached one is as good as a new one, and making it on
+    every launch was part of the launch's host time."""
+    return cupy.cuda.ExternalStream(handle, device)
 
 
 def launch(
@@ -75,7 +75,7 @@ def launch(
     Integer and float scalars must already be NumPy scalars of the C type the kernel takes.
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
-    with cupy.cuda.Device(index), _cupy_stream(torch.cuda.current_stream(index)):
+    with cupy.cuda.Device(index), _cupy_stream(torch.cuda.current_stream(index).cuda_stream, index):
         if shared_mem > 48 * 1024 and kern.max_dynamic_shared_size_bytes < shared_mem:
             kern.max_dynamic_shared_size_bytes = shared_mem
         converted = tuple(as_cupy(a) if isinstance(a, torch.Tensor) else a for a in args)
