@@ -33,7 +33,7 @@ from markupsafe import Markup
 
 from implementations import schedule as schedules
 from reports import charts
-from reports.load import STATUSES, AsvHistory, Record, ResultSet, load_asv, result_sets
+from reports.load import STATUSES, AsvHistory, Bench, Record, ResultSet, load_asv, result_sets
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = Path("reports/out")
@@ -193,9 +193,8 @@ def provenance_columns(sets: Iterable[ResultSet]) -> list[dict[str, Any]]:
     """One column per result file: its set's label, kind, file name and provenance fields."""
     columns = []
     for rs in sets:
-        for kind, src in (("conformance", rs.conformance), ("bench", rs.bench)):
-            if src is None:
-                continue
+        for src in rs.sources:
+            kind = "conformance" if src is rs.conformance else "bench"
             prov = src.provenance
             values = {label: fmt_commit(prov) if key == "commit" else (prov.get(key) or "—")
                       for label, key in PROVENANCE_FIELDS}
@@ -347,10 +346,9 @@ def ceiling_applies(ceilings: dict[str, Any], device: str, devices: set[str]) ->
     return not named or named == device or len(devices) == 1
 
 
-def speed(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any]:
-    """Throughput charts (TFLOP/s vs S per op, D, causal; GB/s for the others) and the speed-up table."""
-    bench = rs.bench
-    assert bench is not None
+def speed(rs: ResultSet, bench: Bench, colors: dict[str, str]) -> dict[str, Any]:
+    """Throughput charts of one bench file of ``rs`` (TFLOP/s vs S per op, D, causal; GB/s for the others)
+    and its speed-up table."""
     devices = {str(r.get("device")) for r in bench.records}
     groups: dict[tuple[str, ...], list[Record]] = defaultdict(list)
     for r in bench.records:
@@ -402,7 +400,8 @@ def speed(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any]:
             "memory": fmt_bytes(r.get("peak_extra_bytes")), "baseline": r.get("baseline") or "—",
             "speedup": f"{fmt_num(r['speedup'])}×" if is_number(r.get("speedup")) else "—", "flag": r.get("flag") or "",
         })
-    return {"set": rs, "figures": figures, "table": table, "ceilings": ceiling_text(bench.ceilings)}
+    return {"set": rs, "file": bench.path.name, "figures": figures, "table": table,
+            "ceilings": ceiling_text(bench.ceilings)}
 
 
 def ceiling_text(ceilings: dict[str, Any]) -> str:
@@ -427,10 +426,11 @@ def fitted_slope(xs: list[float], ys: list[float]) -> float | None:
     return float(np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)[0])
 
 
-def memory(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any] | None:
-    """Peak extra memory vs S on log-log axes per op, with each backend's slope (1: linear, 2: quadratic)."""
+def memory(rs: ResultSet, bench: Bench, colors: dict[str, str]) -> dict[str, Any] | None:
+    """Peak extra memory vs S on log-log axes per op of one bench file of ``rs``, with each backend's slope
+    (1: linear, 2: quadratic)."""
     by_op: dict[tuple[str, str], list[Record]] = defaultdict(list)
-    for m in rs.bench.memory_scaling if rs.bench else []:
+    for m in bench.memory_scaling:
         if isinstance(m.get("S"), list) and isinstance(m.get("peak_extra_bytes"), list):
             by_op[(str(m.get("op")), str(m.get("device")))].append(m)
     if not by_op:
@@ -453,7 +453,7 @@ def memory(rs: ResultSet, colors: dict[str, str]) -> dict[str, Any] | None:
             title = f"{op} · {device}"
             figures.append({"title": title, "chart": charts.line_chart([charts.Panel(
                 title, series, "S", "peak extra memory (bytes)", logx=True, logy=True, slopes=(1.0, 2.0))])})
-    return {"set": rs, "figures": figures, "table": table}
+    return {"set": rs, "file": bench.path.name, "figures": figures, "table": table}
 
 
 # -- work-depth ------------------------------------------------------------------------------------------
@@ -631,7 +631,7 @@ def build_site(sets: list[ResultSet], output: Path, *, spec: Spec, asv: AsvHisto
             target.unlink()
     shutil.copytree(HERE / "static", output / "static")
     backends = {str(r.get("backend")) for rs in sets if rs.conformance for r in rs.conformance.cases}
-    backends |= {str(r.get("backend")) for rs in sets if rs.bench for r in rs.bench.records + rs.bench.memory_scaling}
+    backends |= {str(r.get("backend")) for rs in sets for b in rs.benches for r in b.records + b.memory_scaling}
     backends |= {name for rs in sets if rs.conformance for name in rs.conformance.backends}
     colors = charts.palette(sorted(backends))
     site = Site(output, sets, spec)
@@ -657,12 +657,12 @@ def build_site(sets: list[ResultSet], output: Path, *, spec: Spec, asv: AsvHisto
         site.write("clause.html.j2", clause_href(cid), cid=cid, clause=spec.clauses.get(cid),
                    area=spec.areas.get(cid.split("-")[0], ""), tests=spec.tests.get(cid, []), status=status)
 
-    benched = [rs for rs in sets if rs.bench and (rs.bench.records or rs.bench.memory_scaling)]
+    benches = [(rs, b) for rs in sets for b in rs.benches]
     return site.write(
         "index.html.j2", "index.html", sets=sets, tables=tables, statuses=STATUSES, words=STATUS_WORDS,
         precision=precision(sets, colors),
-        speed=[speed(rs, colors) for rs in benched if rs.bench.records],
-        memory=[m for rs in benched if (m := memory(rs, colors))],
+        speed=[speed(rs, b, colors) for rs, b in benches if b.records],
+        memory=[m for rs, b in benches if (m := memory(rs, b, colors))],
         work_depth=[w for rs in sets if (w := work_depth(rs, colors))],
         history=history(asv, output) if asv else None,
     )

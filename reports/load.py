@@ -89,24 +89,30 @@ class AsvHistory:
 
 @dataclass
 class ResultSet:
-    """The results of one machine shown side by side with others: a conformance file and/or a bench file."""
+    """The results of one machine shown side by side with others: a conformance file and/or bench files (a
+    GPU run may write several, e.g. attention and the row operations, each with the ceilings it measured)."""
 
     label: str
     slug: str
     conformance: Conformance | None = None
-    bench: Bench | None = None
+    benches: list[Bench] = field(default_factory=list)
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """The conformance run's provenance, else the bench run's."""
+        """The conformance run's provenance, else the first bench run's."""
         if self.conformance and self.conformance.provenance:
             return self.conformance.provenance
-        return self.bench.provenance if self.bench else {}
+        return self.benches[0].provenance if self.benches else {}
+
+    @property
+    def sources(self) -> list[Conformance | Bench]:
+        """The set's files: its conformance file first, then its bench files in the order given."""
+        return ([self.conformance] if self.conformance else []) + self.benches
 
     @property
     def problems(self) -> list[str]:
         """Problems found while reading this set's files, each prefixed with the file name."""
-        return [f"{src.path.name}: {p}" for src in (self.conformance, self.bench) if src for p in src.problems]
+        return [f"{src.path.name}: {p}" for src in self.sources for p in src.problems]
 
 
 def read_json_lines(path: Path) -> tuple[list[Record], list[str]]:
@@ -318,7 +324,9 @@ def machine_key(prov: dict[str, Any]) -> tuple[str, str] | None:
 
 def result_sets(conformance: list[Path], bench: list[Path], labels: list[str]) -> list[ResultSet]:
     """One result set per conformance file; a bench file joins the first set measured on the same machine
-    (host name and GPU in the provenance) that has no bench yet, else it makes a set of its own.
+    (host name and GPU in the provenance) at the same commit, else the first set of that machine without
+    bench files, else it makes a set of its own. So one run's several bench files share its set, and runs of
+    one machine at two commits stay apart.
 
     ``labels`` name the sets in that order; without a label a set is named after its provenance, and equal
     names get a ``#2``, ``#3`` suffix.
@@ -327,11 +335,14 @@ def result_sets(conformance: list[Path], bench: list[Path], labels: list[str]) -
     for path in bench:
         loaded = load_bench(path)
         key = machine_key(loaded.provenance)
-        home = next((rs for rs in sets if rs.bench is None and key and machine_key(rs.provenance) == key), None)
+        mine = [rs for rs in sets if key and machine_key(rs.provenance) == key]
+        commit = loaded.provenance.get("commit")
+        home = next((rs for rs in mine if commit and rs.provenance.get("commit") == commit),
+                    next((rs for rs in mine if not rs.benches), None))
         if home is None:
-            sets.append(ResultSet(label="", slug="", bench=loaded))
+            sets.append(ResultSet(label="", slug="", benches=[loaded]))
         else:
-            home.bench = loaded
+            home.benches.append(loaded)
     seen: Counter[str] = Counter()
     for i, rs in enumerate(sets):
         label = labels[i] if i < len(labels) else provenance_label(rs.provenance)

@@ -267,8 +267,33 @@ def test_bench_files_join_the_set_of_their_machine(tmp_path: Path) -> None:
     gpu_bench.write_text(json.dumps({**bench_data(("triton",), "cuda"), "provenance": GPU_PROVENANCE}))
     other_bench.write_text(json.dumps({**bench_data(), "provenance": {**PROVENANCE, "hostname": "laptop"}}))
     sets = result_sets([cpu, gpu], [gpu_bench, other_bench], ["cpu", "gpu"])
-    assert [(rs.label, rs.conformance is not None, rs.bench and rs.bench.path.name) for rs in sets] == [
-        ("cpu", True, None), ("gpu", True, "gpu-bench.json"), ("AMD EPYC 9654 (laptop)", False, "other-bench.json")]
+    assert [(rs.label, rs.conformance is not None, [b.path.name for b in rs.benches]) for rs in sets] == [
+        ("cpu", True, []), ("gpu", True, ["gpu-bench.json"]), ("AMD EPYC 9654 (laptop)", False, ["other-bench.json"])]
+
+
+def test_one_run_in_several_bench_files_is_one_set(tmp_path: Path) -> None:
+    """The GPU evidence writes attention and row operations to two files of one run: both join its set, each
+    drawn with its own ceilings; a run of the same machine at another commit keeps a set of its own."""
+    records = conformance_records("triton", device="cuda")
+    records[0]["provenance"] = GPU_PROVENANCE
+    gpu = write_jsonl(tmp_path / "gpu.jsonl", records)
+    older = [dict(r) for r in records]
+    older[0] = {**older[0], "provenance": {**GPU_PROVENANCE, "commit": "fedcba9876543210"}}
+    old = write_jsonl(tmp_path / "old.jsonl", older)
+    files = []
+    for name, copy_gbps in (("attention.json", 4000.0), ("rows.json", 4321.0)):
+        path = tmp_path / name
+        path.write_text(json.dumps({**bench_data(("triton",), "cuda"), "provenance": GPU_PROVENANCE,
+                                    "ceilings": {"copy_GBps": copy_gbps, "device": "NVIDIA H200"}}))
+        files.append(path)
+    sets = result_sets([old, gpu], files, ["old", "new"])
+    assert [(rs.label, [b.path.name for b in rs.benches]) for rs in sets] == [
+        ("old", []), ("new", ["attention.json", "rows.json"])]
+    out = tmp_path / "site"
+    build_site(sets, out, spec=SPEC)
+    html = (out / "index.html").read_text()
+    assert "new · <code>attention.json</code>" in html and "new · <code>rows.json</code>" in html
+    assert "copy 4e+03 GB/s" in html and "copy 4.32e+03 GB/s" in html
 
 
 def test_interrupted_run_still_renders(site: Path) -> None:
