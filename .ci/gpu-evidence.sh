@@ -37,7 +37,7 @@ fi
 export ATTNSPEC_COMMIT="${ATTNSPEC_COMMIT:-$(git rev-parse --verify -q HEAD || echo unknown)}"
 export ATTNSPEC_ASV_BACKENDS="${ATTNSPEC_ASV_BACKENDS-triton cupy}"
 if ! "$python" -c "import asv" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/attnspec-site .whl/*.whl \
+    "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/attnspec-site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/attnspec-site"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

@@ -1,0 +1,78 @@
+"""Host time of the CuPy launch path, and what the reduction's timing is made of (H200 diagnostic).
+
+Run on the H200 from the repository root (session 3, commit 33583ec): ``PYTHONPATH=. python3
+reports/gpu/logs/launch_diag.py``; writes ``$OUT/launch_diag.json``. Host times are perf_counter microseconds
+per call over a loop of calls without synchronisation; GPU times are the harness's ``cuda_timing`` (eager and
+CUDA-graph replay) and ``triton.testing.do_bench``, in milliseconds.
+"""
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import cupy
+import torch
+from triton.testing import do_bench
+
+from benchmarks.timing import cuda_timing
+from implementations.cupy import _kernels as K
+from implementations.cupy import backends as cupy_backends
+from implementations.cupy.backend import reduce_value
+from implementations.triton import reduce as treduce
+
+
+def host_us(fn: Callable[[], object], n: int = 2000) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def device_ctx() -> None:
+    with cupy.cuda.Device(0):
+        pass
+
+
+def device_and_stream_ctx() -> None:
+    with cupy.cuda.Device(0), K._cupy_stream(torch.cuda.current_stream().cuda_stream, 0):
+        pass
+
+
+def main() -> None:
+    res: dict[str, object] = {}
+    x = torch.randn(1 << 28, device="cuda")
+    ts = torch.cuda.current_stream()
+    res["stream_from_external_us"] = host_us(lambda: cupy.cuda.Stream.from_external(ts))
+    res["external_stream_new_us"] = host_us(lambda: cupy.cuda.ExternalStream(ts.cuda_stream, 0))
+    res["dlpack_as_cupy_us"] = host_us(lambda: K.as_cupy(x))
+    res["device_ctx_us"] = host_us(device_ctx)
+    res["device_and_cached_stream_ctx_us"] = host_us(device_and_stream_ctx)
+    res["torch_empty_us"] = host_us(lambda: torch.empty((264,), device="cuda"))
+    res["get_device_properties_us"] = host_us(lambda: torch.cuda.get_device_properties(x.device))
+    be = cupy_backends()
+    for n in (24, 26, 28):
+        xv = x[: 1 << n]
+        calls = {"cupy": lambda xv=xv: reduce_value(xv), "triton": lambda xv=xv: treduce.sum_with_schedule(xv),
+                 "torch.sum": lambda xv=xv: torch.sum(xv)}
+        r: dict[str, object] = {"cupy_reduce_sum_host_us": host_us(lambda xv=xv: be.reduce_sum(xv), 500)}
+        for name, fn in calls.items():
+            r[f"{name}_host_us"] = host_us(fn, 500)
+            r[f"{name}_events_ms"] = cuda_timing(fn).median_s * 1e3
+            graph = cuda_timing(fn, cuda_graph=True)
+            r[f"{name}_graph_ms"] = graph.median_s * 1e3
+            r[f"{name}_graph_method"] = graph.method[:80]
+            r[f"{name}_do_bench_ms"] = do_bench(fn)
+        res[f"n2^{n}"] = r
+    print(json.dumps(res, indent=1))
+    with open(os.path.join(os.environ.get("OUT", "/tmp"), "launch_diag.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
