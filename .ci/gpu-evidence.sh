@@ -18,6 +18,8 @@
 # ATTNSPEC_STEPS picks steps (default: all of "conformance bench rows asv report"), so the evidence can be
 # gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations benchmarked,
 # ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv parametrises.
+# OUTDIR holds some 40 files (one log per backend x chapter): on a machine that hands back a limited number of
+# files, write OUTDIR outside the returned folder and return it packed (`tar czf ... -C OUTDIR .`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-reports/gpu}"
