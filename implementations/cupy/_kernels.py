@@ -58,7 +58,11 @@ def null_pointer() -> np.uint64:
 def _cupy_stream(handle: int, device: int) -> cupy.cuda.ExternalStream:
     """CuPy's handle on the CUDA stream ``handle`` (a torch stream's ``cuda_stream``) of ``device``, made once
     per stream: the handle does not own the stream, so a cached one is as good as a new one, and making it on
-    every launch was part of the launch's host time."""
+    every launch was part of the launch's host time.
+
+    ``ExternalStream`` although CuPy 14 deprecates it (one warning per stream, as it is cached): entering a
+    cached ``Stream.from_external(torch_stream)`` with the device measured 11.2 µs a launch against 2.5 µs,
+    and the harness's reduction of 2^26 floats 0.204 ms against 0.092 ms (H200, CuPy 14.2)."""
     return cupy.cuda.ExternalStream(handle, device)
 
 
