@@ -22,10 +22,9 @@ import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import torch
@@ -33,81 +32,12 @@ import torch
 from conformance import cases as casegen
 from conformance.provenance import collect, now
 from conformance.spec import CLAUSES, clause_of
-from conformance.tolerance import Comparison
-from implementations.base import BackendLike, Case, RegistryEntry, discover, dtype_name, poisoned_outputs, select
+from conformance.trial import NotImplementedOperation, Trial, Unsupported
+from implementations.base import RegistryEntry, discover, dtype_name, select
 
 #: xfails shipped for the built-in backends (their known deviations, each with its finding), always read
 BUILTIN_XFAILS = sorted(Path(__file__).with_name("xfails").glob("*.txt"))
-UNSUPPORTED = "unsupported: "
-NOT_IMPLEMENTED = "not_implemented: "
 TIMEOUT_EXIT = 3
-
-F = TypeVar("F", bound=Callable[..., object])
-
-
-def cases(op: str, make: Callable[[BackendLike, str, bool], list[Case]]) -> Callable[[F], F]:
-    """Declare that a test runs operation ``op`` on the cases ``make(backend, device, quick)`` returns."""
-
-    def mark(fn: F) -> F:
-        fn.__attnspec_cases__ = (op, make)  # type: ignore[attr-defined]
-        return fn
-
-    return mark
-
-
-@dataclass
-class Trial:
-    """One backend on one case: what a conformance test receives, and what it records."""
-
-    backend: BackendLike
-    op: str
-    case: Case
-    clause: str
-    id: str
-    seed: int = 0
-    comparisons: list[Comparison] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> str:
-        return self.case.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.case.dtype
-
-    def generator(self, salt: int = 0) -> torch.Generator:
-        """A torch CPU generator seeded for this case (``salt`` for independent streams)."""
-        return casegen.generator(self.seed + salt)
-
-    def call(self, op: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Call the backend's operation with outputs poisoned (NaN-filled), synchronising on CUDA."""
-        fn = getattr(self.backend, op or self.op)
-        with poisoned_outputs():
-            result = fn(*args, **kwargs)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        return result
-
-    def check(self, *comparisons: Comparison) -> None:
-        """Record comparisons and fail, naming every output out of bounds, if any is."""
-        self.comparisons.extend(comparisons)
-        bad = [c for c in comparisons if not c.passed]
-        if bad:
-            raise AssertionError("; ".join(c.describe() for c in bad))
-
-    def summary(self) -> dict[str, Any]:
-        """err / ref_err / ratio of the worst comparison (largest err / bound)."""
-        if not self.comparisons:
-            return {"err": None, "ref_err": None, "ratio": None, "mult": None, "bound": None}
-
-        def badness(c: Comparison) -> float:
-            return c.err / c.bound if c.bound > 0 else (0.0 if c.err == 0 else float("inf"))
-
-        worst = max(self.comparisons, key=badness)
-        return {"err": worst.err, "ref_err": worst.ref_err, "ratio": worst.ratio, "mult": worst.mult,
-                "bound": worst.bound, "worst": worst.name}
-
 
 # ---------------------------------------------------------------------------------------------
 # Results file
@@ -309,10 +239,10 @@ def trial(request: pytest.FixtureRequest) -> Trial:
         pytest.skip("no backend selected")
     op = getattr(t.backend, t.op, None)
     if not callable(op):
-        pytest.skip(f"{NOT_IMPLEMENTED}{t.op} is not implemented")
+        raise NotImplementedOperation(f"{t.op} is not implemented")
     reasons = t.backend.not_supported_reasons(t.op, t.case)
     if reasons:
-        pytest.skip(UNSUPPORTED + "; ".join(reasons))
+        raise Unsupported("; ".join(reasons))
     return t
 
 
@@ -386,7 +316,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     state = _state(item.config)
     if state is None or item.nodeid not in state.trial_by_node:
         return
-    state.reports[item.nodeid][call.when] = outcome.get_result()
+    report = outcome.get_result()
+    declared = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(declared, Unsupported | NotImplementedOperation):  # the status by type, never by text
+        report.user_properties.append(("attnspec_status", declared.status.value))
+    state.reports[item.nodeid][call.when] = report
     if call.when == "teardown":
         _finish(state, item)
 
@@ -404,11 +338,8 @@ def _status(reports: dict[str, pytest.TestReport]) -> tuple[str, str | None]:
         if rep.skipped:
             message = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             message = message.removeprefix("Skipped: ")
-            if message.startswith(UNSUPPORTED):
-                return "unsupported", message[len(UNSUPPORTED):]
-            if message.startswith(NOT_IMPLEMENTED):
-                return "not_implemented", message[len(NOT_IMPLEMENTED):]
-            return "skipped", message
+            declared = dict(rep.user_properties).get("attnspec_status")
+            return declared or "skipped", message
         if rep.failed:
             status = "error" if rep.when == "setup" else "failed"
             text = rep.longreprtext.strip().splitlines()

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 import torch
 
 from conformance import cases as C
 from conformance import oracle
 from conformance.checks import call_attention, check_forward, default_scale, expect_input_error, memory_growth
-from conformance.plugin import UNSUPPORTED, Trial, cases
 from conformance.spec import clause
 from conformance.tolerance import compare
+from conformance.trial import SealedCall, Trial, cases, unsupported
 from implementations.base import AttentionCase, BackendLike
 
 MASKED_SEQS = ((239, 1), (200, 77), (64, 63), (5, 3))
@@ -248,11 +247,11 @@ def test_linear_memory(trial: Trial) -> None:
     high-water mark. Backends declaring `memory="quadratic"` are exempt (reported unsupported with that).
     """
     if trial.backend.capabilities.memory != "linear":
-        pytest.skip(UNSUPPORTED + f"declares memory={trial.backend.capabilities.memory!r}: exempt from ATT-10")
+        unsupported(f"declares memory={trial.backend.capabilities.memory!r}: exempt from ATT-10")
 
-    def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Callable[[], object], int]:
+    def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Callable[[], SealedCall], int]:
         out_bytes = q.numel() * q.element_size() + q.shape[0] * q.shape[1] * q.shape[2] * 4  # out + lse
-        return (lambda: trial.call("attention", q, k, v, causal=None)), out_bytes
+        return (lambda: trial.seal("attention", q, k, v, causal=None)), out_bytes
 
     memory_growth(trial, MEMORY_LENGTHS[trial.device], prepare)
 

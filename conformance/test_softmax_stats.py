@@ -9,9 +9,9 @@ import torch
 from conformance import cases as C
 from conformance import oracle
 from conformance.checks import call_attention, default_scale
-from conformance.plugin import Trial, cases
 from conformance.spec import clause
 from conformance.tolerance import compare
+from conformance.trial import Trial, cases
 from implementations.base import AttentionCase, BackendLike, InvalidInputError, RowsCase
 
 BLOCKS = (None, 7, 128, 1000)

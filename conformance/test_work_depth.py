@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from conformance import cases as C
 from conformance import oracle
-from conformance.plugin import UNSUPPORTED, Trial, cases
 from conformance.spec import clause
 from conformance.tolerance import compare
+from conformance.trial import Trial, cases, unsupported
 from implementations import schedule as sched
 from implementations.base import BackendLike, RowsCase
 
@@ -30,7 +29,7 @@ def _sizes(sizes: tuple[int, ...], quick: tuple[int, ...] | None = None):  # noq
 def _schedule(trial: Trial) -> tuple[torch.Tensor, torch.Tensor, sched.Schedule]:
     """Draw x (magnitudes over six decades, so the order of additions shows in the last bits) and reduce it."""
     if trial.backend.capabilities.reduce_schedule is None:
-        pytest.skip(UNSUPPORTED + "the reduction does not declare its combine schedule")
+        unsupported("the reduction does not declare its combine schedule")
     g = trial.generator()
     n = trial.case.cols
     magnitudes = torch.pow(10.0, torch.rand((n,), generator=g, dtype=torch.float64) * 6 - 3)

@@ -1,0 +1,261 @@
+"""One backend on one case: what a conformance test receives, how it calls the backend, and what it records.
+
+A conformance test is marked with the cases it runs (``@cases(op, generator)``); the plugin hands it a
+:class:`Trial`. Every call of the backend goes through :meth:`Trial.call` (or :meth:`Trial.seal`), which
+
+- hands the backend its own copies of the inputs (same shapes, strides, dtypes and devices), so the oracle,
+  computed afterwards from the caller's tensors, sees the inputs as drawn whatever the backend does to them;
+- poisons the outputs the backend allocates with ``new_output`` (NaN-filled), so unwritten elements fail;
+- fails the case when the backend changed an input (``inputs modified: q``) or returned an output whose
+  type, shape, dtype or device is not the contract's (``dk: dtype float64, the contract says float32``).
+
+A clause that does not apply to a backend raises :class:`Unsupported` (the plugin records *unsupported*
+with the reason); a missing operation is :class:`NotImplementedOperation`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import torch
+from _pytest.outcomes import Skipped
+
+from conformance import cases as casegen
+from conformance.results import Status
+from conformance.tolerance import Comparison
+from implementations.base import BackendLike, Case, dtype_name, poisoned_outputs
+
+F = TypeVar("F", bound=Callable[..., object])
+
+#: the positional inputs of each operation, by name, in the contract's order
+INPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "attention": ("q", "k", "v"),
+    "attention_backward": ("q", "k", "v", "out", "lse", "dout"),
+    "attention_delta": ("out", "dout"),
+    "softmax_stats": ("x",),
+    "softmax_merge": ("m1", "l1", "m2", "l2"),
+    "kd_loss": ("s", "t"),
+    "reduce_sum": ("x",),
+    "prefix_sum": ("x",),
+}
+
+
+class Unsupported(Skipped):
+    """The case is outside what the backend declares (recorded *unsupported* with the reason)."""
+
+    status = Status.UNSUPPORTED
+
+
+class NotImplementedOperation(Skipped):
+    """The backend has no method for the operation (recorded *not_implemented*)."""
+
+    status = Status.NOT_IMPLEMENTED
+
+
+def unsupported(reason: str) -> NoReturn:
+    """End the case as *unsupported* with ``reason``."""
+    raise Unsupported(reason)
+
+
+def cases(op: str, make: Callable[[BackendLike, str, bool], list[Case]]) -> Callable[[F], F]:
+    """Declare that a test runs operation ``op`` on the cases ``make(backend, device, quick)`` returns."""
+
+    def mark(fn: F) -> F:
+        fn.__attnspec_cases__ = (op, make)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+# -- the contract's outputs ------------------------------------------------------------------------------
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """lse, statistics, delta and the KD loss: float64 for float64 inputs, float32 otherwise (the contract's
+    rule, written here again rather than imported so the harness shares no code with the backends)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+#: An expected output: its name, shape, dtype and device.
+Expected = tuple[str, tuple[int, ...], torch.dtype, torch.device]
+
+
+def _like(name: str, x: torch.Tensor) -> Expected:
+    return name, tuple(x.shape), x.dtype, x.device
+
+
+def expected_outputs(op: str, inputs: dict[str, torch.Tensor]) -> list[Expected]:
+    """The tensors the contract (docs/backend-contract.md) says ``op`` returns for these inputs, in order.
+
+    ``reduce_sum`` and ``prefix_sum`` also return a schedule, which the WD clauses check themselves.
+    """
+    if op == "attention":
+        q = inputs["q"]
+        return [_like("out", q), ("lse", tuple(q.shape[:3]), _wide(q.dtype), q.device)]
+    if op == "attention_backward":
+        return [_like("dq", inputs["q"]), _like("dk", inputs["k"]), _like("dv", inputs["v"])]
+    if op == "attention_delta":
+        out = inputs["out"]
+        return [("delta", tuple(out.shape[:3]), _wide(out.dtype), out.device)]
+    if op == "softmax_stats":
+        x = inputs["x"]
+        return [("m", tuple(x.shape[:-1]), _wide(x.dtype), x.device),
+                ("l", tuple(x.shape[:-1]), _wide(x.dtype), x.device)]
+    if op == "softmax_merge":
+        return [_like("m", inputs["m1"]), _like("l", inputs["l1"])]
+    if op == "kd_loss":
+        s = inputs["s"]
+        return [("loss", (), _wide(s.dtype), s.device), _like("ds", s)]
+    if op == "reduce_sum":
+        x = inputs["x"]
+        return [("value", (), x.dtype, x.device)]
+    if op == "prefix_sum":
+        return [_like("y", inputs["x"])]
+    raise KeyError(f"unknown operation {op!r}")
+
+
+def output_problems(op: str, inputs: dict[str, torch.Tensor], result: object) -> list[str]:
+    """Every way ``result`` differs from the contract's outputs of ``op``: type, count, shape, dtype, device."""
+    expected = expected_outputs(op, inputs)
+    if op == "attention_delta":  # the one operation returning a bare tensor
+        result = (result,)
+    names = [e[0] for e in expected] + (["schedule"] if op in ("reduce_sum", "prefix_sum") else [])
+    if not isinstance(result, tuple | list) or len(result) != len(names):
+        got = f"{type(result).__name__} of {len(result)}" if isinstance(result, tuple | list) else type(result).__name__
+        return [f"{op} must return ({', '.join(names)}), got {got}"]
+    problems = []
+    for (name, shape, dtype, device), got in zip(expected, result):
+        if not isinstance(got, torch.Tensor):
+            problems.append(f"{name}: a {type(got).__module__}.{type(got).__name__}, the contract says a torch "
+                            f"tensor on {device}")
+            continue
+        if tuple(got.shape) != shape:
+            problems.append(f"{name}: shape {tuple(got.shape)}, the contract says {shape}")
+        if got.dtype != dtype:
+            problems.append(f"{name}: dtype {dtype_name(got.dtype)}, the contract says {dtype_name(dtype)}")
+        if got.device != device:
+            problems.append(f"{name}: device {got.device}, the contract says {device} (the inputs' device)")
+    return problems
+
+
+# -- sealed calls -------------------------------------------------------------------------------------------
+
+
+def copy_exact(x: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` with the same shape, strides, dtype and device (a transposed view stays transposed)."""
+    copy = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    copy.copy_(x)
+    return copy
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality, under which a NaN equals the same NaN (``torch.equal`` says NaN != NaN)."""
+    if not a.dtype.is_floating_point:
+        return torch.equal(a, b)
+    bits = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
+
+
+@dataclass
+class SealedCall:
+    """A backend call prepared on private copies of its inputs: :meth:`run` calls the backend (nothing else,
+    so a memory probe around it measures the backend alone), :meth:`verify` then checks the inputs are
+    unchanged and the outputs are the contract's."""
+
+    fn: Callable[..., Any]
+    op: str
+    device: str
+    originals: dict[str, torch.Tensor]
+    copies: dict[str, torch.Tensor]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    result: Any = None
+
+    def run(self) -> Any:
+        with poisoned_outputs():
+            self.result = self.fn(*self.args, **self.kwargs)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return self.result
+
+    def verify(self) -> Any:
+        """The result, once the inputs are found unchanged and the outputs as the contract says (else
+        AssertionError naming each problem)."""
+        modified = [name for name, x in self.originals.items() if not _same_bits(x, self.copies[name])]
+        problems = [f"inputs modified: {', '.join(modified)}"] if modified else []
+        positional = {n: a for n, a in zip(INPUT_NAMES[self.op], self.args) if isinstance(a, torch.Tensor)}
+        problems += output_problems(self.op, positional, self.result)
+        assert not problems, f"{self.op}: " + "; ".join(problems)
+        return self.result
+
+
+def seal(fn: Callable[..., Any], op: str, device: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SealedCall:
+    """Prepare ``fn(*args, **kwargs)`` on exact copies of every tensor argument."""
+    names = list(INPUT_NAMES[op]) + [f"arg{i}" for i in range(len(INPUT_NAMES[op]), len(args))]
+    originals = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
+    originals |= {n: a for n, a in kwargs.items() if isinstance(a, torch.Tensor)}
+    copies = {n: copy_exact(x) for n, x in originals.items()}
+    args = tuple(copies.get(n, a) for n, a in zip(names, args))
+    kwargs = {n: copies.get(n, a) for n, a in kwargs.items()}
+    return SealedCall(fn, op, device, originals, copies, args, kwargs)
+
+
+@dataclass
+class Trial:
+    """One backend on one case: what a conformance test receives, and what it records."""
+
+    backend: BackendLike
+    op: str
+    case: Case
+    clause: str
+    id: str
+    seed: int = 0
+    comparisons: list[Comparison] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return self.case.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.case.dtype
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A torch CPU generator seeded for this case (``salt`` for independent streams)."""
+        return casegen.generator(self.seed + salt)
+
+    def seal(self, op: str | None, *args: Any, **kwargs: Any) -> SealedCall:
+        """The backend's operation (the trial's own when ``op`` is None) prepared on copies of its inputs;
+        ``run()`` it (under a memory probe, say), then ``verify()``."""
+        op = op or self.op
+        return seal(getattr(self.backend, op), op, self.device, args, kwargs)
+
+    def call(self, op: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Call the backend's operation on copies of the inputs, with outputs poisoned; fail when it changed
+        an input or returned other than the contract's outputs."""
+        sealed = self.seal(op, *args, **kwargs)
+        sealed.run()
+        return sealed.verify()
+
+    def check(self, *comparisons: Comparison) -> None:
+        """Record comparisons and fail, naming every output out of bounds, if any is."""
+        self.comparisons.extend(comparisons)
+        bad = [c for c in comparisons if not c.passed]
+        if bad:
+            raise AssertionError("; ".join(c.describe() for c in bad))
+
+    def summary(self) -> dict[str, Any]:
+        """err / ref_err / ratio of the worst comparison (largest err / bound)."""
+        if not self.comparisons:
+            return {"err": None, "ref_err": None, "ratio": None, "mult": None, "bound": None}
+
+        def badness(c: Comparison) -> float:
+            return c.err / c.bound if c.bound > 0 else (0.0 if c.err == 0 else math.inf)
+
+        worst = max(self.comparisons, key=badness)
+        return {"err": worst.err, "ref_err": worst.ref_err, "ratio": worst.ratio, "mult": worst.mult,
+                "bound": worst.bound, "worst": worst.name}
