@@ -1,28 +1,27 @@
-"""Host time of the CuPy launch path, and what the reduction's timing is made of (H200 diagnostic).
+"""Host time of the CuPy launch path, and what the reduction's timing is made of, on one GPU.
 
-Run on the H200 from the repository root (session 3, commit 33583ec): ``PYTHONPATH=. python3
-reports/gpu/logs/launch_diag.py``; writes ``$OUT/launch_diag.json``. Host times are perf_counter microseconds
-per call over a loop of calls without synchronisation; GPU times are the harness's ``cuda_timing`` (eager and
-CUDA-graph replay) and ``triton.testing.do_bench``, in milliseconds.
+Run from the repository root on a GPU machine with CuPy: ``python3 -m benchmarks.kernel_tools.launch_cupy
+--out DIR``; prints and writes ``DIR/launch_cupy.json``. Host times are ``perf_counter`` microseconds per call
+over a loop of calls without synchronisation (what a launch costs the CPU: stream handles, DLPack views,
+context entry). GPU times of the cupy and triton reductions and ``torch.sum`` at 2^24, 2^26 and 2^28 floats
+are the harness's ``cuda_timing`` (eager, then CUDA-graph replay, which removes host time) and
+``triton.testing.do_bench``, in milliseconds: where eager exceeds graph replay, the call is host-bound.
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import cupy
 import torch
-from triton.testing import do_bench
-
-from benchmarks.timing import cuda_timing
-from implementations.cupy import _kernels as K
-from implementations.cupy import backends as cupy_backends
-from implementations.cupy.backend import reduce_value
-from implementations.triton import reduce as treduce
 
 
 def host_us(fn: Callable[[], object], n: int = 2000) -> float:
+    """Host microseconds per call of ``fn`` over ``n`` calls without synchronisation, after 20 warm-up calls."""
     for _ in range(20):
         fn()
     torch.cuda.synchronize()
@@ -34,17 +33,27 @@ def host_us(fn: Callable[[], object], n: int = 2000) -> float:
     return (t1 - t0) / n * 1e6
 
 
-def device_ctx() -> None:
-    with cupy.cuda.Device(0):
-        pass
-
-
-def device_and_stream_ctx() -> None:
-    with cupy.cuda.Device(0), K._cupy_stream(torch.cuda.current_stream().cuda_stream, 0):
-        pass
-
-
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")), help="folder for the JSON")
+    args = parser.parse_args()
+    import cupy  # needs CuPy and a GPU: imported after --help is answered
+    from triton.testing import do_bench
+
+    from benchmarks.timing import cuda_timing
+    from implementations.cupy import _kernels as K
+    from implementations.cupy import backends as cupy_backends
+    from implementations.cupy.backend import reduce_value
+    from implementations.triton import reduce as treduce
+
+    def device_ctx() -> None:
+        with cupy.cuda.Device(0):
+            pass
+
+    def device_and_stream_ctx() -> None:
+        with cupy.cuda.Device(0), K._cupy_stream(torch.cuda.current_stream().cuda_stream, 0):
+            pass
+
     res: dict[str, object] = {}
     x = torch.randn(1 << 28, device="cuda")
     ts = torch.cuda.current_stream()
@@ -70,8 +79,8 @@ def main() -> None:
             r[f"{name}_do_bench_ms"] = do_bench(fn)
         res[f"n2^{n}"] = r
     print(json.dumps(res, indent=1))
-    with open(os.path.join(os.environ.get("OUT", "/tmp"), "launch_diag.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "launch_cupy.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

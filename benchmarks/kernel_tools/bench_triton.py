@@ -1,4 +1,4 @@
-"""GPU benchmark of the Triton kernels against PyTorch, in one run: ``python -m implementations.triton.bench_triton``.
+"""GPU benchmark of the Triton kernels against PyTorch: ``python -m benchmarks.kernel_tools.bench_triton``.
 
 Prints a table and writes every figure to ``--out`` (JSON) section by section, so an interrupted run keeps
 what it measured. Times are medians of ``triton.testing.do_bench`` (which flushes the L2 between runs) on
@@ -20,20 +20,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 import triton
 from triton.testing import do_bench
 
-from .attention_bwd import BackwardConfig, attention_backward, backward_config
-from .attention_fwd import attention_forward, forward_config
-from .common import LaunchConfig
-from .kd_loss import kd_loss
-from .reduce import strided_sum
-from .softmax_stats import softmax_stats
+from implementations.triton.attention_bwd import BackwardConfig, attention_backward, backward_config
+from implementations.triton.attention_fwd import attention_forward, forward_config
+from implementations.triton.common import LaunchConfig
+from implementations.triton.kd_loss import kd_loss
+from implementations.triton.reduce import strided_sum
+from implementations.triton.softmax_stats import softmax_stats
 
 GiB = 1 << 30
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-#: problem sizes: the brief's (default) and a small set for a smoke run on the CPU interpreter (--small)
+#: problem sizes: FULL for the GPU run, SMALL (--small) for a smoke run on the CPU interpreter
 FULL = {"tokens": 16384, "seqs": (1024, 4096, 16384), "sweep_seq": 4096, "kd": (8192, 131072), "reduce": 1 << 28,
         "stats": (8192, 131072), "copy": GiB // 2}
 SMALL = {"tokens": 256, "seqs": (128, 256), "sweep_seq": 128, "kd": (8, 3001), "reduce": 70001,

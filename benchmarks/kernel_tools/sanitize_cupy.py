@@ -1,22 +1,23 @@
 """One tiny call of every kernel of the cupy backend, for compute-sanitizer (memcheck, racecheck).
 
-Usage on a GPU machine, from the repository root:
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH=. compute-sanitizer --tool memcheck python3 \
-        implementations/cupy/sanitize_cupy.py
+Usage on a GPU machine with CuPy, from the repository root:
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 -m benchmarks.kernel_tools.sanitize_cupy
 (without torch's caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds
 accesses that would otherwise land inside a cached block). Prints one line per call and ``sanitize: done``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
 
-from implementations.cupy import backends
-
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    from implementations.cupy import backends  # needs CuPy and a GPU: imported after --help is answered
+
     be = backends()
     dev = "cuda"
     torch.manual_seed(0)
