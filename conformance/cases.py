@@ -8,13 +8,23 @@ small shapes and three head dims. A case the backend declares unsupported still 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
-from implementations.base import CAUSAL_VARIANTS, AttentionCase, BackendLike, CausalVariant, RowsCase
+from implementations.base import (
+    CAUSAL_VARIANTS,
+    AttentionCase,
+    BackendLike,
+    Capabilities,
+    Case,
+    CausalVariant,
+    RowsCase,
+)
 
 HEAD_DIMS = (16, 32, 40, 59, 64, 80, 96, 111, 128, 256)
 SEQ_PAIRS = ((1, 1), (1, 239), (3, 799), (113, 203), (128, 217), (127, 513), (239, 1), (512, 256),
@@ -23,6 +33,24 @@ QUICK_HEAD_DIMS = (16, 59, 128)
 QUICK_SEQ_PAIRS = ((1, 1), (1, 239), (3, 799), (113, 203), (127, 513), (239, 1), (512, 256))
 #: seeded random shapes added to ATT-1 and GRAD-1 (SPEC: "plus seeded random shapes")
 RANDOM_SHAPES = 3
+#: shapes of ATT-1 and GRAD-1 also fed as strided ``bshd`` views (storage [B, S, H, D]), as callers pass them
+STRIDED_SEQ_PAIRS = ((113, 203), (127, 513))
+#: production sizes ``(Sq, Sk, D)`` of ATT-1 and GRAD-1 per device and matrix, where kernel bugs hide behind
+#: size thresholds: more than 8192 keys, more than 2^16 keys (16-bit indices), head dims 64, 128, 256. On the
+#: CPU a cheap subset (few query rows over many keys), on a GPU square 8k problems as kernels run them.
+PRODUCTION_FORWARD: dict[tuple[str, bool], tuple[tuple[int, int, int], ...]] = {
+    ("cpu", True): ((16, 65600, 64), (64, 8200, 128)),
+    ("cpu", False): ((16, 65600, 64), (64, 8200, 128), (32, 8200, 256)),
+    ("cuda", True): ((8192, 8192, 128), (256, 65600, 64)),
+    ("cuda", False): ((8192, 8192, 64), (8192, 8192, 128), (8192, 8192, 256), (256, 65600, 64),
+                      (256, 65600, 128)),
+}
+PRODUCTION_BACKWARD: dict[tuple[str, bool], tuple[tuple[int, int, int], ...]] = {
+    ("cpu", True): ((32, 8200, 64),),
+    ("cpu", False): ((32, 8200, 64), (16, 65600, 128)),
+    ("cuda", True): ((8192, 8192, 128),),
+    ("cuda", False): ((8192, 8192, 64), (8192, 8192, 128), (256, 65600, 128)),
+}
 
 def available_devices() -> set[str]:
     """Devices present on this machine."""
@@ -70,7 +98,21 @@ def attention_matrix(backend: BackendLike, device: str, quick: bool, *, backward
             for D in dims:
                 B, H = heads_for(Sq, Sk)
                 cases.append(AttentionCase(B, H, H, Sq, Sk, D, dtype, device, causal))
-    return cases
+    for Sq, Sk in STRIDED_SEQ_PAIRS:
+        B, H = heads_for(Sq, Sk)
+        cases += [AttentionCase(B, H, H, Sq, Sk, D, dtypes[0], device, causal, layout="bshd")
+                  for D in (head_dims[1], 64)]
+    return list(dict.fromkeys(cases))
+
+
+def production_attention(backend: BackendLike, device: str, quick: bool, *,
+                         backward: bool = False) -> list[AttentionCase]:
+    """ATT-1 / GRAD-1 cases at production sizes (``PRODUCTION_FORWARD`` / ``PRODUCTION_BACKWARD``), B 1, two
+    heads, in the backend's primary dtype."""
+    caps = backend.capabilities
+    dtype = (dtypes_for(caps.backward_dtypes if backward else caps.dtypes, device) or [torch.float32])[0]
+    sizes = (PRODUCTION_BACKWARD if backward else PRODUCTION_FORWARD)[(device, quick)]
+    return [AttentionCase(1, 2, 2, Sq, Sk, D, dtype, device) for Sq, Sk, D in sizes]
 
 
 def small_attention(backend: BackendLike, device: str, quick: bool, *, backward: bool = False,
@@ -98,6 +140,53 @@ def causal_matrix(backend: BackendLike, device: str, quick: bool, backward: bool
             B, H = heads_for(Sq, Sk)
             cases.append(AttentionCase(B, H, H, Sq, Sk, 64, dtype, device, causal))
     return cases
+
+
+def fit(case: AttentionCase, caps: Capabilities) -> AttentionCase:
+    """The nearest case the backend's declared shape limits admit: D moved into the declared set, range and
+    multiple; Sq and Sk made equal where required (to their geometric mean, so the score matrix keeps its
+    size), rounded up to the declared multiple (down where that passes ``max_seq_len``); B capped. A case
+    that fits is returned as it is."""
+    lo, hi = caps.head_dims
+    if caps.head_dim_set:
+        D = min(caps.head_dim_set, key=lambda d: (abs(d - case.D), d))
+    else:
+        D = min(max(case.D, lo), hi)
+        m = caps.head_dim_multiple
+        D = -(-D // m) * m if -(-D // m) * m <= hi else D // m * m
+    Sq, Sk = case.Sq, case.Sk
+    if caps.equal_seq_lens:
+        Sq = Sk = math.ceil(math.sqrt(Sq * Sk))
+    m = caps.seq_len_multiple
+    Sq, Sk = (-(-S // m) * m for S in (Sq, Sk))
+    if caps.max_seq_len is not None:
+        top = caps.max_seq_len // m * m
+        Sq, Sk = min(Sq, top), min(Sk, top)
+    B = min(case.B, caps.max_batch) if caps.max_batch is not None else case.B
+    return dataclasses.replace(case, B=B, Sq=Sq, Sk=Sk, D=D)
+
+
+def reach(backend: BackendLike, op: str, cases: list[Case],
+          premise: Callable[[Case], bool] | None = None) -> tuple[list[Case], bool]:
+    """A clause's cases for ``backend``, each attention case its declared shape limits reject followed by the
+    nearest case they admit (:func:`fit`) where that case still has the clause's ``premise``, so that every
+    clause meets a backend limited to, say, square lengths that are multiples of 128; and whether any case is
+    supported at all (a clause with none is reported as "no case fits the declared limits")."""
+    reached: list[Case] = []
+    for case in cases:
+        reached.append(case)
+        if isinstance(case, AttentionCase) and backend.not_supported_reasons(op, case):
+            fitted = fit(case, backend.capabilities)
+            if (fitted != case and not backend.not_supported_reasons(op, fitted)
+                    and (premise is None or premise(fitted))):
+                reached.append(fitted)
+    reached = list(dict.fromkeys(reached))
+    return reached, any(not backend.not_supported_reasons(op, c) for c in reached)
+
+
+def has_masked_rows(case: Case) -> bool:
+    """Bottom-right causal with Sq > Sk: the first Sq - Sk query rows see no key (ATT-4, GRAD-5)."""
+    return isinstance(case, AttentionCase) and case.Sq > case.Sk
 
 
 def memory_case(dtypes: tuple[torch.dtype, ...], device: str, S: int) -> list[AttentionCase]:
@@ -137,9 +226,11 @@ def randn(shape: tuple[int, ...], dtype: torch.dtype, device: str, g: torch.Gene
 
 
 def attention_inputs(case: AttentionCase, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K, V of ``case`` drawn from ``seed``."""
+    """Q, K, V of ``case`` drawn from ``seed``, laid out as ``case.layout`` says (the same values either way)."""
     g = generator(seed)
     q = randn((case.B, case.Hq, case.Sq, case.D), case.dtype, case.device, g)
     k = randn((case.B, case.Hk, case.Sk, case.D), case.dtype, case.device, g)
     v = randn((case.B, case.Hk, case.Sk, case.D), case.dtype, case.device, g)
+    if case.layout == "bshd":  # [B, S, H, D] storage, seen as [B, H, S, D]
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     return q, k, v

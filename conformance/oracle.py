@@ -24,17 +24,18 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def visibility(Sq: int, Sk: int, causal: CausalVariant | None,
-               device: torch.device | str = "cpu") -> torch.Tensor | None:
+               device: torch.device | str = "cpu", rows: range | None = None) -> torch.Tensor | None:
     """``[Sq, Sk]`` bool, True where key j is visible to query i (SPEC ATT-3); None when all are visible.
 
     Written from the clause, independently of ``implementations.base.causal_offset``: a shared helper would
     let one bug hide in both the oracle and the backends.
 
-    top_left: ``j <= i``; bottom_right: ``j <= i + Sk - Sq``.
+    top_left: ``j <= i``; bottom_right: ``j <= i + Sk - Sq``. ``rows`` selects query rows (a chunk of the
+    Sq rows; all of them when None).
     """
     if causal is None:
         return None
-    i = torch.arange(Sq, device=device)[:, None]
+    i = torch.as_tensor(rows if rows is not None else range(Sq), device=device)[:, None]
     j = torch.arange(Sk, device=device)[None, :]
     offset = 0 if causal == "top_left" else Sk - Sq
     return j <= i + offset
@@ -54,8 +55,12 @@ def attention(
     scale: float,
     compute: torch.dtype,
     naive: bool = True,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out = softmax(scale QKᵀ + mask) V`` and ``lse`` computed in ``compute`` dtype, differentiably.
+
+    ``rows = (first, Sq)`` says ``q`` holds query rows ``first, first + 1, ...`` of a problem of ``Sq`` rows
+    (for the causal mask of a chunk); None: ``q`` holds every row.
 
     Low-precision ``compute`` runs the matrix products in that dtype and the softmax in float32. The
     ``naive`` form scales Q before the product (as FlashAttention's reference does) and sums over the head
@@ -66,7 +71,8 @@ def attention(
     soft = torch.float32 if compute in LOW_PRECISION else compute
     qc, kc, vc = (x.to(compute) for x in (q, k, v))
     kc, vc = _expand_kv(kc, q.shape[1]), _expand_kv(vc, q.shape[1])
-    visible = visibility(q.shape[2], k.shape[2], causal, q.device)
+    first, Sq = rows if rows is not None else (0, q.shape[2])
+    visible = visibility(Sq, k.shape[2], causal, q.device, range(first, first + q.shape[2]))
     if naive:
         qc, kc = (qc * scale).flip(-1), kc.flip(-1).flip(-2)
         vc = vc.flip(-2)
@@ -87,11 +93,39 @@ def attention(
     return out, lse
 
 
+#: score-matrix elements (B·Hq·Sq·Sk) up to which the oracle runs on the CPU; larger problems run in float64
+#: on the inputs' device (production sizes on a GPU), still exact to float64 rounding
+CPU_ORACLE_ELEMENTS = 1 << 24
+#: score-matrix elements of one chunk of query rows (1 GiB in float64), bounding the oracle's memory
+CHUNK_ELEMENTS = 1 << 27
+
+
+def oracle_device(q: torch.Tensor, k: torch.Tensor) -> torch.device:
+    """Where the float64 oracle runs: the CPU, or the inputs' device for problems above CPU_ORACLE_ELEMENTS."""
+    elements = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    return torch.device("cpu") if elements <= CPU_ORACLE_ELEMENTS else q.device
+
+
+def _row_chunks(q: torch.Tensor, k: torch.Tensor) -> list[tuple[int, int]]:
+    """``(first, stop)`` query-row ranges whose score matrices hold at most CHUNK_ELEMENTS elements."""
+    Sq = q.shape[2]
+    step = max(1, CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2]))
+    return [(i, min(i + step, Sq)) for i in range(0, Sq, step)]
+
+
 def oracle_attention(q, k, v, *, causal, scale) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-    """The float64 CPU oracle of forward attention."""
+    """The float64 oracle of forward attention, on the CPU (or, for large problems, on the inputs' device), in
+    chunks of query rows; returned on the CPU."""
+    dev = oracle_device(q, k)
+    kd, vd = k.to(dev), v.to(dev)
+    outs, lses = [], []
     with torch.no_grad():
-        return attention(q.cpu(), k.cpu(), v.cpu(), causal=causal, scale=scale, compute=torch.float64,
-                         naive=False)
+        for first, stop in _row_chunks(q, k):
+            out, lse = attention(q[:, :, first:stop].to(dev), kd, vd, causal=causal, scale=scale,
+                                 compute=torch.float64, naive=False, rows=(first, q.shape[2]))
+            outs.append(out.cpu())
+            lses.append(lse.cpu())
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
 def attention_grads(
@@ -114,9 +148,21 @@ def attention_grads(
 
 
 def oracle_grads(q, k, v, dout, *, causal, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
-    """The float64 CPU oracle of the attention gradients (GRAD-1)."""
-    return attention_grads(q.cpu(), k.cpu(), v.cpu(), dout.cpu(), causal=causal, scale=scale,
-                           compute=torch.float64, naive=False)
+    """The float64 oracle of the attention gradients (GRAD-1), by autograd, where :func:`oracle_attention`
+    runs, in chunks of query rows: a chunk's rows give its dq rows and add their share to dk and dv."""
+    dev = oracle_device(q, k)
+    kd, vd = (x.detach().to(dev, torch.float64).requires_grad_() for x in (k, v))
+    dqs, dk, dv = [], torch.zeros_like(kd), torch.zeros_like(vd)
+    for first, stop in _row_chunks(q, k):
+        qc = q[:, :, first:stop].detach().to(dev, torch.float64).requires_grad_()
+        with torch.enable_grad():
+            out, _ = attention(qc, kd, vd, causal=causal, scale=scale, compute=torch.float64, naive=False,
+                               rows=(first, q.shape[2]))
+            gq, gk, gv = torch.autograd.grad(out, (qc, kd, vd), dout[:, :, first:stop].to(dev, torch.float64))
+        dqs.append(gq.cpu())
+        dk += gk
+        dv += gv
+    return torch.cat(dqs, dim=2), dk.cpu(), dv.cpu()
 
 
 def softmax_stats(x: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

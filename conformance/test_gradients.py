@@ -21,7 +21,7 @@ def _grad1(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
         plain = [c for c in plain if c.Sq * c.Sk <= 1 << 18]
     causal = C.small_attention(b, device, quick, backward=True, causal_variants=("top_left", "bottom_right"),
                                seqs=((113, 203), (203, 113), (128, 128)), D=59, every_dtype=False)
-    return plain + causal
+    return plain + causal + C.production_attention(b, device, quick, backward=True)
 
 
 @clause("GRAD-1")
@@ -142,7 +142,7 @@ def _masked(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
 
 
 @clause("GRAD-5")
-@cases("attention_backward", _masked)
+@cases("attention_backward", _masked, premise=C.has_masked_rows)
 def test_masked_rows_backward(trial: Trial) -> None:
     """Fully masked rows give dq = 0 on those rows and no NaN in dq, dk, dv.
 

@@ -60,11 +60,16 @@ def unsupported(reason: str) -> NoReturn:
     raise Unsupported(reason)
 
 
-def cases(op: str, make: Callable[[BackendLike, str, bool], list[Case]]) -> Callable[[F], F]:
-    """Declare that a test runs operation ``op`` on the cases ``make(backend, device, quick)`` returns."""
+def cases(op: str, make: Callable[[BackendLike, str, bool], list[Case]],
+          premise: Callable[[Case], bool] | None = None) -> Callable[[F], F]:
+    """Declare that a test runs operation ``op`` on the cases ``make(backend, device, quick)`` returns.
+
+    ``premise`` is what every case of the clause must have (fully masked rows need Sq > Sk, say): a case fitted
+    to a backend's declared limits (``conformance.cases.reach``) is kept only when it still has it.
+    """
 
     def mark(fn: F) -> F:
-        fn.__attnspec_cases__ = (op, make)  # type: ignore[attr-defined]
+        fn.__attnspec_cases__ = (op, make, premise)  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -213,6 +218,8 @@ class Trial:
     clause: str
     id: str
     seed: int = 0
+    #: whether any case of this clause fits the backend's declared limits
+    reachable: bool = True
     comparisons: list[Comparison] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 

@@ -63,8 +63,18 @@ class Capabilities:
     #: inclusive range of head dims, and a multiple they must be of
     head_dims: tuple[int, int] = (1, 256)
     head_dim_multiple: int = 1
+    #: the only head dims accepted, where a kernel is built per head dim (empty: every one in the range)
+    head_dim_set: tuple[int, ...] = ()
     #: longest Sq or Sk the backend accepts (None: no limit)
     max_seq_len: int | None = None
+    #: Sq and Sk must be multiples of this (kernels without ragged-edge masking)
+    seq_len_multiple: int = 1
+    #: Sq must equal Sk (self-attention only)
+    equal_seq_lens: bool = False
+    #: largest batch B accepted (None: no limit)
+    max_batch: int | None = None
+    #: Q, K, V must be contiguous (a strided view is refused with a message saying so)
+    contiguous_only: bool = False
     #: causal variants supported by name (SPEC ATT-3), and what ``causal=True`` means
     causal: tuple[CausalVariant, ...] = CAUSAL_VARIANTS
     causal_default: CausalVariant = "top_left"
@@ -101,7 +111,12 @@ class Capabilities:
             "backward_dtypes": names(self.backward_dtypes),
             "head_dims": f"{self.head_dims[0]}..{self.head_dims[1]}"
             + (f" (multiple of {self.head_dim_multiple})" if self.head_dim_multiple > 1 else ""),
+            "head_dim_set": list(self.head_dim_set),
             "max_seq_len": self.max_seq_len,
+            "seq_len_multiple": self.seq_len_multiple,
+            "equal_seq_lens": self.equal_seq_lens,
+            "max_batch": self.max_batch,
+            "contiguous_only": self.contiguous_only,
             "causal": list(self.causal),
             "causal_default": self.causal_default,
             "gqa": self.gqa,
@@ -120,7 +135,12 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class AttentionCase:
-    """One attention problem: shapes as in SPEC.md, ``causal`` None or a variant name."""
+    """One attention problem: shapes as in SPEC.md, ``causal`` None or a variant name.
+
+    ``layout`` is how the inputs lie in memory: ``"bhsd"`` contiguous ``[B, H, S, D]``, or ``"bshd"``: storage
+    ``[B, S, H, D]`` (the layout projections produce) seen through a transposed, non-contiguous
+    ``[B, H, S, D]`` view, as real callers pass it.
+    """
 
     B: int
     Hq: int
@@ -132,14 +152,16 @@ class AttentionCase:
     device: str
     causal: CausalVariant | None = None
     tiles: tuple[int, int] | None = None
+    layout: Literal["bhsd", "bshd"] = "bhsd"
 
     @property
     def label(self) -> str:
-        """The shape part of a test id, e.g. ``B2H4-113x203-D59-causal_br``."""
+        """The shape part of a test id, e.g. ``B2H4-113x203-D59-causal_br`` (``-bshd`` for strided inputs)."""
         heads = f"H{self.Hq}" if self.Hk == self.Hq else f"H{self.Hq}k{self.Hk}"
         causal = {None: "", "top_left": "-causal_tl", "bottom_right": "-causal_br"}[self.causal]
         tiles = f"-tile{self.tiles[0]}x{self.tiles[1]}" if self.tiles else ""
-        return f"B{self.B}{heads}-{self.Sq}x{self.Sk}-D{self.D}{causal}{tiles}"
+        layout = "" if self.layout == "bhsd" else f"-{self.layout}"
+        return f"B{self.B}{heads}-{self.Sq}x{self.Sk}-D{self.D}{causal}{tiles}{layout}"
 
 
 @dataclass(frozen=True)
@@ -254,9 +276,20 @@ def generic_not_supported_reasons(backend: BackendLike, op: str, case: Case) -> 
             reasons.append(f"head dim {case.D} outside the declared range {lo}..{hi}")
         elif case.D % caps.head_dim_multiple:
             reasons.append(f"head dim {case.D} is not a multiple of {caps.head_dim_multiple}")
+        elif caps.head_dim_set and case.D not in caps.head_dim_set:
+            reasons.append(f"head dim {case.D} is not one of the declared {list(caps.head_dim_set)}")
         if caps.max_seq_len is not None and max(case.Sq, case.Sk) > caps.max_seq_len:
             reasons.append(f"sequence length {max(case.Sq, case.Sk)} above the declared maximum "
                            f"{caps.max_seq_len}")
+        if case.Sq % caps.seq_len_multiple or case.Sk % caps.seq_len_multiple:
+            reasons.append(f"sequence lengths {case.Sq}x{case.Sk} are not multiples of the declared "
+                           f"{caps.seq_len_multiple}")
+        if caps.equal_seq_lens and case.Sq != case.Sk:
+            reasons.append(f"Sq={case.Sq} != Sk={case.Sk} (declared: equal lengths only)")
+        if caps.max_batch is not None and case.B > caps.max_batch:
+            reasons.append(f"batch {case.B} above the declared maximum {caps.max_batch}")
+        if caps.contiguous_only and case.layout != "bhsd":
+            reasons.append(f"{case.layout} (non-contiguous) inputs not supported (declared contiguous_only)")
         if case.causal is not None and case.causal not in caps.causal:
             reasons.append(f"causal variant {case.causal} not supported (declared: {list(caps.causal)})")
         if case.Hk != case.Hq and not caps.gqa:

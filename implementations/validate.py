@@ -83,10 +83,17 @@ def attention_args(
     _require(lo <= D <= hi and D % caps.head_dim_multiple == 0,
              f"head dim D={D} is not supported (supported: {lo}..{hi}"
              + (f", multiple of {caps.head_dim_multiple})" if caps.head_dim_multiple > 1 else ")"))
+    _require(not caps.head_dim_set or D in caps.head_dim_set,
+             f"head dim D={D} is not supported (supported: {list(caps.head_dim_set)})")
     if caps.max_seq_len is not None:
         _require(max(Sq, Sk) <= caps.max_seq_len,
                  f"sequence length {max(Sq, Sk)} exceeds the supported maximum {caps.max_seq_len}")
-    if contiguous:
+    _require(Sq % caps.seq_len_multiple == 0 and Sk % caps.seq_len_multiple == 0,
+             f"sequence lengths Sq={Sq}, Sk={Sk} must be multiples of {caps.seq_len_multiple}")
+    _require(not caps.equal_seq_lens or Sq == Sk, f"sequence lengths must be equal, got Sq={Sq}, Sk={Sk}")
+    _require(caps.max_batch is None or B <= caps.max_batch,
+             f"batch B={B} exceeds the supported maximum {caps.max_batch}")
+    if contiguous or caps.contiguous_only:
         for n, x in (("q", q), ("k", k), ("v", v)):
             _require(x.is_contiguous(), f"{n} must be contiguous (got strides {x.stride()})")
     if tiles is not None:

@@ -1,0 +1,28 @@
+"""Backends whose declared shape limits keep most of the standard cases out (``--backend tests.limited_backends:NAME``).
+
+``square128``: the defect-free ``Control`` backend of tests/mutants.py declaring what many real kernels
+require: square problems (Sq = Sk) whose lengths are multiples of 128, head dims 64 and 128 only, and
+contiguous inputs. Every clause must still reach it with fitted cases (conformance.cases.reach).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from implementations import validate
+from tests.mutants import Control
+
+LIMITS = {"seq_len_multiple": 128, "equal_seq_lens": True, "head_dim_set": (64, 128), "contiguous_only": True}
+
+
+class Square128(Control):
+    name = "square128"
+    capabilities = dataclasses.replace(Control.capabilities, **LIMITS)
+
+    def attention(self, q, k, v, *, causal=None, scale=None, tiles=None):  # noqa: ANN001, ANN201
+        validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale, tiles=tiles)
+        return super().attention(q, k, v, causal=causal, scale=scale, tiles=tiles)
+
+
+def square128() -> Square128:
+    return Square128()
