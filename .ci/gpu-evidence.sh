@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
 # The GPU evidence in one command, run from the repository root on a GPU machine:
 #   bash .ci/gpu-evidence.sh [OUTDIR]        (default reports/gpu)
-# writes OUTDIR/conformance.jsonl (GPU backends, quick matrix), OUTDIR/bench.json and bench-rows.json,
-# OUTDIR/asv/ (asv results for the current commit) and OUTDIR/report/ (the HTML report of all three), each
-# carrying device, versions and commit. Works without installing the project (PYTHONPATH) and without a
-# package registry: missing asv packages come from Python 3.12 wheels in .whl/, fetched beforehand with
+# OUTDIR receives data only, each file carrying device, versions and commit: conformance.jsonl (GPU backends,
+# quick matrix), bench.json (attention with the memory sweep) and bench-rows.json (KD, softmax statistics,
+# reduction), asv/ (asv results for the current commit), and with the opt-in step "kernels" kernels/ (the
+# kernel tools' sweeps, benchmarks/kernel_tools). At the end .ci/pack_evidence.py stores them compact.
+# Each backend x chapter's conformance log goes to ATTNSPEC_LOG_DIR
+# (default ${TMPDIR:-/tmp}/attnspec-gpu-logs), packed into one file, ATTNSPEC_LOG_DIR.tar.gz, per run; the
+# step "report" builds the HTML pages into ATTNSPEC_REPORT_DIR (default ${TMPDIR:-/tmp}/attnspec-gpu-report).
+# Neither goes into OUTDIR.
+# Works without installing the project (PYTHONPATH) and without a package registry: missing asv packages
+# come from Python 3.12 wheels in .whl/, fetched beforehand with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 -d .whl asv==0.6.6 asv_runner==0.3.2 json5 pympler virtualenv distlib \
 #     platformdirs python-discovery packaging zipp 'importlib_metadata==8.7.0'
 # (importlib_metadata 10 needs lazy_importer, which is not there), and a checkout copied without its git
 # history is given one from .whl/repo.bundle (`git bundle create .whl/repo.bundle HEAD`).
 # Every step has a time limit and writes as it goes, so a step that runs out leaves what it measured. The
-# default limits (conformance 170 s, attention bench 150 s, row bench 120 s, asv 130 s, report 60 s) keep the
-# whole run within a 10-minute call; on the H200 (f840424) conformance took 127 s and the attention bench
-# 121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded afresh each time), so it
-# tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
-# ATTNSPEC_STEPS picks steps (default: all of "conformance bench rows asv report"), so the evidence can be
-# gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations benchmarked,
-# ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv parametrises.
-# OUTDIR holds some 40 files (one log per backend x chapter): on a machine that hands back a limited number of
-# files, write OUTDIR outside the returned folder and return it packed (`tar czf ... -C OUTDIR .`).
+# default limits (conformance 170 s, attention bench 150 s, row bench 120 s, asv 130 s, report 60 s, kernel
+# tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
+# the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
+# afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
+# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels" is opt-in), so the
+# evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
+# benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv
+# parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-reports/gpu}"
-mkdir -p "$out"
+logs="${ATTNSPEC_LOG_DIR:-${TMPDIR:-/tmp}/attnspec-gpu-logs}"
+report_dir="${ATTNSPEC_REPORT_DIR:-${TMPDIR:-/tmp}/attnspec-gpu-report}"
+mkdir -p "$out" "$logs"
 python="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 backends="${ATTNSPEC_GPU_BACKENDS:-torch-flash torch-efficient torch-cudnn torch-math triton cupy}"
@@ -68,7 +75,7 @@ if wants conformance; then
             OMP_NUM_THREADS="${ATTNSPEC_CONFORMANCE_THREADS:-1}" timeout --signal=INT --kill-after=20 \
                 "${ATTNSPEC_CONFORMANCE_SECONDS:-170}" "$python" -m conformance.cli conformance --quick \
                 --device "${ATTNSPEC_DEVICE:-cuda}" --case-timeout 120 --backend "$b" -k "$c" \
-                --results "$out/conformance-$b-$c.jsonl" > "$out/conformance-$b-$c.log" 2>&1 &
+                --results "$logs/conformance-$b-$c.jsonl" > "$logs/conformance-$b-$c.log" 2>&1 &
         done
     done
     wait
@@ -76,9 +83,9 @@ if wants conformance; then
     : > "$out/conformance.jsonl"
     for b in $backends; do
         for c in $chapters; do
-            cat "$out/conformance-$b-$c.jsonl" >> "$out/conformance.jsonl" 2>/dev/null \
-                && rm -f "$out/conformance-$b-$c.jsonl"
-            echo "-- $b $c: $(grep -E '^\[1/1\]' "$out/conformance-$b-$c.log" | head -1)"
+            cat "$logs/conformance-$b-$c.jsonl" >> "$out/conformance.jsonl" 2>/dev/null \
+                && rm -f "$logs/conformance-$b-$c.jsonl"
+            echo "-- $b $c: $(grep -E '^\[1/1\]' "$logs/conformance-$b-$c.log" | head -1)"
         done
     done
 fi
@@ -94,7 +101,17 @@ wants asv && step asv "${ATTNSPEC_ASV_SECONDS:-130}" bash -c "'$python' -m asv m
     ASV_PYTHONPATH='$PWD' '$python' -m asv run --quick --machine h200 -E 'existing:$python' \
     --set-commit-hash '$ATTNSPEC_COMMIT' --bench '${ATTNSPEC_ASV_BENCH:-^asv_suite\.(AttentionForward\.track_tflops|ReduceSum\.track_gbps)}' && \
     mkdir -p '$out/asv' && cp -r .asv/results/h200 '$out/asv/' && cp .asv/results/benchmarks.json '$out/asv/'"
+# Kernel tools (opt-in): the Triton and CuPy kernels' launch-config sweeps below the backend contract.
+if wants kernels; then
+    mkdir -p "$out/kernels"
+    step kernels-triton "${ATTNSPEC_KERNELS_SECONDS:-240}" "$python" -m benchmarks.kernel_tools.bench_triton \
+        --out "$out/kernels/bench_triton.json"
+    step kernels-cupy "${ATTNSPEC_KERNELS_SECONDS:-240}" "$python" -m benchmarks.kernel_tools.bench_cupy \
+        --out "$out/kernels/bench_cupy.json"
+fi
+"$python" .ci/pack_evidence.py "$out"
 report_inputs=()
 for f in bench.json bench-rows.json; do [ -f "$out/$f" ] && report_inputs+=("$out/$f"); done
-wants report && step report 60 "$python" -m reports.build --conformance "$out/conformance.jsonl" \
-    --bench "${report_inputs[@]}" --asv "$out/asv" --label H200 --output "$out/report"
+wants report && step report 60 "$python" -m conformance.cli report --conformance "$out/conformance.jsonl" \
+    --bench "${report_inputs[@]}" --asv "$out/asv" --label H200 --output "$report_dir"
+tar czf "$logs.tar.gz" -C "$logs" . && echo "== logs: $logs.tar.gz; evidence: $out; report: $report_dir"

@@ -1,7 +1,7 @@
 """Benchmarks of the cupy backend against torch on one GPU; prints a table and writes JSON.
 
 Usage, from the repository root on a GPU machine with CuPy:
-    python3 -m benchmarks.kernel_tools.bench_cupy --out DIR [--sections fwd,bwd,sweep,kd,reduce,stats]
+    python3 -m benchmarks.kernel_tools.bench_cupy --out FILE [--sections fwd,bwd,sweep,kd,reduce,stats]
 
 Every timing is the median of ``triton.testing.do_bench`` (CUDA events) on fresh random inputs, after warm-up
 (compilation and autotuning stay outside the timed region). Rates:
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import traceback
 from collections.abc import Callable
 from functools import partial
@@ -197,7 +196,7 @@ SECTIONS: dict[str, Callable[[CupyBackend, list[dict]], None]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json")
+    parser.add_argument("--out", type=Path, default=Path("bench_cupy.json"), help="the JSON file written")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     args = parser.parse_args()
     from implementations.cupy import backends  # needs CuPy and a GPU: imported after --help is answered
@@ -212,8 +211,8 @@ def main() -> None:
         except Exception:  # one failing section must not lose the others' numbers
             result["errors"][name] = traceback.format_exc(limit=4)
         torch.cuda.empty_cache()
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "bench.json").write_text(json.dumps(result, indent=1))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
     for row in result["rows"]:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     for name, err in result["errors"].items():

@@ -1,7 +1,7 @@
 """Host time of the CuPy launch path, and what the reduction's timing is made of, on one GPU.
 
 Run from the repository root on a GPU machine with CuPy: ``python3 -m benchmarks.kernel_tools.launch_cupy
---out DIR``; prints and writes ``DIR/launch_cupy.json``. Host times are ``perf_counter`` microseconds per call
+--out FILE``; prints and writes the JSON. Host times are ``perf_counter`` microseconds per call
 over a loop of calls without synchronisation (what a launch costs the CPU: stream handles, DLPack views,
 context entry). GPU times of the cupy and triton reductions and ``torch.sum`` at 2^24, 2^26 and 2^28 floats
 are the harness's ``cuda_timing`` (eager, then CUDA-graph replay, which removes host time) and
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ def host_us(fn: Callable[[], object], n: int = 2000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")), help="folder for the JSON")
+    parser.add_argument("--out", type=Path, default=Path("launch_cupy.json"), help="the JSON file written")
     args = parser.parse_args()
     import cupy  # needs CuPy and a GPU: imported after --help is answered
     from triton.testing import do_bench
@@ -79,8 +78,8 @@ def main() -> None:
             r[f"{name}_do_bench_ms"] = do_bench(fn)
         res[f"n2^{n}"] = r
     print(json.dumps(res, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "launch_cupy.json").write_text(json.dumps(res, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

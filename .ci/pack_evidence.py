@@ -1,0 +1,75 @@
+"""Store a GPU evidence folder as compact data: ``python .ci/pack_evidence.py OUTDIR``.
+
+What it rewrites, losing no result:
+- ``conformance.jsonl``: a ``start`` record is dropped where the same run records that case's result later
+  (the result repeats every field of the start); a start with no result stays, since readers count it as the
+  case interrupted. Records are written compact, one per line; a line that is not a JSON object stays as it is.
+- every ``*.json`` directly in OUTDIR (the ``attnspec bench`` files): the same value, written compact.
+asv results (``OUTDIR/asv/``) are left as asv wrote them. Prints each file's size before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+def _record(line: str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def pack_conformance_lines(lines: list[str]) -> list[str]:
+    """The lines of a conformance JSON-lines file without the start records that a later result answers."""
+    records = [_record(line) for line in lines]
+    answered: set[int] = set()
+    open_starts: dict[tuple[str, str], int] = {}
+    for index, rec in enumerate(records):
+        kind = rec.get("kind") if rec is not None else None
+        if kind in ("run", "resume"):
+            open_starts.clear()  # a start left open when its run ended was interrupted: keep it
+        elif kind == "start":
+            open_starts[(str(rec.get("id")), str(rec.get("backend")))] = index
+        elif kind == "case":
+            start = open_starts.pop((str(rec.get("id")), str(rec.get("backend"))), None)
+            if start is not None:
+                answered.add(start)
+    packed = []
+    for index, (line, rec) in enumerate(zip(lines, records)):
+        if index in answered:
+            continue
+        packed.append(json.dumps(rec, **COMPACT) if rec is not None else line)
+    return packed
+
+
+def pack(folder: Path) -> None:
+    """Rewrite ``folder``'s conformance lines and bench files compact (see the module docstring)."""
+    conformance = folder / "conformance.jsonl"
+    targets = [conformance] if conformance.is_file() else []
+    targets += sorted(p for p in folder.glob("*.json") if p.is_file())
+    for path in targets:
+        before = path.stat().st_size
+        text = path.read_text(encoding="utf-8")
+        if path == conformance:
+            lines = [line for line in text.splitlines() if line.strip()]
+            text = "".join(line + "\n" for line in pack_conformance_lines(lines))
+        else:
+            try:
+                text = json.dumps(json.loads(text), **COMPACT) + "\n"
+            except json.JSONDecodeError:
+                print(f"{path}: not JSON, left as it is")
+                continue
+        path.write_text(text, encoding="utf-8")
+        print(f"{path}: {before} -> {path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit(__doc__.splitlines()[0])
+    pack(Path(sys.argv[1]))
