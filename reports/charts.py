@@ -1,8 +1,8 @@
 """The report's figures, drawn with matplotlib (Agg) and returned as inline SVG markup.
 
 Text in the SVG is real ``<text>`` (``svg.fonttype = "none"``) so it stays small and selectable; matplotlib
-escapes it as XML, so names that came from a backend are safe to inline. ``$`` is escaped before drawing
-so a name is never read as mathtext.
+escapes it as XML, so names that came from a backend are safe to inline. Every text drawn (titles, axis
+labels, tick labels, legends) goes through :func:`plain`, so a ``$`` never starts mathtext.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def plain_log_ticks(axis: Axis, base: float = 10) -> None:
 PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
 LIMIT_COLOR = "#555555"
+#: the highest axis limit drawn (a margin above a value near the float maximum would overflow to inf)
+LARGEST = 1e300
 
 
 @dataclass
@@ -68,11 +70,12 @@ class Series:
 
 @dataclass
 class Strip:
-    """The precision scores of one backend and dtype: their ratios and whether each case passed."""
+    """The precision scores of one backend and dtype: their ratios and whether each case's status is bad
+    (``Status.bad``: drawn as a failure)."""
 
     label: str
     ratios: list[float]
-    passed: list[bool]
+    bad: list[bool]
     color: str | None = None
 
 
@@ -98,6 +101,13 @@ def plain(text: str) -> str:
     """``text`` as matplotlib should show it: no mathtext, and not hidden from legends by a leading ``_``."""
     text = text.replace("$", r"\$")
     return "\u200b" + text if text.startswith("_") else text
+
+
+def spans_decades(values: Sequence[float], decades: float = 1.0) -> bool:
+    """Whether positive ``values`` span more than ``decades`` powers of ten (then a log axis shows them all;
+    a linear one puts the small ones on the zero line)."""
+    positive = [v for v in values if v > 0]
+    return bool(positive) and max(positive) > min(positive) * 10 ** decades
 
 
 def palette(names: Sequence[str]) -> dict[str, str]:
@@ -132,6 +142,13 @@ def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
             ax.plot(s.x, s.y, linewidth=1.6, **kw)
     for y, label in panel.hlines:
         ax.axhline(y, color=LIMIT_COLOR, linestyle="--", linewidth=1.1, label=plain(label))
+    _decorate(ax, panel)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _decorate(ax: Axes, panel: Panel) -> None:
+    """Slope guides, scales, ticks and labels of a panel."""
     firsts = [(s.x[0], s.y[0]) for s in panel.series if len(s.x) and s.y[0] and s.y[0] > 0]
     if panel.slopes and firsts:
         x0, y0 = min(firsts, key=lambda p: p[1])
@@ -140,7 +157,7 @@ def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
         for k, dash in zip(panel.slopes, (":", "-.", "--")):
             ax.plot(xs, y0 / 3 * (xs / x0) ** k, linestyle=dash, color="#8c959f", linewidth=1, label=f"slope {k:g}")
     if panel.xticklabels is not None:
-        ax.set_xticks(range(len(panel.xticklabels)), panel.xticklabels, rotation=30, ha="right")
+        ax.set_xticks(range(len(panel.xticklabels)), [plain(t) for t in panel.xticklabels], rotation=30, ha="right")
     if panel.logx:
         ax.set_xscale("log", base=2)
     if panel.logy:
@@ -150,10 +167,8 @@ def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
     if panel.logy:
         plain_log_ticks(ax.yaxis)
     ax.set_title(plain(panel.title))
-    ax.set_xlabel(panel.xlabel)
-    ax.set_ylabel(panel.ylabel)
-    if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel(plain(panel.xlabel))
+    ax.set_ylabel(plain(panel.ylabel))
 
 
 def line_chart(panels: list[Panel], *, width: float = 4.6, height: float = 3.0) -> Markup:
@@ -184,7 +199,7 @@ def precision_chart(facets: list[tuple[float, list[Strip]]]) -> Markup:
                        whiskerprops={"color": "#777777"}, capprops={"color": "#777777"})
             for i, (s, ys) in enumerate(zip(strips, data)):
                 xs = i + rng.uniform(-0.18, 0.18, len(ys))
-                ok = np.asarray(s.passed, dtype=bool)
+                ok = ~np.asarray(s.bad, dtype=bool)
                 ax.scatter(xs[ok], ys[ok], s=10, alpha=0.6, color=s.color or PASS_COLOR, zorder=3)
                 ax.scatter(xs[~ok], ys[~ok], s=22, marker="x", color=FAIL_COLOR, zorder=4)
             ax.axhline(mult, color=FAIL_COLOR, linestyle="--", linewidth=1.1)
@@ -193,7 +208,7 @@ def precision_chart(facets: list[tuple[float, list[Strip]]]) -> Markup:
             ax.set_yscale("log")
             low = min(float(d.min()) for d in data if len(d))
             high = max([mult, *(float(d.max()) for d in data if len(d))])
-            ax.set_ylim(low / 1.6, high * 1.6)
+            ax.set_ylim(low / 1.6, min(high * 1.6, LARGEST))
             plain_log_ticks(ax.yaxis)
             ax.set_xticks(range(len(strips)), [plain(s.label) for s in strips], rotation=25, ha="right")
             ax.set_ylabel("err / ref_err")

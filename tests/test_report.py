@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from reports import build
-from reports.build import ClauseText, Spec, build_site
-from reports.load import INTERRUPTED_REASON, load_asv, load_bench, load_conformance, result_sets
+from reports.asv import load_asv
+from reports.cases import INTERRUPTED_REASON, load_conformance
+from reports.load import result_sets
+from reports.site import build_site, environment
+from reports.spec import ClauseText, Spec
+from reports.timings import load_bench
 
 EVIL = "<script>alert(1)</script>"
 
@@ -394,7 +398,7 @@ def test_rerun_replaces_earlier_result(tmp_path: Path) -> None:
                                                                     "backend": "torch"}, again])
     conf = load_conformance(path)
     assert conf.runs == 2
-    assert [c["reason"] for c in conf.cases if c["id"] == again["id"]] == ["second run"]
+    assert [c.reason for c in conf.cases if c.id == again["id"]] == ["second run"]
 
 
 def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -408,5 +412,5 @@ def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_templates_autoescape() -> None:
-    env = build.environment()
+    env = environment()
     assert env.from_string("{{ x }}").render(x=EVIL) == "&lt;script&gt;alert(1)&lt;/script&gt;"

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from reports.build import build_site
-from reports.load import load_asv, result_sets
+from reports.asv import load_asv
+from reports.load import result_sets
+from reports.site import build_site
 from tests.test_report import EVIL, GPU_PROVENANCE, SPEC, bench_data, conformance_records, write_asv, write_jsonl
 
 CHROMIUM = Path(os.environ.get("ATTNSPEC_CHROMIUM", "/usr/bin/chromium"))
