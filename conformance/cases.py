@@ -45,6 +45,15 @@ PRODUCTION_FORWARD: dict[tuple[str, bool], tuple[tuple[int, int, int], ...]] = {
     ("cuda", False): ((8192, 8192, 64), (8192, 8192, 128), (8192, 8192, 256), (256, 65600, 64),
                       (256, 65600, 128)),
 }
+#: production sizes ``(rows, cols)`` of the row operations per device (quick and full alike: each is one
+#: pass over memory): KD vocabularies past 2^17 (odd), softmax rows past 2^16, reductions over 2^24 and an odd
+#: n past it on a GPU (past 2^16 on the CPU), scans longer than one block of a kernel
+PRODUCTION_ROWS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
+    "kd_loss": {"cpu": ((2, 131073),), "cuda": ((64, 131072), (8, 262147))},
+    "softmax_stats": {"cpu": ((2, 65537),), "cuda": ((64, 131072), (4, 262147))},
+    "reduce_sum": {"cpu": ((1, 65537),), "cuda": ((1, 1 << 24), (1, (1 << 24) + 1))},
+    "prefix_sum": {"cpu": ((1, 4099),), "cuda": ((1, 4099), (1, (1 << 20) + 3))},
+}
 PRODUCTION_BACKWARD: dict[tuple[str, bool], tuple[tuple[int, int, int], ...]] = {
     ("cpu", True): ((32, 8200, 64),),
     ("cpu", False): ((32, 8200, 64), (16, 65600, 128)),
@@ -182,6 +191,12 @@ def reach(backend: BackendLike, op: str, cases: list[Case],
                 reached.append(fitted)
     reached = list(dict.fromkeys(reached))
     return reached, any(not backend.not_supported_reasons(op, c) for c in reached)
+
+
+def production_rows(op: str, dtypes: tuple[torch.dtype, ...], device: str) -> list[RowsCase]:
+    """The production-size ``[rows, cols]`` cases of ``op`` (``PRODUCTION_ROWS``) in the primary declared dtype."""
+    dtype = (dtypes_for(dtypes, device) or [torch.float32])[0]
+    return [RowsCase(r, c, dtype, device) for r, c in PRODUCTION_ROWS[op][device]]
 
 
 def has_masked_rows(case: Case) -> bool:

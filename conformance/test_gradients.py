@@ -36,6 +36,28 @@ def test_gradients_match_oracle(trial: Trial) -> None:
     check_backward(trial, q, k, v, causal=trial.case.causal)
 
 
+BACKWARD_SCALES = (0.3, -0.7)
+
+
+def _scaled(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
+    return C.small_attention(b, device, quick, backward=True, causal_variants=(None, "top_left"),
+                             seqs=((97, 203),), D=59, every_dtype=False)
+
+
+@clause("GRAD-1")
+@cases("attention_backward", _scaled)
+def test_gradients_custom_scale(trial: Trial) -> None:
+    """dq, dk, dv for a custom `scale` (BACKWARD_SCALES, one negative), the same scale given to forward and
+    backward, against the oracle's autograd at that scale.
+
+    Guards against: a backward that recomputes P with 1/sqrt(D) whatever the scale, or drops its sign in dS.
+    """
+    q, k, v = C.attention_inputs(trial.case, trial.seed)
+    for scale in BACKWARD_SCALES:
+        check_backward(trial, q, k, v, causal=trial.case.causal, scale=scale)
+    trial.metrics["scales"] = list(BACKWARD_SCALES)
+
+
 def _grad2(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
     return C.memory_case(b.capabilities.backward_dtypes, device, MEMORY_LENGTHS[device][-1])
 

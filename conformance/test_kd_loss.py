@@ -58,7 +58,8 @@ def _kd1(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
 @cases("kd_loss", _kd1)
 def test_kd_loss_matches_oracle(trial: Trial) -> None:
     """`α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1-α)·CE(s, y)` averaged over rows whose label is not
-    ignore_index (α = 1 without labels), for T in {0.5, 1, 2.5}, α in {1, 0.4}, [N, V] and [B, L, V] inputs.
+    ignore_index (α = 1 without labels, even when another α is passed), for T in {0.5, 1, 2.5}, α in {1, 0.4},
+    [N, V] and [B, L, V] inputs.
 
     Equals `F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, reduction="batchmean") * T²`
     on flattened rows (checked on the oracle in the suite's own tests). Guards against: a missing T²,
@@ -70,14 +71,19 @@ def test_kd_loss_matches_oracle(trial: Trial) -> None:
     for T in (0.5, 1.0, 2.5):
         check_kd(trial, s, t, temperature=T)
         check_kd(trial, s, t, temperature=T, alpha=0.4, labels=labels)
+    check_kd(trial, s, t, temperature=2.0, alpha=0.4)  # no labels: alpha is 1, whatever is passed
     if case.rows % 2 == 0:  # [B, L, V] logits are flattened to rows
         s3, t3 = s.reshape(2, case.rows // 2, case.cols), t.reshape(2, case.rows // 2, case.cols)
         check_kd(trial, s3, t3, temperature=2.0)
         check_kd(trial, s3, t3, temperature=2.0, alpha=0.4, labels=labels.reshape(2, -1))
 
 
+def _kd2(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
+    return _kd1(b, device, quick) + C.production_rows("kd_loss", b.capabilities.kd_dtypes, device)
+
+
 @clause("KD-2")
-@cases("kd_loss", _kd1)
+@cases("kd_loss", _kd2)
 def test_kd_gradient(trial: Trial) -> None:
     """d loss / d s of the KD term is `α·T·(softmax(s/T) - softmax(t/T)) / N_rows` and sums to 0 over V.
 

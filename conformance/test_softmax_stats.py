@@ -19,7 +19,8 @@ BLOCKS = (None, 7, 128, 1000)
 
 def _rows(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
     shapes = [(4, 1), (4, 7), (8, 128), (4, 1000), (3, 4097)] + ([] if quick else [(2, 65536), (1, 262144)])
-    return C.rows_cases(b.capabilities.stats_dtypes, device, shapes)
+    dtypes = b.capabilities.stats_dtypes
+    return C.rows_cases(dtypes, device, shapes) + C.production_rows("softmax_stats", dtypes, device)
 
 
 def _draw_rows(case: RowsCase, g: torch.Generator, spread: float = 3.0) -> torch.Tensor:

@@ -19,10 +19,13 @@ SIZES = (1, 2, 7, 64, 100, 1000, 4097)
 PROCESSORS = (1, 2, 3, 4, 8, 64)
 
 
-def _sizes(sizes: tuple[int, ...], quick: tuple[int, ...] | None = None):  # noqa: ANN202
+def _sizes(sizes: tuple[int, ...], quick: tuple[int, ...] | None = None, production: bool = False):  # noqa: ANN202
+    """Reductions over ``sizes`` (``quick`` in a quick run), plus the production sizes of the device."""
     def make(b: BackendLike, device: str, is_quick: bool) -> list[RowsCase]:
         chosen = quick if (is_quick and quick is not None) else sizes
-        return C.rows_cases(b.capabilities.reduce_dtypes, device, [(1, n) for n in chosen])
+        dtypes = b.capabilities.reduce_dtypes
+        large = C.production_rows("reduce_sum", dtypes, device) if production else []
+        return C.rows_cases(dtypes, device, [(1, n) for n in chosen]) + large
     return make
 
 
@@ -43,7 +46,7 @@ def _schedule(trial: Trial) -> tuple[torch.Tensor, torch.Tensor, sched.Schedule]
 
 
 @clause("WD-0")
-@cases("reduce_sum", _sizes(SIZES))
+@cases("reduce_sum", _sizes(SIZES, production=True))
 def test_model_measures(trial: Trial) -> None:
     """W counts the additions, D the longest dependent chain; every input is counted exactly once, and
     `W >= n - 1`, `ceil(log2 n) <= D <= W` hold for the backend's schedule; the value matches the float64
@@ -81,7 +84,7 @@ def test_declared_schedule_measures(trial: Trial) -> None:
 
 
 @clause("WD-2")
-@cases("reduce_sum", _sizes(SIZES + (65536, 1_000_003), quick=SIZES + (65536,)))
+@cases("reduce_sum", _sizes(SIZES + (65536, 1_000_003), quick=SIZES + (65536,), production=True))
 def test_kernel_follows_schedule(trial: Trial) -> None:
     """The float32 result is bit-identical to the harness evaluating the declared schedule in float32.
 
@@ -156,7 +159,9 @@ def test_merge_tree_depth(trial: Trial) -> None:
 
 
 def _scan(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
-    return C.rows_cases(b.capabilities.reduce_dtypes, device, [(1, n) for n in (1, 7, 64, 1000, 1024)])
+    dtypes = b.capabilities.reduce_dtypes
+    return (C.rows_cases(dtypes, device, [(1, n) for n in (1, 7, 64, 1000, 1024)])
+            + C.production_rows("prefix_sum", dtypes, device))
 
 
 #: WD-5's bounds per declared kind: (W, D) as functions of n (exact for Hillis-Steele and sequential,
