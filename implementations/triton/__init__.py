@@ -1,7 +1,7 @@
 """Triton backend of attnspec: ``backends()`` is the factory registered as ``implementations.triton:backends``.
 
 Kernels: ``attention_fwd``, ``attention_bwd``, ``softmax_stats``, ``kd_loss``, ``reduce``; the backend
-object in ``backend``; training through ``autograd.triton_attention``. Design and GPU figures: NOTES.md.
+object in ``backend``; training through ``autograd.triton_attention``. Design: NOTES.md; GPU figures: reports/gpu/.
 """
 
 from __future__ import annotations
