@@ -1,18 +1,25 @@
 """The asv suite: the quick workload table of benchmarks/workloads.py, per backend, tracked over commits.
 
-One class per operation, ``params`` = backend × workload label (quick GPU table when CUDA is available,
-quick CPU table otherwise; the backends available on this machine). ``setup`` raises
-``NotImplementedError`` (asv: skipped) when the backend does not implement the operation or declares the
-workload unsupported. Benchmarks:
+One class per operation, ``params`` = backend × workload label. Nothing is discovered at import: ``params``
+hold names, and ``setup`` finds the backend (cached per process), raising ``NotImplementedError`` (asv:
+skipped) when it is unavailable here, does not implement the operation, or declares the workload
+unsupported. asv runs every parameter combination in a fresh process, so the default set is sized to
+finish in minutes (docs/benchmarks.md, "asv"):
 
-- ``time_call``: seconds per call (asv's own timing loop; on CUDA each call ends with a synchronize);
-- ``track_tflops`` / ``track_gbps``: the rate at the median of benchmarks/timing.py's timing (with L2 flush
-  on CUDA), TFLOP/s for attention, GB/s over the minimal bytes for the rest;
-- ``peakmem_call``: the process's peak resident memory during a call (host memory, asv's own probe).
+- backends: ``DEFAULT_BACKENDS[device]`` plus each operation's baseline; on the CPU the Triton interpreter
+  is left out (it times NumPy emulating the kernel, not the kernel). ``ATTNSPEC_ASV_BACKENDS="a b ..."``
+  replaces the list (any registered name, e.g. ``triton`` or a plugin's backend);
+- workloads: per operation the largest quick workload (attention: non-causal and causal);
+  ``ATTNSPEC_ASV_FULL=1`` takes the whole quick table;
+- benchmarks: ``time_call`` (seconds per call, asv's own timing loop; on CUDA each call ends with a
+  synchronize); on CUDA (on the CPU with ``ATTNSPEC_ASV_FULL=1``) also ``track_tflops`` / ``track_gbps``
+  (the rate at the median of benchmarks/timing.py's timing, L2 flushed on CUDA; TFLOP/s for attention, GB/s
+  over the minimal bytes for the rest) and ``track_peak_extra_bytes`` (the CUDA allocator's peak extra
+  bytes of one call; ``tracemalloc`` for NumPy backends on the CPU).
 
-``PeakExtraMemory.track_peak_extra_bytes`` tracks the peak extra device memory of one call (the CUDA
-allocator's peak counter, reset per benchmark; ``tracemalloc`` for NumPy backends on the CPU; skipped
-where no probe sees the backend's allocations).
+On the CPU ``time_call`` is single-threaded CPU time (``time.process_time`` with torch's and the BLAS
+thread pools held to one thread): other processes taking the cores slow the wall clock but not the
+process's CPU time, so unchanged code is not flagged on a busy machine.
 
 The correctness gate is not run here (asv times what the installed commit computes); ``attnspec bench``
 and pytest-benchmark gate first. asv collects only ``time_``/``track_``/``peakmem_``/``mem_`` attributes,
@@ -21,34 +28,82 @@ so the other modules of this folder do not add benchmarks (their helpers are nam
 
 from __future__ import annotations
 
+import functools
 import os
+import time
+from collections.abc import Callable
 
 import torch
 
-from benchmarks.bench import BASELINE_ORIGIN, bench_backends, implements, peak_bytes
+from benchmarks.baselines import BASELINES
+from benchmarks.bench import bench_backends, implements, peak_bytes
 from benchmarks.timing import timing_for
-from benchmarks.workloads import OPS, Workload, bind, make_inputs, not_supported, rates, workloads
+from benchmarks.workloads import ATTENTION_OPS, Workload, bind, make_inputs, not_supported, rates, workloads
 from conformance.cases import seed_for
-from implementations.base import BackendLike, dtype_name
+from implementations.base import BackendLike, RegistryEntry, dtype_name
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-_ENTRIES = {e.name: e for e in bench_backends([], OPS, DEVICE)}
-_WORKLOADS: dict[str, dict[str, Workload]] = {
-    op: {f"{w.label}-{dtype_name(w.dtype)}": w for w in workloads(op, DEVICE, quick=True)} for op in OPS}
+#: the backends of the default set per device (each operation's baseline is added to them)
+DEFAULT_BACKENDS: dict[str, tuple[str, ...]] = {
+    "cpu": ("reference", "reference-tiled", "torch"),
+    "cuda": ("torch-flash", "torch-cudnn", "torch-efficient", "triton", "cupy"),
+}
+#: ``ATTNSPEC_ASV_BACKENDS="triton torch.sum ..."`` replaces the default backends
+SELECTED_BACKENDS: tuple[str, ...] = tuple(os.environ.get("ATTNSPEC_ASV_BACKENDS", "").split())
+#: ``ATTNSPEC_ASV_FULL=1``: every quick workload, and the rate and memory benchmarks on the CPU too
+FULL = os.environ.get("ATTNSPEC_ASV_FULL", "").strip().lower() in ("1", "true", "yes", "on")
+#: rates and peak memory are part of the set on CUDA, where they are the figures kernels are judged by
+RATES_AND_MEMORY = FULL or DEVICE == "cuda"
 
 
-def _prepare(backend_name: str, op: str, label: str) -> tuple[BackendLike, Workload, object]:
+def backend_names(op: str) -> list[str]:
+    """The backend parameter of ``op``: the selected (or default) backends and the operation's baseline."""
+    names = list(SELECTED_BACKENDS or DEFAULT_BACKENDS[DEVICE])
+    baseline = BASELINES[(op, DEVICE)]
+    return sorted(names + [baseline] if baseline not in names else names)
+
+
+def workload_table(op: str) -> dict[str, Workload]:
+    """The workload parameter of ``op`` by label: the whole quick table with ``FULL``, else the largest
+    quick workload (for attention the largest of each causal setting)."""
+    table = workloads(op, DEVICE, quick=True)
+    if not FULL:
+        if op in ATTENTION_OPS:
+            groups = [[w for w in table if w.causal is causal] for causal in (False, True)]
+            table = [max(group, key=lambda w: w.flops) for group in groups if group]
+        else:
+            table = [max(table, key=lambda w: w.min_bytes)]
+    return {f"{w.label}-{dtype_name(w.dtype)}": w for w in table}
+
+
+@functools.cache
+def _entry(name: str, op: str) -> RegistryEntry:
+    """The registry entry of backend ``name`` (with ``op``'s baseline beside it); made on first use."""
+    entries = {e.name: e for e in bench_backends([name], [op], DEVICE)}
+    return entries[name]
+
+
+def _prepare(backend_name: str, op: str, label: str) -> tuple[BackendLike, Workload, Callable[[], tuple]]:
     """The backend, workload and bound call of one parameter combination; NotImplementedError skips it."""
-    entry = _ENTRIES[backend_name]
-    assert entry.backend is not None  # params hold available backends only
-    if entry.origin == BASELINE_ORIGIN and not implements(entry, op):
-        raise NotImplementedError(f"{backend_name} is a baseline of another operation")
-    workload = _WORKLOADS[op][label]
+    entry = _entry(backend_name, op)
+    if entry.backend is None:
+        raise NotImplementedError(f"{backend_name} is unavailable here: {entry.unavailable}")
+    if not implements(entry, op):
+        raise NotImplementedError(f"{backend_name} does not implement {op}")
+    workload = workload_table(op)[label]
     reasons = not_supported(entry.backend, workload, DEVICE)
     if reasons:
         raise NotImplementedError("; ".join(reasons))
     seed = seed_for(f"{op}-{label}")
     return entry.backend, workload, bind(entry.backend, workload, make_inputs(workload, DEVICE, seed))
+
+
+def _single_threaded() -> None:
+    """Hold torch's and the BLAS libraries' thread pools to one thread (CPU timing measures CPU time)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 def _synchronize() -> None:
@@ -62,8 +117,17 @@ class _Operation:
     op = ""
     param_names = ["backend", "workload"]
     timeout = 600.0
+    #: asv's timing loop: 2 rounds (separate processes, interleaved across commits by ``asv continuous``),
+    #: 5 to 10 samples of at least 20 ms each per round
+    rounds = 2
+    repeat = (5, 10, 2.0)
+    sample_time = 0.02
+    if DEVICE == "cpu":
+        timer = staticmethod(time.process_time)
 
     def setup(self, backend: str, workload: str) -> None:
+        if DEVICE == "cpu":
+            _single_threaded()
         self.backend, self.workload, self.call = _prepare(backend, self.op, workload)
         self.call()  # warm-up (compilation, autotuning) outside the timed calls
         _synchronize()
@@ -72,43 +136,36 @@ class _Operation:
         self.call()
         _synchronize()
 
-    def peakmem_call(self, backend: str, workload: str) -> None:
-        self.call()
-        _synchronize()
-
     def _rates(self) -> tuple[float | None, float | None]:
         return rates(self.workload, timing_for(self.call, DEVICE, quick=True).median_s)
 
+    if RATES_AND_MEMORY:
+        def track_peak_extra_bytes(self, backend: str, workload: str) -> int | None:
+            """Peak extra memory of one call (None where no probe sees the backend's allocations)."""
+            return peak_bytes(self.call, DEVICE, self.backend)[0]
+
+        track_peak_extra_bytes.unit = "bytes"  # type: ignore[attr-defined]
+        track_peak_extra_bytes.rounds = 1  # type: ignore[attr-defined]  # deterministic per commit
+
 
 class _FlopsOperation(_Operation):
-    def track_tflops(self, backend: str, workload: str) -> float | None:
-        return self._rates()[0]
+    if RATES_AND_MEMORY:
+        def track_tflops(self, backend: str, workload: str) -> float | None:
+            return self._rates()[0]
 
-    track_tflops.unit = "TFLOP/s"  # type: ignore[attr-defined]
+        track_tflops.unit = "TFLOP/s"  # type: ignore[attr-defined]
 
 
 class _BytesOperation(_Operation):
-    def track_gbps(self, backend: str, workload: str) -> float | None:
-        return self._rates()[1]
+    if RATES_AND_MEMORY:
+        def track_gbps(self, backend: str, workload: str) -> float | None:
+            return self._rates()[1]
 
-    track_gbps.unit = "GB/s"  # type: ignore[attr-defined]
-
-
-#: ``ATTNSPEC_ASV_BACKENDS="triton torch.sum ..."`` keeps only these backends in ``params`` (every parameter
-#: combination costs asv a process, which on a GPU means importing torch and compiling kernels afresh)
-_ONLY = set(os.environ.get("ATTNSPEC_ASV_BACKENDS", "").split())
-
-
-def _backends(op: str) -> list[str]:
-    """Backends that can run ``op`` here: available, and baselines only for their own operation (each
-    parameter combination costs asv a process, so hopeless ones are left out of ``params``)."""
-    return sorted(name for name, e in _ENTRIES.items()
-                  if e.available and (e.origin != BASELINE_ORIGIN or implements(e, op))
-                  and (not _ONLY or name in _ONLY))
+        track_gbps.unit = "GB/s"  # type: ignore[attr-defined]
 
 
 def _params(op: str) -> list[list[str]]:
-    return [_backends(op), list(_WORKLOADS[op])]
+    return [backend_names(op), list(workload_table(op))]
 
 
 class AttentionForward(_FlopsOperation):
@@ -139,23 +196,3 @@ class SoftmaxStats(_BytesOperation):
 class ReduceSum(_BytesOperation):
     op = "reduce_sum"
     params = _params(op)
-
-
-class PeakExtraMemory:
-    """Peak extra device memory of one call, per backend and (operation, workload)."""
-
-    params = [sorted({name for op in OPS for name in _backends(op)}),
-              [f"{op}:{label}" for op in OPS for label in _WORKLOADS[op]]]
-    param_names = ["backend", "workload"]
-    timeout = 600.0
-
-    def setup(self, backend: str, workload: str) -> None:
-        op, label = workload.split(":", 1)
-        self.backend, _, self.call = _prepare(backend, op, label)
-        if DEVICE == "cpu" and peak_bytes(self.call, DEVICE, self.backend)[0] is None:
-            raise NotImplementedError("no probe sees this backend's allocations on the CPU")
-
-    def track_peak_extra_bytes(self, backend: str, workload: str) -> int | None:
-        return peak_bytes(self.call, DEVICE, self.backend)[0]
-
-    track_peak_extra_bytes.unit = "bytes"  # type: ignore[attr-defined]
