@@ -2,8 +2,9 @@
 
 What it rewrites, losing no result:
 - ``conformance.jsonl``: a ``start`` record is dropped where the same run records that case's result later
-  (the result repeats every field of the start); a start with no result stays, since readers count it as the
-  case interrupted. Records are written compact, one per line; a line that is not a JSON object stays as it is.
+  (the result repeats every field of the start; a case started twice before its result is answered by it
+  both times); a start with no result stays, since readers count it as the case interrupted. Records are
+  written compact, one per line; a line that is not a JSON object stays as it is.
 - every ``*.json`` directly in OUTDIR (the ``attnspec bench`` files): the same value, written compact.
 asv results (``OUTDIR/asv/``) are left as asv wrote them. Prints each file's size before and after.
 """
@@ -29,17 +30,15 @@ def pack_conformance_lines(lines: list[str]) -> list[str]:
     """The lines of a conformance JSON-lines file without the start records that a later result answers."""
     records = [_record(line) for line in lines]
     answered: set[int] = set()
-    open_starts: dict[tuple[str, str], int] = {}
+    open_starts: dict[tuple[str, str], list[int]] = {}
     for index, rec in enumerate(records):
         kind = rec.get("kind") if rec is not None else None
         if kind in ("run", "resume"):
             open_starts.clear()  # a start left open when its run ended was interrupted: keep it
         elif kind == "start":
-            open_starts[(str(rec.get("id")), str(rec.get("backend")))] = index
+            open_starts.setdefault((str(rec.get("id")), str(rec.get("backend"))), []).append(index)
         elif kind == "case":
-            start = open_starts.pop((str(rec.get("id")), str(rec.get("backend"))), None)
-            if start is not None:
-                answered.add(start)
+            answered.update(open_starts.pop((str(rec.get("id")), str(rec.get("backend"))), []))
     packed = []
     for index, (line, rec) in enumerate(zip(lines, records)):
         if index in answered:
