@@ -16,7 +16,6 @@ from reports.cases import INTERRUPTED_REASON, load_conformance
 from reports.load import result_sets
 from reports.site import build_site, environment
 from reports.spec import ClauseText, Spec
-from reports.timings import load_bench
 
 EVIL = "<script>alert(1)</script>"
 
@@ -69,6 +68,7 @@ def conformance_records(backend: str = "torch", device: str = "cpu") -> list[dic
         case(backend, "GRAD-1", "crashed", 14, reason="CUDA error: an illegal memory access", device=device),
         case(backend, "GRAD-1", "passed", 15, ratio=1.1, mult=3, device=device),
     ]
+    cases[12]["repro"] = f"attnspec conformance --backend {backend} -k '{cases[12]['id']}'"
     cases += [case(backend, "WD-1", "passed", 20 + k, device=device,
                    metrics={"n": n, "W": n - 1, "D": (n - 1).bit_length(), "schedule": "pairwise tree"})
               for k, n in enumerate((64, 100, 1024))]
@@ -227,6 +227,8 @@ def test_drill_down_links_resolve_and_list_the_cases(site: Path) -> None:
                      "D=59 is not a multiple of 8", "forward output"):
         assert expected in text, expected
     assert text.index("st-failed") < text.index("st-passed")  # failures first
+    assert "<code>attnspec conformance --backend torch -k &#39;ATT-1[torch-cpu-float32-B1H2-120x203-D59]&#39;</code>" \
+        in text
     assert all(t.is_file() for t in local_targets(page))
 
 
@@ -372,23 +374,6 @@ def test_history_from_asv(site: Path) -> None:
     # reference: only S=256 at the first commit (0.5), both at the second: sqrt(0.55 * 1.1) = 0.778
     assert "<td class=\"n\">0.5</td><td class=\"n\">0.778</td>" in hist
     assert "time_forward" not in hist  # throughput benchmarks are the headline when there are some
-
-
-def test_loaders_tolerate_bad_files(tmp_path: Path) -> None:
-    lines = write_jsonl(tmp_path / "c.jsonl", conformance_records(), end=False, truncate=True)
-    conf = load_conformance(lines)
-    counts = conf.counts()  # one crash the supervisor recorded, one start left without a result
-    assert counts["crashed"] == 1 and counts["interrupted"] == 1 and conf.runs == 1 and not conf.finished
-    assert any("truncated" in p for p in conf.problems)
-    assert load_conformance(tmp_path / "nope.jsonl").problems
-    assert "not valid JSON" in load_bench(lines).problems[0]
-    interrupted = tmp_path / "b.json"
-    interrupted.write_text(json.dumps({**bench_data(), "interrupted": True, "finished": None}))
-    assert load_bench(interrupted).problems == ["the benchmark run was interrupted: showing the records it wrote"]
-    curated = tmp_path / "n.json"
-    curated.write_text(json.dumps({**bench_data(), "note": "reduce_sum records removed"}))
-    assert load_bench(curated).problems == ["note: reduce_sum records removed"]
-    assert load_asv(tmp_path).problems
 
 
 def test_rerun_replaces_earlier_result(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 Builds a report from the fixtures of test_report.py, opens index.html over file://, checks that the matrix,
 a chart and the provenance render, follows a drill-down link, and saves screenshots to
-reports/out/screenshots/ (a CI artifact). Skipped when /usr/bin/chromium (apt: chromium) or the
-``playwright`` package (pip) is missing; ``playwright install`` is never needed.
+results/report-screenshots/ (a CI artifact; not reports/out/, which holds only what ``attnspec report``
+makes). Skipped when /usr/bin/chromium (apt: chromium) or the ``playwright`` package (pip) is missing;
+``playwright install`` is never needed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tests.test_report import EVIL, GPU_PROVENANCE, SPEC, bench_data, conformanc
 CHROMIUM = Path(os.environ.get("ATTNSPEC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "reports" / "out" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "report-screenshots"
 
 if not CHROMIUM.is_file():
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set ATTNSPEC_CHROMIUM)",
@@ -91,6 +92,8 @@ def test_report_renders_and_drills_down(browser: object, tmp_path: Path) -> None
     assert rows.count() == 15
     assert "interrupted" in rows.nth(0).inner_text() and "2048x2048" in rows.nth(0).inner_text()
     assert "failed" in rows.nth(1).inner_text() and "err 5e-06 > bound 2.1e-06" in rows.nth(1).inner_text()
+    assert rows.nth(1).locator("td.repro code").inner_text() == \
+        "attnspec conformance --backend torch -k 'ATT-1[torch-cpu-float32-B1H2-120x203-D59]'"
     assert "ci-box" in page.locator("#provenance").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "drill-down.png"), full_page=True)
 
