@@ -298,21 +298,38 @@ def test_unknown_backend_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["--backend", "no-such-backend", "--output", str(tmp_path / "x.json")]) == 2
 
 
+def _benchmark_modules() -> list[str]:
+    """Every module under benchmarks/, subpackages included: what asv imports when it discovers the suite."""
+    return [info.name for info in pkgutil.walk_packages(benchmarks.__path__, "benchmarks.")]
+
+
 def test_asv_collects_only_the_suite() -> None:
     """asv collects every ``time_``/``track_``/``mem_``/``peakmem_`` function or class method in every module
     of benchmarks/: only asv_suite.py may have them."""
     pattern = re.compile(r"^(time|track|mem|peakmem|timeraw)_|^(Time|Track|Mem|PeakMem|Timeraw)[A-Z_]")
-    for info in pkgutil.iter_modules(benchmarks.__path__):
-        if info.name == "asv_suite":
+    for module_name in _benchmark_modules():
+        if module_name == "benchmarks.asv_suite":
             continue
-        module = importlib.import_module(f"benchmarks.{info.name}")
+        module = importlib.import_module(module_name)
         for name, value in vars(module).items():
             if name.startswith("_"):
                 continue
-            assert not (inspect.isfunction(value) and pattern.match(name)), f"benchmarks.{info.name}.{name}"
+            assert not (inspect.isfunction(value) and pattern.match(name)), f"{module_name}.{name}"
             if inspect.isclass(value):
                 members = [m for m, _ in inspect.getmembers(value, inspect.isfunction) if pattern.match(m)]
-                assert not members, f"benchmarks.{info.name}.{name}: {members}"
+                assert not members, f"{module_name}.{name}: {members}"
+
+
+def test_asv_discovery_imports_every_module_without_cupy() -> None:
+    """asv imports every module under benchmarks/ before it runs anything, in an environment with the
+    project's dependencies, torch and triton (asv.conf.json) but not CuPy: one module that needs CuPy at
+    import fails the whole asv run."""
+    script = ("import importlib, sys\nsys.modules['cupy'] = None\n"
+              f"for name in {_benchmark_modules()!r}:\n    importlib.import_module(name)\nprint('imported')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
+    assert "benchmarks.asv_suite" in _benchmark_modules()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -101,12 +101,12 @@ def attention_flops(q: torch.Tensor, causal: bool) -> float:
     return 4 * B * H * S * S * D / (2 if causal else 1)
 
 
-def time_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, cfg: LaunchConfig) -> float:
+def forward_ms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, cfg: LaunchConfig) -> float:
     variant = "top_left" if causal else None
     return median_ms(lambda: attention_forward(q, k, v, variant, 1 / math.sqrt(q.shape[-1]), cfg))
 
 
-def time_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, cfg: BackwardConfig) -> float:
+def backward_ms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, cfg: BackwardConfig) -> float:
     variant = "top_left" if causal else None
     scale = 1 / math.sqrt(q.shape[-1])
     out, lse = attention_forward(q, k, v, variant, scale, forward_config(q.shape[-1], q.dtype, q.device))
@@ -131,7 +131,7 @@ def sweep_forward(rec: Recorder) -> dict[bool, LaunchConfig]:
         q, k, v = attention_inputs(seq)
         times = {}
         for cfg in FWD_SWEEP:
-            row = timed_or_error(partial(time_forward, q, k, v, causal, cfg))
+            row = timed_or_error(partial(forward_ms, q, k, v, causal, cfg))
             if "ms" in row:
                 times[cfg] = row["ms"]
                 row["tflops"] = attention_flops(q, causal) / row["ms"] / 1e9
@@ -156,7 +156,7 @@ def sweep_backward(rec: Recorder) -> dict[bool, BackwardConfig]:
                 dkdv = min(times, key=times.get).dkdv
                 candidates = [BackwardConfig(dkdv, c) for c in DQ_SWEEP if BackwardConfig(dkdv, c) not in times]
             for cfg in candidates:
-                row = timed_or_error(partial(time_backward, q, k, v, causal, cfg))
+                row = timed_or_error(partial(backward_ms, q, k, v, causal, cfg))
                 if "ms" in row:
                     times[cfg] = row["ms"]
                     row["tflops"] = 2.5 * attention_flops(q, causal) / row["ms"] / 1e9
