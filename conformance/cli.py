@@ -9,18 +9,37 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.text import Text
+
+from conformance.provenance import now
+from conformance.results import ORDER, Status
+from conformance.supervisor import BackendRun, Outcome, RunProgress, read_records, run_backend
+
+if TYPE_CHECKING:
+    from conformance.probe import Listing
 
 RESULTS_DIR = Path("results")
 CONFORMANCE_RESULTS = RESULTS_DIR / "conformance.jsonl"
 BENCH_RESULTS = RESULTS_DIR / "bench.json"
 REPORT_DIR = Path("reports") / "out"
-STATUS_STYLE = {"passed": "green", "failed": "bold red", "error": "bold red", "crashed": "bold magenta",
-                "timeout": "bold magenta", "unsupported": "dim", "not_implemented": "dim", "xfail": "yellow",
-                "xpass": "yellow"}
+#: seconds between two plain progress lines when the output is not a terminal (CI, ``| tee``)
+PROGRESS_INTERVAL_S = 10.0
+#: lines of a backend's log shown on the console when its run stopped outside any case
+LOG_TAIL_LINES = 15
+
+
+def _status_style(status: Status) -> str:
+    if status.bad:
+        return "bold magenta" if status in (Status.CRASHED, Status.TIMEOUT, Status.INTERRUPTED) else "bold red"
+    return {Status.PASSED: "green", Status.XFAIL: "yellow", Status.XPASS: "yellow"}.get(status, "dim")
 
 
 def _cuda() -> bool:
@@ -35,142 +54,249 @@ def _prepare_environment() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _console() -> Console:
+    """Names, reasons and paths are printed as text: no markup or emoji is read from them."""
+    return Console(emoji=False, highlight=False)
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
-    """List every backend found: available or not (with the reason), origin, and what it declares."""
-    from rich.console import Console
+    """List every backend found (each factory called in a child process): a compact table, or what each
+    declares with ``--verbose``. Exits 1 when a backend asked for with ``--backend`` is unavailable."""
     from rich.table import Table
 
-    from implementations.base import discover
+    from conformance.probe import discover_isolated
 
-    console = Console()
-    table = Table(title="attnspec backends", show_lines=True)
-    for column in ("backend", "status", "origin", "declares"):
+    console = _console()
+    listings = discover_isolated(args.backend_spec)
+    table = Table(title="attnspec backends", show_lines=args.verbose)
+    for column in ("backend", "status", "origin", "declares" if args.verbose else "description"):
         table.add_column(column, overflow="fold")
-    for entry in discover(args.backend_spec):
-        if entry.backend is None:
-            table.add_row(entry.name, "[red]unavailable[/red]", entry.origin, entry.unavailable or "")
-            continue
-        caps = entry.backend.capabilities.describe()
-        ops = [op for op in _operations() if callable(getattr(entry.backend, op, None))]
-        declared = (f"ops: {', '.join(ops)}\ndevices: {', '.join(caps['devices'])}; dtypes: "
-                    f"{', '.join(caps['dtypes'])}; backward: {', '.join(caps['backward_dtypes']) or '-'}\n"
-                    f"head dims {caps['head_dims']}; causal {caps['causal']} (True = {caps['causal_default']}); "
-                    f"gqa {caps['gqa']}; memory {caps['memory']}; saves {caps['saves']}; "
-                    f"deterministic {caps['deterministic']}")
-        if caps["notes"]:
-            declared += "\nnotes: " + " | ".join(caps["notes"])
-        table.add_row(entry.name, "[green]available[/green]", entry.origin, declared)
+    for listing in listings:
+        status = Text("available", "green") if listing.available else Text("unavailable", "red")
+        if not listing.available:
+            detail = listing.reason or ""
+        elif args.verbose:
+            detail = _declared(listing)
+        else:
+            detail = listing.description
+        table.add_row(Text(listing.name), status, Text(listing.origin), Text(detail))
     console.print(table)
-    return 0
-
-
-def _operations() -> list[str]:
-    from implementations.base import OPERATIONS
-
-    return list(OPERATIONS)
-
-
-def _selected_backends(names: list[str], specs: list[str]) -> tuple[list[str], list[Any]]:
-    """Names (or specs) of the available backends to run, and the unavailable entries to report."""
-    from implementations.base import discover, select
-
-    entries = select(discover(specs), names) if names else discover(specs)
-    runnable = [e.origin.removeprefix("--backend ") if e.origin.startswith("--backend ") else e.name
-                for e in entries if e.available]
-    return runnable, [e for e in entries if not e.available]
-
-
-def cmd_conformance(args: argparse.Namespace) -> int:
-    """Run the conformance suite, one subprocess per backend, and print the verdicts."""
-    from rich.console import Console
-    from rich.live import Live
-    from rich.spinner import Spinner
-
-    from conformance.supervisor import counts, read_records, run_backend
-
-    console = Console()
-    specs = [b for b in args.backend if ":" in b]
-    try:
-        runnable, unavailable = _selected_backends(args.backend, specs)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    for entry in unavailable:
-        console.print(f"[dim]skipping {entry.name}: unavailable ({entry.unavailable})[/dim]")
-    if not runnable:
-        console.print("[red]no available backend to run[/red]")
-        return 2
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    if not args.append and results.exists():
-        results.unlink()
-    pytest_args = (["--quick"] if args.quick else []) + [f"--case-timeout={args.case_timeout}"]
-    for path in args.xfails_file:
-        pytest_args.append(f"--xfails-file={path}")
-    for device in args.device:
-        pytest_args.append(f"--device={device}")
-    if args.k:
-        pytest_args += ["-k", args.k]
-    failed = False
-    for i, name in enumerate(runnable, 1):
-        label = f"[{i}/{len(runnable)}] {name}"
-        spinner = Spinner("dots", text=label)
-
-        def poll(spinner: Spinner = spinner, label: str = label, name: str = name) -> None:
-            done = counts(read_records(results), name)
-            summary = ", ".join(f"{n} {s}" for s, n in sorted(done.items()))
-            spinner.update(text=f"{label}: {sum(done.values())} cases ({summary})")
-
-        try:
-            with Live(spinner, console=console, refresh_per_second=4, transient=True):
-                run = run_backend(name, results, pytest_args, log_dir=results.parent / "logs" / results.stem,
-                                  on_poll=poll)
-        except KeyboardInterrupt:
-            console.print(f"[magenta]{label}: interrupted; the cases recorded so far are kept[/magenta]")
-            print_verdicts(console, read_records(results))
-            console.print(f"results: {results}")
-            return 130
-        done = counts(read_records(results), name)
-        bad = done["failed"] + done["error"] + done["crashed"] + done["timeout"]
-        failed |= bad > 0 or run.exit_codes[-1] not in (0, 1, 5)
-        note = f" [magenta]{run.restarts} restart(s) after crashes[/magenta]" if run.restarts else ""
-        colour = "red" if bad else "green"
-        console.print(f"{label}: [{colour}]{sum(done.values())} cases, {bad} bad[/{colour}] "
-                      f"({', '.join(f'{n} {s}' for s, n in sorted(done.items()))}){note}  log: {run.log}")
-    print_verdicts(console, read_records(results))
-    console.print(f"results: {results}")
+    requested = [entry for entry in listings if entry.spec_requested and entry.factory in args.backend_spec]
+    failed = [entry for entry in requested if not entry.available]
+    for entry in failed:
+        console.print(Text(f"{entry.factory}: unavailable ({entry.reason}); a --backend module must be importable "
+                           "(installed, or on PYTHONPATH)", "red"))
     return 1 if failed else 0
 
 
-def print_verdicts(console: Any, records: list[dict[str, Any]]) -> None:
+def _declared(listing: Listing) -> str:
+    caps = listing.capabilities or {}
+    declared = (f"ops: {', '.join(listing.operations)}\ndevices: {', '.join(caps['devices'])}; dtypes: "
+                f"{', '.join(caps['dtypes'])}; backward: {', '.join(caps['backward_dtypes']) or '-'}\n"
+                f"head dims {caps['head_dims']}; causal {caps['causal']} (True = {caps['causal_default']}); "
+                f"gqa {caps['gqa']}; memory {caps['memory']}; saves {caps['saves']}; "
+                f"deterministic {caps['deterministic']}")
+    if caps["notes"]:
+        declared += "\nnotes: " + " | ".join(caps["notes"])
+    return declared
+
+
+def _problems(args: argparse.Namespace) -> list[str]:
+    """Arguments refused before any backend runs: each with its cause."""
+    from conformance.spec import CLAUSES
+
+    problems = [f"cannot read --xfails-file {path}" for path in args.xfails_file
+                if not (Path(path).is_file() and os.access(path, os.R_OK))]
+    areas = {c.split("-")[0] for c in CLAUSES}
+    problems += [f"unknown --clause {c} (clauses: {', '.join(CLAUSES)}; areas: {', '.join(sorted(areas))})"
+                 for c in args.clause if c not in CLAUSES and c not in areas]
+    if args.case_timeout <= 0:
+        problems.append(f"--case-timeout must be positive, got {args.case_timeout:g}")
+    return problems
+
+
+class ResultsLock:
+    """An exclusive lock on ``RESULTS.lock`` for the whole run: a second run on the same results file is
+    refused instead of deleting the first one's results."""
+
+    def __init__(self, results: Path) -> None:
+        self.path = results.with_name(results.name + ".lock")
+        self._fh: Any = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            return False
+        self._fh.truncate(0)
+        self._fh.write(f"{os.getpid()}\n")
+        self._fh.flush()
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the lock
+            self._fh = None
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGTERM, handled like SIGINT: the children are stopped and what they recorded is kept."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Run the conformance suite, one subprocess per backend, and print the verdicts. Exits 1 when a case is
+    bad (failed, error, crashed, timeout, interrupted) or a backend's run did not finish, 2 on bad arguments
+    or a selection that matches no case, 130 / 143 when stopped by SIGINT / SIGTERM."""
+    console = _console()
+    problems = _problems(args)
+    for problem in problems:
+        console.print(Text(f"attnspec conformance: {problem}", "red"))
+    if problems:
+        return 2
+    results = Path(args.results)
+    lock = ResultsLock(results)
+    if not lock.acquire():
+        console.print(Text(f"attnspec conformance: {results} is being written by another run (lock {lock.path} "
+                           f"held by pid {lock.path.read_text().strip() or '?'}); use another --results", "red"))
+        return 2
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        return _conformance(args, console, results)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        lock.release()
+
+
+def _conformance(args: argparse.Namespace, console: Console, results: Path) -> int:
+    from conformance.probe import discover_isolated
+    from implementations.base import select
+
+    listings = discover_isolated([b for b in args.backend if ":" in b])
+    try:
+        chosen = select(listings, args.backend) if args.backend else listings
+    except ValueError as exc:
+        console.print(Text(str(exc), "red"))
+        return 2
+    for entry in chosen:
+        if not entry.available:
+            console.print(Text(f"skipping {entry.name}: unavailable ({entry.reason})", "dim"))
+    runnable = [entry for entry in chosen if entry.available]
+    if not runnable:
+        console.print(Text("no available backend to run", "red"))
+        return 2
+    if not args.append and results.exists():
+        results.unlink()
+    common = [f"--run-started={now()}"] + (["--quick"] if args.quick else [])
+    common += [f"--xfails-file={path}" for path in args.xfails_file]
+    common += [f"--device={device}" for device in args.device]
+    common += [f"--clause={c}" for c in args.clause] + (["-k", args.k] if args.k else [])
+    bad_run = empty = False
+    for i, entry in enumerate(runnable, 1):
+        label = f"[{i}/{len(runnable)}] {entry.name}"
+        try:
+            run = _run_one(console, label, entry, results, common + [f"--factory={entry.factory}"], args)
+        except KeyboardInterrupt as exc:
+            name = "SIGTERM" if isinstance(exc, _Stop) else "SIGINT"
+            console.print(Text(f"{label}: interrupted ({name}); the cases recorded so far are kept", "magenta"))
+            print_verdicts(console, read_records(results))
+            console.print(Text(f"results: {results}"))
+            return 143 if isinstance(exc, _Stop) else 130
+        bad_run |= run.progress.bad > 0 or run.outcome is not Outcome.FINISHED
+        empty |= run.progress.cases == 0 and run.outcome is Outcome.FINISHED
+        _print_backend_summary(console, label, run)
+    print_verdicts(console, read_records(results))
+    console.print(Text(f"results: {results}"))
+    if empty:
+        console.print(Text("the selection (--clause / -k / --device) matches no case of a backend above", "red"))
+    return 1 if bad_run else (2 if empty else 0)
+
+
+def _run_one(console: Console, label: str, entry: Listing, results: Path, pytest_args: list[str],
+             args: argparse.Namespace) -> BackendRun:
+    """One backend's supervised run, with a live line on a terminal and a plain line every few seconds
+    elsewhere."""
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    log_dir = results.parent / "logs" / results.stem
+    if console.is_terminal:
+        spinner = Spinner("dots", text=Text(label))
+
+        def live(progress: RunProgress) -> None:
+            spinner.update(text=Text(f"{label}: {_summary(progress)}"))
+
+        with Live(spinner, console=console, refresh_per_second=4, transient=True):
+            return run_backend(entry.selector, results, pytest_args, case_timeout=args.case_timeout,
+                               log_dir=log_dir, on_poll=live)
+    last = [time.monotonic()]
+
+    def plain(progress: RunProgress) -> None:
+        if time.monotonic() - last[0] >= args.progress_interval:
+            last[0] = time.monotonic()
+            console.print(Text(f"{label}: {_summary(progress)}"), soft_wrap=True)
+
+    return run_backend(entry.selector, results, pytest_args, case_timeout=args.case_timeout, log_dir=log_dir,
+                       on_poll=plain)
+
+
+def _summary(progress: RunProgress) -> str:
+    """``12 cases, 1 bad (1 failed, 11 passed)``: statuses in severity order."""
+    parts = ", ".join(f"{progress.statuses[s]} {s}" for s in ORDER if progress.statuses[s])
+    return f"{progress.cases} cases, {progress.bad} bad" + (f" ({parts})" if parts else "")
+
+
+def _print_backend_summary(console: Console, label: str, run: BackendRun) -> None:
+    line = Text(f"{label}: ")
+    line.append(_summary(run.progress), "red" if run.progress.bad or run.outcome is not Outcome.FINISHED
+                else "green")
+    if run.restarts:
+        line.append(f" {run.restarts} restart(s) after crashes or timeouts", "magenta")
+    line.append(f"  log: {run.log}")
+    console.print(line, soft_wrap=True)
+    if run.outcome is Outcome.INTERRUPTED:
+        console.print(Text(f"{label}: the backend's run was interrupted", "magenta"))
+    elif run.outcome is Outcome.ABORTED:
+        console.print(Text(f"{label}: stopped before finishing: {run.problem}; the end of its log:", "red"))
+        lines = run.log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        console.print(Text("\n".join("    " + ln for ln in lines)), soft_wrap=True)
+
+
+def print_verdicts(console: Console, records: list[dict[str, Any]]) -> None:
     """The clause x backend verdict table: the worst status of each cell, with counts."""
     from rich.table import Table
 
     from conformance.spec import CLAUSES
 
-    cases = [r for r in records if r.get("kind") == "case"]
-    columns = sorted({f"{r['backend']}@{r['device']}" for r in cases})
-    cells: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    cases = [r for r in records if r.get("kind") == "case" and Status.parse(r.get("status")) is not None]
+    columns = sorted({f"{r.get('backend')}@{r.get('device')}" for r in cases})
+    cells: dict[tuple[str, str], Counter[Status]] = defaultdict(Counter)
     for r in cases:
-        cells[(r["clause"], f"{r['backend']}@{r['device']}")][r["status"]] += 1
+        cells[(r.get("clause"), f"{r.get('backend')}@{r.get('device')}")][Status(r["status"])] += 1
     table = Table(title="verdicts (clause x backend)")
     table.add_column("clause")
     for c in columns:
-        table.add_column(c, overflow="fold")
-    worst_first = ("crashed", "timeout", "error", "failed", "xpass", "passed", "xfail", "unsupported",
-                   "not_implemented", "skipped")
+        table.add_column(Text(c), overflow="fold")
     for cid, clause in CLAUSES.items():
-        row = []
+        row: list[Text] = []
         for col in columns:
             n = cells.get((cid, col))
             if not n:
-                row.append("-")
+                row.append(Text("-"))
                 continue
-            worst = next(s for s in worst_first if n[s])
-            text = " ".join(f"{n[s]} {s}" for s in worst_first if n[s])
-            row.append(f"[{STATUS_STYLE.get(worst, '')}]{text}[/]")
-        if any(cell != "-" for cell in row):
-            table.add_row(f"{cid} {clause.title}", *row)
+            worst = next(s for s in ORDER if n[s])
+            row.append(Text(" ".join(f"{n[s]} {s}" for s in ORDER if n[s]), _status_style(worst)))
+        if any(cell.plain != "-" for cell in row):
+            table.add_row(Text(f"{cid} {clause.title}"), *row)
     console.print(table)
 
 
@@ -179,7 +305,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     quick = args.quick or not _cuda()
     conformance_args = argparse.Namespace(
         backend=args.backend, quick=quick, results=str(CONFORMANCE_RESULTS), append=False,
-        case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None)
+        case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None, clause=args.clause,
+        progress_interval=args.progress_interval)
     status = cmd_conformance(conformance_args)
     bench_argv = (["--quick", "--memory-scaling", "--output", str(BENCH_RESULTS)]
                   + [a for b in args.backend for a in ("--backend", b)])
@@ -208,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list backends, available or not, and what they declare")
     p.add_argument("--backend", dest="backend_spec", action="append", default=[], metavar="MODULE:FACTORY",
-                   help="also load this factory")
+                   help="also load this factory (its module must be importable: installed, or on PYTHONPATH); "
+                        "exit 1 when it is unavailable")
+    p.add_argument("--verbose", "-v", action="store_true", help="what each backend declares, notes included")
     p.set_defaults(func=cmd_backends)
 
     def conformance_options(p: argparse.ArgumentParser) -> None:
@@ -217,13 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quick", action="store_true", help="small shapes, few head dims, primary dtype")
         p.add_argument("--case-timeout", type=float, default=600.0, metavar="SECONDS")
         p.add_argument("--xfails-file", action="append", default=[], metavar="PATH")
+        p.add_argument("--clause", action="append", default=[], metavar="ID",
+                       help="run only this clause (ATT-4) or area (ATT); repeatable")
+        p.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS",
+                       help="seconds between progress lines when the output is not a terminal")
 
     p = sub.add_parser("conformance", help="run the conformance suite (each backend in its own process)")
     conformance_options(p)
     p.add_argument("--results", default=str(CONFORMANCE_RESULTS), metavar="PATH")
     p.add_argument("--append", action="store_true", help="append to the results file instead of replacing it")
     p.add_argument("--device", action="append", default=[], choices=["cpu", "cuda"])
-    p.add_argument("-k", default=None, help="pytest -k expression (e.g. 'ATT or KD')")
+    p.add_argument("-k", default=None, help="pytest -k expression over test names and ids, clause ids included "
+                                            "(e.g. 'ATT-4 or KD'); substring match: ATT-1 also selects ATT-10")
     p.set_defaults(func=cmd_conformance)
 
     sub.add_parser("bench", help="benchmarks behind a correctness gate (attnspec bench --help)", add_help=False)

@@ -1,15 +1,21 @@
 """The pytest plugin of the conformance suite.
 
 Options: ``--backend NAME|module:factory`` (repeatable; default every available backend), ``--quick``,
-``--results PATH`` (JSON lines, written as the run goes), ``--xfails-file PATH`` (repeatable), ``--seed``,
-``--case-timeout SECONDS``, ``--device cpu|cuda``, ``--resume``.
+``--clause ID|AREA`` (repeatable), ``--results PATH`` (JSON lines, written as the run goes), ``--xfails-file PATH``
+(repeatable), ``--seed``, ``--case-timeout SECONDS``, ``--device cpu|cuda``, ``--resume``; and, for the
+supervisor, ``--run-id``, ``--run-started`` and ``--factory``.
 
 A conformance test is marked with its clause (``@clause("ATT-1")``) and with the cases it runs
 (``@cases(op, generator)``); the plugin crosses the generator's cases with every selected backend and device
 and hands the test a :class:`Trial`. A case the backend declares unsupported is skipped with status
 *unsupported* and the backend's reasons; a missing operation is *not_implemented*.
 
-Test ids read ``ATT-1[triton-cuda-bfloat16-B2H4-113x203-D59-causal_br]``.
+Test ids read ``ATT-1[triton-cuda-bfloat16-B2H4-113x203-D59-causal_br]``; pytest's node ids begin with the test
+function's name, so the clause id and the test id are added to each item's keywords (``-k ATT-4`` selects by
+substring, ``--clause ATT-4`` exactly).
+
+Only a real SIGINT or SIGTERM interrupts a run: a backend that raises ``KeyboardInterrupt`` itself fails its
+case, and the ``end`` record says how the run ended.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shlex
+import signal
 import threading
 import time
 import uuid
@@ -31,6 +39,7 @@ import torch
 
 from conformance import cases as casegen
 from conformance.provenance import collect, now
+from conformance.results import Status
 from conformance.spec import CLAUSES, clause_of
 from conformance.trial import NotImplementedOperation, Trial, Unsupported
 from implementations.base import RegistryEntry, discover, dtype_name, select
@@ -106,10 +115,14 @@ def done_ids(path: Path) -> set[str]:
 
 def read_xfails(paths: list[str]) -> dict[str, str]:
     """``{id pattern: reason}`` from xfails files: one id per line (``*`` and ``?`` are wildcards),
-    ``# reason`` after it."""
+    ``# reason`` after it. A file that cannot be read is a usage error."""
     patterns: dict[str, str] = {}
     for p in paths:
-        for n, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = Path(p).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise pytest.UsageError(f"cannot read xfails file {p}: {exc}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             text, _, comment = line.partition("#")
             if text.strip():
                 patterns[text.strip()] = comment.strip() or f"listed in {p}:{n}"
@@ -138,6 +151,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="only run on these devices (default: every device a backend declares and is here)")
     group.addoption("--resume", action="store_true", help="skip ids already recorded in --results")
     group.addoption("--run-id", default=None, help="run id written into results (default: a new one)")
+    group.addoption("--run-started", default=None, metavar="ISO-8601",
+                    help="start of the whole run, written as the run record's 'started' (default: now)")
+    group.addoption("--clause", action="append", default=[], metavar="ID",
+                    help="run only this clause (ATT-4) or area (ATT); repeatable")
+    group.addoption("--factory", action="append", default=[], metavar="MODULE:FACTORY",
+                    help="call only these registry factories (default: every one)")
 
 
 @dataclass
@@ -152,6 +171,9 @@ class _State:
     base_seed: int
     devices: list[str] | None
     timeout: float
+    clauses: set[str]
+    #: the signal that stopped the run (SIGINT or SIGTERM), None while none came
+    stopped_by: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     used_xfails: set[str] = field(default_factory=set)
     trial_by_node: dict[str, Trial] = field(default_factory=dict)
@@ -169,7 +191,11 @@ def _state(config: pytest.Config) -> _State | None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the SPEC.md clause a conformance test checks")
     names = config.getoption("--backend")
-    entries = discover([n for n in names if ":" in n])
+    clauses = set(config.getoption("--clause"))
+    unknown = sorted(c for c in clauses if c not in CLAUSES and c not in {k.split("-")[0] for k in CLAUSES})
+    if unknown:
+        raise pytest.UsageError(f"unknown clause {', '.join(unknown)} (clauses: {', '.join(CLAUSES)})")
+    entries = discover([n for n in names if ":" in n], factories=set(config.getoption("--factory")) or None)
     try:
         chosen = select(entries, [n for n in names])
     except ValueError as exc:
@@ -189,12 +215,15 @@ def pytest_configure(config: pytest.Config) -> None:
         base_seed=config.getoption("--seed"),
         devices=config.getoption("--device") or None,
         timeout=config.getoption("--case-timeout"),
+        clauses=clauses,
     )
     config.stash[_KEY] = state
+    _stop_on_signals(state)
     state.writer.write(_finite({
         "kind": "resume" if state.skip_ids else "run",
         "run_id": state.run_id,
-        "started": now(),
+        "started": config.getoption("--run-started") or now(),
+        "pid": os.getpid(),
         "provenance": collect(),
         "argv": list(config.invocation_params.args),
         "quick": state.quick,
@@ -206,26 +235,67 @@ def pytest_configure(config: pytest.Config) -> None:
     }))
 
 
+def _stop_on_signals(state: _State) -> None:
+    """SIGINT and SIGTERM interrupt the run and are remembered, so an interrupt is told from a backend that
+    raises ``KeyboardInterrupt`` itself."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        state.stopped_by = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+class BackendRaisedInterrupt(Exception):
+    """The backend raised ``KeyboardInterrupt`` with no SIGINT or SIGTERM: its case fails, the run goes on."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):  # noqa: ANN201
+    return (yield from _backend_interrupt_fails(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+    return (yield from _backend_interrupt_fails(item))
+
+
+def _backend_interrupt_fails(item: pytest.Item):  # noqa: ANN202
+    state = _state(item.config)
+    try:
+        return (yield)
+    except KeyboardInterrupt:
+        if state is None or state.stopped_by is not None:
+            raise
+        raise BackendRaisedInterrupt("the backend raised KeyboardInterrupt (no SIGINT or SIGTERM came)") from None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     spec = getattr(metafunc.function, "__attnspec_cases__", None)
     state = _state(metafunc.config)
     if spec is None or state is None:
         return
-    op, make = spec
+    op, make, premise = spec
     cid = clause_of(metafunc.function) or "?"
     params, seen = [], set()
     for entry in state.entries:
         if entry.backend is None:
             continue
         for device in casegen.devices_for(entry.backend, state.devices):
-            for case in make(entry.backend, device, state.quick):
+            made = make(entry.backend, device, state.quick)
+            reached, reachable = casegen.reach(entry.backend, op, made, premise)
+            for case in reached:
                 pid = f"{entry.name}-{device}-{dtype_name(case.dtype)}-{case.label}"
                 if pid in seen:
                     continue
                 seen.add(pid)
                 tid = f"{cid}[{pid}]"
                 params.append(pytest.param(
-                    Trial(entry.backend, op, case, cid, tid, casegen.seed_for(tid, state.base_seed)), id=pid))
+                    Trial(entry.backend, op, case, cid, tid, casegen.seed_for(tid, state.base_seed),
+                          reachable=reachable), id=pid))
     if not params:
         params = [pytest.param(None, id="no-backend", marks=pytest.mark.skip(reason="no backend selected"))]
     metafunc.parametrize("trial", params, indirect=True)
@@ -242,7 +312,8 @@ def trial(request: pytest.FixtureRequest) -> Trial:
         raise NotImplementedOperation(f"{t.op} is not implemented")
     reasons = t.backend.not_supported_reasons(t.op, t.case)
     if reasons:
-        raise Unsupported("; ".join(reasons))
+        empty = "" if t.reachable else f"no case of {t.clause} fits the declared limits; this one: "
+        raise Unsupported(empty + "; ".join(reasons))
     return t
 
 
@@ -256,9 +327,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if t is None:
             kept.append(item)
             continue
-        if t.id in state.skip_ids:
+        if t.id in state.skip_ids or (state.clauses and not state.clauses & {t.clause, t.clause.split("-")[0]}):
             dropped.append(item)
             continue
+        item.extra_keyword_matches.update({t.clause, t.id})
         state.trial_by_node[item.nodeid] = t
         for pattern, reason in state.xfails.items():
             if fnmatch.fnmatchcase(t.id, pattern.replace("[", "[[]")):  # ids hold brackets; only * ? are wild
@@ -285,9 +357,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
     if state is None or t is None:
         yield
         return
-    state.writer.write(_finite(_base_record(t) | {"kind": "start"}))
+    repro = repro_command(item, t)
+    state.writer.write(_finite(_base_record(t) | {"kind": "start", "repro": repro}))
     state.started[item.nodeid] = time.perf_counter()
-    watchdog = threading.Timer(state.timeout, _on_timeout, args=(state, t))
+    watchdog = threading.Timer(state.timeout, _on_timeout, args=(state, t, repro))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -296,12 +369,26 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
         watchdog.cancel()
 
 
-def _on_timeout(state: _State, t: Trial) -> None:
-    """A case ran past --case-timeout: record it and end the process (a hung kernel cannot be interrupted)."""
-    state.writer.write(_finite(_base_record(t) | {"status": "timeout", "duration": state.timeout,
-                                                   "reason": f"no result after {state.timeout:g} s"}))
+def _on_timeout(state: _State, t: Trial, repro: str) -> None:
+    """A case ran past --case-timeout: record it and end the process (a hung kernel cannot be interrupted).
+    A hang that holds the GIL stops this thread too; the supervisor's own deadline covers that."""
+    state.writer.write(_finite(_base_record(t) | {"status": Status.TIMEOUT.value, "duration": state.timeout,
+                                                   "reason": f"no result after {state.timeout:g} s", "repro": repro}))
     state.writer.close()
     os._exit(TIMEOUT_EXIT)
+
+
+def repro_command(item: pytest.Item, t: Trial) -> str:
+    """One shell line, run from the repository root, that runs this case alone with the options that made it."""
+    config = item.config
+    entry = next((e for e in _state(config).entries if e.backend is t.backend), None)
+    selector = entry.origin.removeprefix("--backend ") if entry and entry.origin.startswith("--backend ") \
+        else t.backend.name
+    args = ["python", "-m", "pytest", item.nodeid, "--backend", selector, "--device", t.device,
+            f"--seed={config.getoption('--seed')}", f"--case-timeout={config.getoption('--case-timeout'):g}"]
+    args += ["--quick"] if config.getoption("--quick") else []
+    args += ["--no-builtin-xfails"] if config.getoption("--no-builtin-xfails") else []
+    return shlex.join(args + ["-p", "no:cacheprovider"])
 
 
 def _base_record(t: Trial) -> dict[str, Any]:
@@ -358,6 +445,8 @@ def _finish(state: _State, item: pytest.Item) -> None:
         "duration": round(time.perf_counter() - state.started.pop(item.nodeid, time.perf_counter()), 4),
         "metrics": t.metrics,
     }
+    if Status(status).bad:
+        record["repro"] = repro_command(item, t)
     record = _finite(record)
     state.records.append(record)
     state.writer.write(record)
@@ -397,10 +486,11 @@ def verdict_table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _cell(counts: Counter[str]) -> str:
-    """``FAIL 3/40`` when anything failed, else ``ok 37/40`` plus unsupported/xfail counts."""
+    """``FAIL 3/40`` when a case is bad, ``ok 37/40`` when some passed and none is bad, ``none 0/36`` when
+    nothing passed; then the unsupported/xfail counts."""
     total = sum(counts.values())
-    bad = counts["failed"] + counts["error"] + counts["crashed"] + counts["timeout"]
-    head = f"FAIL {bad}/{total}" if bad else f"ok {counts['passed']}/{total}"
+    bad = sum(n for s, n in counts.items() if Status(s).bad)
+    head = f"FAIL {bad}/{total}" if bad else f"{'ok' if counts['passed'] else 'none'} {counts['passed']}/{total}"
     extra = [f"{counts[k]} {short}" for k, short in
              (("unsupported", "uns"), ("not_implemented", "n/i"), ("xfail", "xf"), ("xpass", "xp")) if counts[k]]
     return head + (" (" + ", ".join(extra) + ")" if extra else "")
@@ -411,5 +501,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None:
         return
     counts = Counter(r["status"] for r in state.records)
-    state.writer.write({"kind": "end", "run_id": state.run_id, "finished": now(), "counts": dict(counts)})
+    completed = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED)
+    ended = "interrupted" if state.stopped_by else ("completed" if completed else "aborted")
+    state.writer.write({"kind": "end", "run_id": state.run_id, "finished": now(), "ended": ended,
+                        "stopped_by": state.stopped_by, "exitstatus": int(exitstatus), "counts": dict(counts)})
     state.writer.close()

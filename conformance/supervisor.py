@@ -1,9 +1,16 @@
 """Runs the conformance suite with each backend in a subprocess of its own.
 
-A backend that segfaults, aborts or hangs takes down only its own process: the supervisor finds the case
-that was in flight (a ``start`` record with no result), records it ``crashed`` (the plugin itself records
-``timeout`` before it exits), and restarts the backend's run with ``--resume`` so the remaining cases still
-run. Nothing already written is lost: every record is flushed as it is made.
+A backend can end its process in any way: a segfault, ``os._exit(n)`` with any status, a hang that holds the
+GIL. The supervisor never infers what happened from the exit status: after every exit it looks at what the
+child wrote. A ``start`` record with no result is the case in flight: it is recorded ``crashed`` (or
+``timeout`` when the supervisor killed the child for running past its deadline) and the run restarts with
+``--resume`` for the remaining cases. The run has finished only when the child wrote its ``end`` record.
+
+Deadlines: the child's own watchdog records a case ``timeout`` after ``--case-timeout`` seconds; a hang that
+holds the GIL stops that watchdog too, so the supervisor keeps its own deadline per case (first seen + timeout
++ grace), kills the child's process group and records ``timeout``. The child is in a session of its own and
+dies with its parent (``PR_SET_PDEATHSIG`` on Linux); on SIGINT or SIGTERM the supervisor interrupts it, records
+the case in flight ``interrupted`` and re-raises.
 """
 
 from __future__ import annotations
@@ -18,15 +25,66 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from conformance.plugin import TIMEOUT_EXIT
+from conformance.results import Status
 
 CONFORMANCE_DIR = Path(__file__).resolve().parent
-#: pytest's own exit codes that mean "the run finished" (ok, tests failed, interrupted, usage, none collected)
-FINISHED = {0, 1, 2, 5}
-MAX_RESTARTS = 20
+#: seconds between two looks at the child and its results
+POLL_S = 0.25
+#: seconds an interrupted child gets to write its end record before it is killed
+STOP_GRACE_S = 10.0
+
+
+def grace_s(case_timeout: float) -> float:
+    """How long past ``--case-timeout`` the supervisor waits for the child's own watchdog before killing it."""
+    return 2.0 + 0.1 * case_timeout
+
+
+class Outcome(str, Enum):
+    """How one backend's run ended."""
+
+    FINISHED = "finished"  # the child wrote its end record: every selected case has a result
+    INTERRUPTED = "interrupted"  # a real SIGINT / SIGTERM stopped it
+    ABORTED = "aborted"  # the child stopped outside any case and a restart would not get further
+
+
+@dataclass
+class RunProgress:
+    """What the supervisor has read of one backend's run: results by status, the case in flight, the end."""
+
+    statuses: Counter[Status] = field(default_factory=Counter)
+    open_cases: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
+    end: dict[str, Any] | None = None
+
+    @property
+    def cases(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def bad(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s.bad)
+
+    def in_flight(self) -> tuple[dict[str, Any], float] | None:
+        """The latest start record with no result, and when the supervisor first saw it."""
+        return next(reversed(self.open_cases.values()), None)
+
+    def take(self, records: list[dict[str, Any]], seen_at: float) -> None:
+        for rec in records:
+            kind = rec.get("kind")
+            if kind == "start":
+                self.open_cases[rec["id"]] = (rec, seen_at)
+            elif kind == "case":
+                self.open_cases.pop(rec.get("id"), None)
+                status = Status.parse(rec.get("status"))
+                if status is not None:
+                    self.statuses[status] += 1
+            elif kind == "end":
+                self.end = rec
+            elif kind in ("run", "resume"):
+                self.end = None
 
 
 @dataclass
@@ -35,10 +93,41 @@ class BackendRun:
 
     backend: str
     run_id: str
+    log: Path
+    progress: RunProgress = field(default_factory=RunProgress)
+    outcome: Outcome | None = None
+    #: why the run was aborted, for the console
+    problem: str | None = None
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     crashed_ids: list[str] = field(default_factory=list)
-    log: Path | None = None
+    timed_out_ids: list[str] = field(default_factory=list)
+
+
+class RecordTail:
+    """Reads the complete JSON lines appended to a results file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        records = []
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if isinstance(rec, dict):
+                records.append(rec)
+        return records
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -69,7 +158,8 @@ def in_flight(records: list[dict[str, Any]], run_id: str) -> dict[str, Any] | No
     return list(started.values())[-1] if started else None
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
+    """``exited with status 3`` or ``killed by SIGSEGV``."""
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -78,63 +168,140 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGKILL when the supervisor dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _spawn(cmd: list[str], log: Any, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(),
+                            start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _append(results: Path, record: dict[str, Any]) -> None:
+    """Append one record on a line of its own (a line cut by the dead child is left as it is)."""
+    with open(results, "a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            newline = fh.read(1) != b"\n"
+        else:
+            newline = False
+        fh.write((b"\n" if newline else b"") + json.dumps(record).encode() + b"\n")
+
+
+def _resolve(results: Path, start: dict[str, Any], status: Status, reason: str, duration: float | None) -> None:
+    record = {k: v for k, v in start.items() if k != "kind"} | {
+        "kind": "case", "status": status.value, "reason": reason, "err": None, "ref_err": None, "ratio": None,
+        "duration": duration, "metrics": {}}
+    _append(results, record)
+
+
 def run_backend(
     backend: str,
     results: Path,
     pytest_args: list[str],
     *,
+    case_timeout: float,
     log_dir: Path,
-    on_poll: Callable[[], None] | None = None,
+    on_poll: Callable[[RunProgress], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> BackendRun:
-    """Run the suite for one backend, restarting after crashes, until every case has a result."""
+    """Run the suite for one backend, restarting after every death in a case, until the child writes its
+    end record (or stops outside any case without getting further). ``KeyboardInterrupt`` (SIGINT, or
+    SIGTERM turned into it by the caller) stops the child, records its case in flight ``interrupted`` and
+    is re-raised."""
     run = BackendRun(backend, uuid.uuid4().hex[:12], log=log_dir / f"{_safe(backend)}.log")
     log_dir.mkdir(parents=True, exist_ok=True)
+    tail = RecordTail(results)
     while True:
         cmd = [sys.executable, "-m", "pytest", str(CONFORMANCE_DIR), "--backend", backend, "--results",
-               str(results), "--run-id", run.run_id, "-p", "no:cacheprovider", "-q", "-rN", *pytest_args]
-        if run.restarts:
-            cmd.append("--resume")
+               str(results), "--run-id", run.run_id, f"--case-timeout={case_timeout}", "-p", "no:cacheprovider",
+               "-q", "-rN", *pytest_args] + (["--resume"] if run.restarts else [])
+        cases_before = run.progress.cases
         with open(run.log, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy())
+            proc = _spawn(cmd, log, env)
             try:
-                while proc.poll() is None:
-                    if on_poll:
-                        on_poll()
-                    time.sleep(0.5)
-            except KeyboardInterrupt:  # stop the child too; what it recorded stays in the results file
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                killed_late = _watch(proc, tail, run.progress, case_timeout, on_poll)
+            except BaseException:
+                _stop(proc, tail, run.progress, results)
                 raise
         code = proc.returncode
         run.exit_codes.append(code)
-        if code in FINISHED:
+        run.progress.take(tail.read(), time.monotonic())
+        flight = run.progress.in_flight()
+        if flight is not None:
+            start, seen_at = flight
+            if killed_late:
+                limit = case_timeout + grace_s(case_timeout)
+                _resolve(results, start, Status.TIMEOUT, f"no result after {limit:g} s; the process did not "
+                         "respond and was killed", round(time.monotonic() - seen_at, 3))
+                run.timed_out_ids.append(start["id"])
+            else:
+                _resolve(results, start, Status.CRASHED, f"the backend's process {describe_exit(code)}", None)
+                run.crashed_ids.append(start["id"])
+            run.progress.take(tail.read(), time.monotonic())
+        elif run.progress.end is not None:
+            ended = run.progress.end.get("ended")
+            run.outcome = Outcome.INTERRUPTED if ended == "interrupted" else Outcome.FINISHED
+            if ended not in ("completed", "interrupted"):
+                run.outcome, run.problem = Outcome.ABORTED, f"pytest ended with exit status {code} ({ended})"
             return run
-        flight = in_flight(read_records(results), run.run_id)
-        if flight is not None and code != TIMEOUT_EXIT:
-            record = {k: v for k, v in flight.items() if k != "kind"} | {
-                "kind": "case", "status": "crashed", "reason": f"the backend's process {_describe_exit(code)}",
-                "err": None, "ref_err": None, "ratio": None, "duration": None, "metrics": {}}
-            with open(results, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            run.crashed_ids.append(flight["id"])
-        elif flight is None and code != TIMEOUT_EXIT:
-            return run  # died outside any case (collection, start-up): the log says why
+        elif run.progress.cases == cases_before:
+            run.outcome = Outcome.ABORTED
+            run.problem = f"the process {describe_exit(code)} outside any case"
+            return run
         run.restarts += 1
-        if run.restarts > MAX_RESTARTS:
-            return run
+
+
+def _watch(proc: subprocess.Popen[bytes], tail: RecordTail, progress: RunProgress, case_timeout: float,
+           on_poll: Callable[[RunProgress], None] | None) -> bool:
+    """Wait for the child; kill it when its case in flight passes the deadline. True when it was killed."""
+    deadline_s = case_timeout + grace_s(case_timeout)
+    while proc.poll() is None:
+        progress.take(tail.read(), time.monotonic())
+        flight = progress.in_flight()
+        if flight is not None and time.monotonic() - flight[1] > deadline_s:
+            _kill_group(proc)
+            proc.wait()
+            return True
+        if on_poll:
+            on_poll(progress)
+        time.sleep(POLL_S)
+    _kill_group(proc)  # whatever the backend left behind in the child's session
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes], tail: RecordTail, progress: RunProgress, results: Path) -> None:
+    """Interrupt the child (SIGINT, so it writes its end record), kill it if it does not stop, and record the
+    case in flight ``interrupted``."""
+    if proc.poll() is None:
+        _kill_group(proc, signal.SIGINT)
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+    _kill_group(proc)
+    progress.take(tail.read(), time.monotonic())
+    flight = progress.in_flight()
+    if flight is not None:
+        _resolve(results, flight[0], Status.INTERRUPTED, "the run was interrupted during this case", None)
 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
-
-def counts(records: list[dict[str, Any]], backend: str | None = None) -> Counter[str]:
-    """Status counts of case records (of one backend when given)."""
-    return Counter(r["status"] for r in records
-                   if r.get("kind") == "case" and (backend is None or r.get("backend") == backend))

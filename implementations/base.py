@@ -17,7 +17,7 @@ import contextvars
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -346,17 +346,46 @@ BUILTIN_FACTORIES: dict[str, str] = {
 
 @dataclass
 class RegistryEntry:
-    """A backend as found by the registry: usable (``backend`` set) or unavailable with the reason."""
+    """A backend as found by the registry: usable (``backend`` set) or unavailable with the reason.
+
+    ``factory`` is the ``package.module:factory`` spec that made it, so a child process can load only it.
+    """
 
     name: str
     origin: str
     backend: BackendLike | None = None
     unavailable: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    factory: str = ""
 
     @property
     def available(self) -> bool:
         return self.backend is not None
+
+    def refuse(self, reason: str) -> None:
+        """Make the entry unavailable for ``reason``."""
+        self.backend = None
+        self.unavailable = reason
+
+
+@dataclass(frozen=True)
+class FactorySpec:
+    """One factory the registry knows: the label its entries get when it fails, where it was named, its spec."""
+
+    label: str
+    origin: str
+    spec: str
+
+
+class Named(Protocol):
+    """What the duplicate-name rule needs of a registry entry (or of a listing made in another process)."""
+
+    name: str
+
+    @property
+    def available(self) -> bool: ...
+
+    def refuse(self, reason: str) -> None: ...
 
 
 def _load_factory(spec: str) -> object:
@@ -370,56 +399,92 @@ def _load_factory(spec: str) -> object:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
-def _instantiate(label: str, origin: str, spec: str) -> list[RegistryEntry]:
-    """Call one factory; every failure becomes an unavailable entry with the reason, never a crash."""
+def instantiate(factory: FactorySpec) -> list[RegistryEntry]:
+    """Call one factory; every failure it raises, ``SystemExit`` and ``KeyboardInterrupt`` included, becomes
+    an unavailable entry with the reason, never a crash. (A factory that kills the interpreter outright is
+    isolated by :mod:`conformance.probe`, which runs the factories in a child process.)"""
+    label, origin, spec = factory.label, factory.origin, factory.spec
+
+    def unavailable(reason: str) -> list[RegistryEntry]:
+        return [RegistryEntry(label, origin, unavailable=reason, factory=spec)]
+
     try:
         made = _load_factory(spec)()
     except BackendUnavailable as exc:
-        return [RegistryEntry(label, origin, unavailable=str(exc))]
+        return unavailable(str(exc))
     except ImportError as exc:
-        return [RegistryEntry(label, origin, unavailable=f"import failed: {exc}")]
-    except Exception as exc:  # a third-party factory may fail in any way; report it, do not crash
-        return [RegistryEntry(label, origin, unavailable=f"{type(exc).__name__}: {exc}")]
+        return unavailable(f"import failed: {exc} (the module must be importable: installed, or on PYTHONPATH)")
+    except SystemExit as exc:
+        return unavailable(f"the factory called sys.exit({exc.code!r})")
+    except BaseException as exc:  # a third-party factory may fail in any way; report it, do not crash
+        return unavailable(f"{type(exc).__name__}: {exc}")
     made_list = made if isinstance(made, list | tuple) else [made]
     entries = []
     for backend in made_list:
         if not isinstance(backend, BackendLike):
-            entries.append(RegistryEntry(label, origin, unavailable=f"{spec} returned {backend!r}, which lacks "
-                                         "name / capabilities / not_supported_reasons"))
+            entries += unavailable(f"{spec} returned {backend!r}, which lacks name / capabilities / "
+                                   "not_supported_reasons")
         else:
-            entries.append(RegistryEntry(backend.name, origin, backend=backend))
+            entries.append(RegistryEntry(backend.name, origin, backend=backend, factory=spec))
     return entries
 
 
-def discover(extra_specs: tuple[str, ...] | list[str] = (), *,
-             env: dict[str, str] | None = None) -> list[RegistryEntry]:
-    """Every backend this run can see: built-ins, entry points, ``ATTNSPEC_BACKENDS`` and ``extra_specs``.
+def factory_specs(extra_specs: tuple[str, ...] | list[str] = (), *,
+                  env: dict[str, str] | None = None) -> list[FactorySpec]:
+    """Every factory this run can see, in order: built-ins, entry points, ``ATTNSPEC_BACKENDS``, ``extra_specs``.
 
-    ``ATTNSPEC_BACKENDS`` and ``extra_specs`` hold ``package.module:factory`` specs (comma-separated in
-    the variable). Names must be unique; a later duplicate is reported unavailable with the reason.
+    ``ATTNSPEC_BACKENDS`` and ``extra_specs`` hold ``package.module:factory`` specs (comma-separated in the
+    variable); their modules must be importable (installed, or on ``PYTHONPATH``).
     """
     import os
     from importlib.metadata import entry_points
 
-    found: list[RegistryEntry] = []
-    for label, spec in BUILTIN_FACTORIES.items():
-        found += _instantiate(label, "built-in", spec)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found += _instantiate(ep.name, f"entry point {ep.value}", ep.value)
+    found = [FactorySpec(label, "built-in", spec) for label, spec in BUILTIN_FACTORIES.items()]
+    found += [FactorySpec(ep.name, f"entry point {ep.value}", ep.value)
+              for ep in entry_points(group=ENTRY_POINT_GROUP)]
     env_specs = [s.strip() for s in (env if env is not None else os.environ).get(ENV_VAR, "").split(",")]
-    for spec in [s for s in env_specs if s] + list(extra_specs):
-        found += _instantiate(spec, f"--backend {spec}", spec)
-    seen: set[str] = set()
-    for entry in found:
-        if entry.available and entry.name in seen:
-            entry.unavailable = f"name {entry.name!r} is already taken by another backend"
-            entry.backend = None
-        seen.add(entry.name)
+    found += [FactorySpec(spec, f"--backend {spec}", spec) for spec in [s for s in env_specs if s] + list(extra_specs)]
     return found
 
 
-def select(entries: list[RegistryEntry], names: list[str] | tuple[str, ...]) -> list[RegistryEntry]:
-    """The entries named (all when ``names`` is empty); a name or spec nobody has raises ValueError."""
+def refuse_duplicate_names(entries: list[Named]) -> None:
+    """Names must be unique: a later available entry with a name already seen is made unavailable."""
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.available and entry.name in seen:
+            entry.refuse(f"name {entry.name!r} is already taken by another backend")
+        seen.add(entry.name)
+
+
+def discover(extra_specs: tuple[str, ...] | list[str] = (), *, env: dict[str, str] | None = None,
+             factories: set[str] | None = None) -> list[RegistryEntry]:
+    """Every backend this run can see (see :func:`factory_specs`), made in this process.
+
+    ``factories``: call only the factories with these specs (a child process told which ones its parent
+    found usable); the others are not listed. Names must be unique; a later duplicate is reported
+    unavailable with the reason.
+    """
+    found: list[RegistryEntry] = []
+    for factory in factory_specs(extra_specs, env=env):
+        if factories is None or factory.spec in factories:
+            found += instantiate(factory)
+    refuse_duplicate_names(found)
+    return found
+
+
+class Selectable(Protocol):
+    """What :func:`select` reads of an entry: its name and where it came from."""
+
+    name: str
+    origin: str
+
+
+SelectableT = TypeVar("SelectableT", bound=Selectable)
+
+
+def select(entries: list[SelectableT], names: list[str] | tuple[str, ...]) -> list[SelectableT]:
+    """The entries named (all when ``names`` is empty), by name or by the ``package.module:factory`` spec they
+    came from; a name or spec nobody has raises ValueError."""
     if not names:
         return entries
     chosen = []

@@ -1,0 +1,130 @@
+"""Backend discovery in a child process: a factory that exits or kills the interpreter (``sys.exit``,
+``os._exit``, a segfault in a native import) costs only its own entries, which are listed unavailable with
+the reason; ``attnspec backends`` and ``attnspec conformance`` go on with the others.
+
+The child (``python -m conformance.probe SPEC ...``) calls the factories one by one and prints one JSON line
+before each (``{"trying": spec}``) and one per backend it made. When the child dies, the factory it was trying
+is the culprit: the parent records it and starts a child for the factories after it. A factory's own output
+goes to stderr of the child, so its prints cannot pass for these lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from implementations.base import OPERATIONS, FactorySpec, factory_specs, instantiate, refuse_duplicate_names
+
+
+@dataclass
+class Listing:
+    """What a child process found out about one backend: enough to list it and to run it."""
+
+    name: str
+    origin: str
+    factory: str
+    reason: str | None = None
+    description: str = ""
+    operations: tuple[str, ...] = ()
+    capabilities: dict[str, Any] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    def refuse(self, reason: str) -> None:
+        self.reason = reason
+
+    @property
+    def spec_requested(self) -> bool:
+        """Named on the command line or in ``ATTNSPEC_BACKENDS`` (rather than built in or an entry point)."""
+        return self.origin.startswith("--backend ")
+
+    @property
+    def selector(self) -> str:
+        """What ``--backend`` takes to select this backend in a child: its spec when it came from one."""
+        return self.origin.removeprefix("--backend ") if self.spec_requested else self.name
+
+
+def _listings_of(factory: FactorySpec) -> list[Listing]:
+    listings = []
+    for entry in instantiate(factory):
+        b = entry.backend
+        listings.append(Listing(
+            name=entry.name, origin=entry.origin, factory=entry.factory, reason=entry.unavailable,
+            description=str(getattr(b, "description", "") or "") if b is not None else "",
+            operations=tuple(op for op in OPERATIONS if callable(getattr(b, op, None))) if b is not None else (),
+            capabilities=b.capabilities.describe() if b is not None else None))
+    return listings
+
+
+def discover_isolated(extra_specs: list[str]) -> list[Listing]:
+    """Every backend the registry can see (:func:`implementations.base.factory_specs`), made in child processes."""
+    from conformance.supervisor import describe_exit
+
+    factories = factory_specs(extra_specs)
+    listings: list[Listing] = []
+    start = 0
+    while start < len(factories):
+        done = subprocess.run([sys.executable, "-m", "conformance.probe", "--skip", str(start), *extra_specs],
+                              capture_output=True, text=True)
+        trying: int | None = None  # the factory whose call had begun and not ended when the child stopped
+        heard = False
+        for line in done.stdout.splitlines():
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a factory's own print, or a line cut by the crash
+            if not isinstance(message, dict) or set(message) != {"probe"}:
+                continue
+            event, heard = message["probe"], True
+            if event["event"] == "trying":
+                trying = event["factory"]
+            elif event["event"] == "done":
+                trying = None
+            else:
+                listings.append(Listing(**{**event["listing"], "operations": tuple(event["listing"]["operations"])}))
+        if not heard and done.returncode != 0:
+            raise RuntimeError(f"backend discovery failed: {done.stderr.strip()[-2000:]}")
+        if trying is None:
+            break
+        culprit = factories[trying]
+        tail = done.stderr.strip().splitlines()[-1:] or [""]
+        listings.append(Listing(culprit.label, culprit.origin, culprit.spec,
+                                reason=f"the factory's process {describe_exit(done.returncode)} {tail[0]}".strip()))
+        start = trying + 1
+    refuse_duplicate_names(listings)
+    return listings
+
+
+def _say(channel: TextIO, event: dict[str, Any]) -> None:
+    channel.write(json.dumps({"probe": event}) + "\n")
+    channel.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child side: call the factories from ``--skip`` on, one JSON line before each and one per backend."""
+    parser = argparse.ArgumentParser(prog="python -m conformance.probe")
+    parser.add_argument("--skip", type=int, default=0, help="factories already probed")
+    parser.add_argument("specs", nargs="*")
+    args = parser.parse_args(argv)
+    channel = os.fdopen(os.dup(1), "w")  # the parent reads this; what factories print goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for i, factory in enumerate(factory_specs(args.specs)):
+        if i < args.skip:
+            continue
+        _say(channel, {"event": "trying", "factory": i})
+        for listing in _listings_of(factory):
+            _say(channel, {"event": "listing", "listing": asdict(listing)})
+        _say(channel, {"event": "done", "factory": i})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
