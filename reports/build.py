@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     for rs in sets:
         for problem in rs.problems:
             print(f"attnspec report: {rs.label}: {problem}", file=sys.stderr)
+    for problem in asv.problems if asv else []:
+        print(f"attnspec report: asv: {problem}", file=sys.stderr)
     print(f"report: {index}")
     return MISSING_INPUT if missing else 0
 

@@ -96,7 +96,7 @@ def columns(sets: Iterable[ResultSet]) -> list[Column]:
             prov = src.provenance
             values = {label: prov.short_commit if key == "commit" else (getattr(prov, key) or "—")
                       for label, key in ROWS}
-            if key_note := getattr(src, "date_note", ""):
-                values["date"] += f" ({key_note})"
+            if src is rs.conformance and rs.conformance.date_note:
+                values["date"] += f" ({rs.conformance.date_note})"
             out.append(Column(rs.label, "conformance" if src is rs.conformance else "bench", src.path.name, values))
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from markupsafe import Markup
 
+from conformance.results import Status
 from reports import charts
 from reports.fields import Scalar, is_finite
 from reports.fmt import fmt_bytes, fmt_ms, fmt_num
@@ -24,8 +25,6 @@ from reports.timings import Bench, Ceilings, Timing
 X_KEYS = ("S", "Sk", "Sq", "V", "cols", "n")
 #: workload figures derived from the sizes: not shown in the table, never an axis
 DERIVED = frozenset({"flops", "min_bytes", "bytes"})
-#: how the table shows a record's correctness gate
-GATE_CSS = {"passed": "ok", "failed": "bad", "error": "bad", "crashed": "bad", "timeout": "bad"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +126,14 @@ def figure(key: tuple[str, ...], timings: list[Timing], ceilings: Ceilings, devi
                                                          hlines=hlines)]))
 
 
+def gate_css(gate: str | None) -> str:
+    """How the table marks a correctness gate: ``bad`` for a bad status (``Status.bad``), ``ok`` for passed."""
+    status = Status.parse(gate)
+    if status is None:
+        return ""
+    return "bad" if status.bad else "ok" if status is Status.PASSED else ""
+
+
 def rate(t: Timing) -> str:
     """A timing's throughput with its unit."""
     if is_finite(t.tflops):
@@ -138,7 +145,7 @@ def timing_row(t: Timing) -> TimingRow:
     """A timing as a row of the speed table."""
     return TimingRow(
         op=t.op, label=t.label or "", workload=" ".join(f"{k}={v}" for k, v in t.workload.items() if k not in DERIVED),
-        dtype=t.dtype, backend=t.row, gate=t.gate or "—", gate_css=GATE_CSS.get(t.gate or "", ""),
+        dtype=t.dtype, backend=t.row, gate=t.gate or "—", gate_css=gate_css(t.gate),
         reason=t.reason or "", median=fmt_ms(t.median_s), iqr=fmt_ms(t.iqr_s), rate=rate(t),
         fraction=f"{t.fraction_of_ceiling:.0%}" if is_finite(t.fraction_of_ceiling) else "—",
         memory=fmt_bytes(t.peak_extra_bytes), baseline=t.baseline or "—",

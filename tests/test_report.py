@@ -12,7 +12,7 @@ import pytest
 
 from reports import build
 from reports.asv import load_asv
-from reports.cases import INTERRUPTED_REASON, load_conformance
+from reports.cases import INTERRUPTED_REASON
 from reports.load import result_sets
 from reports.site import build_site, environment
 from reports.spec import ClauseText, Spec
@@ -374,16 +374,6 @@ def test_history_from_asv(site: Path) -> None:
     # reference: only S=256 at the first commit (0.5), both at the second: sqrt(0.55 * 1.1) = 0.778
     assert "<td class=\"n\">0.5</td><td class=\"n\">0.778</td>" in hist
     assert "time_forward" not in hist  # throughput benchmarks are the headline when there are some
-
-
-def test_rerun_replaces_earlier_result(tmp_path: Path) -> None:
-    records = conformance_records()
-    again = {**records[2], "status": "failed", "reason": "second run"}
-    path = write_jsonl(tmp_path / "c.jsonl", [*records, records[0], {"kind": "start", "id": again["id"],
-                                                                    "backend": "torch"}, again])
-    conf = load_conformance(path)
-    assert conf.runs == 2
-    assert [c.reason for c in conf.cases if c.id == again["id"]] == ["second run"]
 
 
 def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -336,3 +336,11 @@ def test_loaders_tolerate_bad_files(tmp_path: Path) -> None:
     assert load_asv(tmp_path).problems
 
 
+def test_rerun_replaces_earlier_result(tmp_path: Path) -> None:
+    records = conformance_records()
+    again = {**records[2], "status": "failed", "reason": "second run"}
+    path = write_jsonl(tmp_path / "c.jsonl", [*records, records[0], {"kind": "start", "id": again["id"],
+                                                                    "backend": "torch"}, again])
+    conf = load_conformance(path)
+    assert conf.runs == 2
+    assert [c.reason for c in conf.cases if c.id == again["id"]] == ["second run"]
