@@ -190,7 +190,7 @@ def _conformance(args: argparse.Namespace, console: Console, results: Path) -> i
     for entry in chosen:
         if not entry.available:
             console.print(Text(f"skipping {entry.name}: unavailable ({entry.reason})", "dim"))
-    runnable = [entry for entry in chosen if entry.available]
+    runnable = _children([entry for entry in chosen if entry.available])
     if not runnable:
         console.print(Text("no available backend to run", "red"))
         return 2
@@ -201,10 +201,10 @@ def _conformance(args: argparse.Namespace, console: Console, results: Path) -> i
     common += [f"--device={device}" for device in args.device]
     common += [f"--clause={c}" for c in args.clause] + (["-k", args.k] if args.k else [])
     bad_run = empty = False
-    for i, entry in enumerate(runnable, 1):
-        label = f"[{i}/{len(runnable)}] {entry.name}"
+    for i, (selector, entries) in enumerate(runnable.items(), 1):
+        label = f"[{i}/{len(runnable)}] {', '.join(e.name for e in entries)}"
         try:
-            run = _run_one(console, label, entry, results, common + [f"--factory={entry.factory}"], args)
+            run = _run_one(console, label, selector, results, common + [f"--factory={entries[0].factory}"], args)
         except KeyboardInterrupt as exc:
             name = "SIGTERM" if isinstance(exc, _Stop) else "SIGINT"
             console.print(Text(f"{label}: interrupted ({name}); the cases recorded so far are kept", "magenta"))
@@ -221,7 +221,16 @@ def _conformance(args: argparse.Namespace, console: Console, results: Path) -> i
     return 1 if bad_run else (2 if empty else 0)
 
 
-def _run_one(console: Console, label: str, entry: Listing, results: Path, pytest_args: list[str],
+def _children(entries: list[Listing]) -> dict[str, list[Listing]]:
+    """The backends of each pytest child, by what its ``--backend`` says: a ``package.module:factory`` spec that
+    makes several backends selects them all, so they share one child."""
+    children: dict[str, list[Listing]] = {}
+    for entry in entries:
+        children.setdefault(entry.selector, []).append(entry)
+    return children
+
+
+def _run_one(console: Console, label: str, selector: str, results: Path, pytest_args: list[str],
              args: argparse.Namespace) -> BackendRun:
     """One backend's supervised run, with a live line on a terminal and a plain line every few seconds
     elsewhere."""
@@ -236,7 +245,7 @@ def _run_one(console: Console, label: str, entry: Listing, results: Path, pytest
             spinner.update(text=Text(f"{label}: {_summary(progress)}"))
 
         with Live(spinner, console=console, refresh_per_second=4, transient=True):
-            return run_backend(entry.selector, results, pytest_args, case_timeout=args.case_timeout,
+            return run_backend(selector, results, pytest_args, case_timeout=args.case_timeout,
                                log_dir=log_dir, on_poll=live)
     last = [time.monotonic()]
 
@@ -245,7 +254,7 @@ def _run_one(console: Console, label: str, entry: Listing, results: Path, pytest
             last[0] = time.monotonic()
             console.print(Text(f"{label}: {_summary(progress)}"), soft_wrap=True)
 
-    return run_backend(entry.selector, results, pytest_args, case_timeout=args.case_timeout, log_dir=log_dir,
+    return run_backend(selector, results, pytest_args, case_timeout=args.case_timeout, log_dir=log_dir,
                        on_poll=plain)
 
 

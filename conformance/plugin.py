@@ -412,40 +412,41 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
         _finish(state, item)
 
 
-def _status(reports: dict[str, pytest.TestReport]) -> tuple[str, str | None]:
+def _status(reports: dict[str, pytest.TestReport]) -> tuple[Status, str | None]:
+    """The status of a case from its setup and call reports, and its reason."""
     setup, call = reports.get("setup"), reports.get("call")
     for rep in (setup, call):
         if rep is None:
             continue
         xfail = getattr(rep, "wasxfail", None)
         if rep.skipped and xfail is not None:
-            return "xfail", xfail or None
+            return Status.XFAIL, xfail or None
         if rep.passed and xfail is not None and rep.when == "call":
-            return "xpass", xfail or None
+            return Status.XPASS, xfail or None
         if rep.skipped:
             message = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             message = message.removeprefix("Skipped: ")
             declared = dict(rep.user_properties).get("attnspec_status")
-            return declared or "skipped", message
+            return Status.parse(declared) or Status.SKIPPED, message
         if rep.failed:
-            status = "error" if rep.when == "setup" else "failed"
+            status = Status.ERROR if rep.when == "setup" else Status.FAILED
             text = rep.longreprtext.strip().splitlines()
             errors = [ln for ln in text if ln.startswith("E ")]
             return status, "\n".join(e[1:].strip() for e in errors[:8])[:2000] or (text[-1] if text else None)
-    return "passed", None
+    return Status.PASSED, None
 
 
 def _finish(state: _State, item: pytest.Item) -> None:
     t = state.trial_by_node[item.nodeid]
     status, reason = _status(state.reports.pop(item.nodeid))
     record = _base_record(t) | t.summary() | {
-        "status": status,
+        "status": status.value,
         "reason": reason,
         "test": item.originalname if isinstance(item, pytest.Function) else item.name,
         "duration": round(time.perf_counter() - state.started.pop(item.nodeid, time.perf_counter()), 4),
         "metrics": t.metrics,
     }
-    if Status(status).bad:
+    if status.bad:
         record["repro"] = repro_command(item, t)
     record = _finite(record)
     state.records.append(record)

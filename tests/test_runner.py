@@ -215,13 +215,16 @@ def test_names_are_printed_as_text_and_backends_share_the_run_start(tmp_path: Pa
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "evil[/bold]name" in listed.stdout and ":factory:" in listed.stdout
     results = tmp_path / "r.jsonl"
-    done = attnspec("conformance", "--backend", "tests.hostile:markup_names", "--results", str(results), *CLAUSE,
-                    "--progress-interval", "0.5")
+    done = attnspec("conformance", "--backend", "tests.hostile:markup_names", "--backend", "tests.thirdparty:good",
+                    "--results", str(results), *CLAUSE, "--progress-interval", "0.5")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "evil[/bold]name@cpu" in done.stdout and ":factory:@cpu" in done.stdout
-    assert "[1/2] evil[/bold]name: " in done.stdout  # plain progress lines: the output is not a terminal
-    runs = [r for r in records(results) if r.get("kind") == "run"]
-    assert len(runs) == 2 and runs[0]["started"] == runs[1]["started"]
+    assert "[1/2] evil[/bold]name, :factory:: " in done.stdout  # plain progress lines: the output is not a terminal
+    recs = records(results)
+    runs = [r for r in recs if r.get("kind") == "run"]
+    assert len(runs) == 2 and runs[0]["started"] == runs[1]["started"]  # two children, one run start
+    ids = [r["id"] for r in recs if r.get("kind") == "case"]
+    assert len(ids) == len(set(ids))  # one factory's two backends ran once, in one child
 
 
 def test_backends_listing_is_compact_with_details_on_request() -> None:
