@@ -95,6 +95,12 @@ def test_bad_arguments_fail_at_once_with_the_cause(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30 and not results.exists()
 
 
+def test_a_child_that_stops_before_any_case_shows_why_on_the_console(tmp_path: Path) -> None:
+    done, results = conformance(tmp_path, "wrong", "-k", "(")
+    assert done.returncode == 1, done.stdout
+    assert "stopped before finishing" in done.stdout and "Wrong expression passed to '-k'" in done.stdout
+
+
 # -- the supervisor survives every way a backend process can die --------------------------------------
 
 @pytest.mark.parametrize("code", [0, 1, 2, 3, 5])
