@@ -24,21 +24,11 @@ import benchmarks
 from benchmarks import bench
 from benchmarks.bench import main, measure, memory_scaling
 from benchmarks.gate import ReferenceCache, relative_error, run_gate
-from benchmarks.workloads import (
-    OPS,
-    AttentionWorkload,
-    RowsWorkload,
-    attention_backward_flops,
-    attention_forward_backward_flops,
-    attention_forward_flops,
-    kd_loss_min_bytes,
-    memory_workloads,
-    rates,
-    reduce_sum_min_bytes,
-    softmax_stats_min_bytes,
-    workloads,
-)
+from benchmarks.workloads import OPS, AttentionWorkload, RowsWorkload, memory_workloads, rates, workloads
 from implementations.base import Backend, Capabilities, RegistryEntry, new_output
+from implementations.ops import kd_loss, reduce_sum, softmax_stats
+from implementations.ops.attention import forward_flops as attention_forward_flops
+from implementations.ops.attention_backward import backward_flops as attention_backward_flops
 from implementations.reference import ReferenceBackend
 
 CEILINGS = {"matmul_tflops": 1.0, "copy_GBps": 1.0}
@@ -60,7 +50,8 @@ def test_backward_is_two_and_a_half_forward() -> None:
     fwd = attention_forward_flops(2, 3, 256, 256, 64, causal=False)
     assert fwd == 4 * 2 * 3 * 256 * 256 * 64 == 100_663_296
     assert attention_backward_flops(2, 3, 256, 256, 64, causal=False) == fwd * 5 // 2 == 251_658_240
-    assert attention_forward_backward_flops(2, 3, 256, 256, 64, causal=True) == 7 * fwd // 4
+    shape = (2, 3, 256, 256, 64)
+    assert attention_forward_flops(*shape, causal=True) + attention_backward_flops(*shape, causal=True) == 7 * fwd // 4
 
 
 def test_causal_count_needs_equal_lengths() -> None:
@@ -70,9 +61,9 @@ def test_causal_count_needs_equal_lengths() -> None:
 
 
 def test_byte_counts() -> None:
-    assert kd_loss_min_bytes(8192, 131072, 4) == 3 * 8192 * 131072 * 4  # read s, t; write ds
-    assert reduce_sum_min_bytes(1 << 28, 4) == 1 << 30  # read once
-    assert softmax_stats_min_bytes(8192, 131072, 2) == 8192 * 131072 * 2 + 8192 * 8  # read x, write m, l
+    assert kd_loss.min_bytes(8192, 131072, 4) == 3 * 8192 * 131072 * 4  # read s, t; write ds
+    assert reduce_sum.min_bytes(1 << 28, 4) == 1 << 30  # read once
+    assert softmax_stats.min_bytes(8192, 131072, 2) == 8192 * 131072 * 2 + 8192 * 8  # read x, write m, l
     assert RowsWorkload("kd_loss", 8192, 131072, torch.bfloat16).min_bytes == 3 * 8192 * 131072 * 2
 
 
@@ -455,3 +446,12 @@ def test_asv_smoke_run_writes_nothing_into_the_checkout_or_home(tmp_path: Path) 
     assert list(home.iterdir()) == []
     after = sorted(p.relative_to(ROOT) for p in asv_dir.rglob("*")) if asv_dir.exists() else None
     assert after == before
+
+
+def test_listing_the_baselines_does_not_import_the_compiler() -> None:
+    """Every asv benchmark process lists the baselines; ``torch.compile``'s import (seconds) waits for the
+    first KD call of the torch-compile row."""
+    script = ("import sys\nfrom benchmarks.baselines import baseline_backends\nbaseline_backends()\n"
+              "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
