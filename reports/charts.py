@@ -8,6 +8,7 @@ labels, tick labels, legends) goes through :func:`plain`, so a ``$`` never start
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ def plain_log_ticks(axis: Axis, base: float = 10) -> None:
 PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
 LIMIT_COLOR = "#555555"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: the highest axis limit drawn (a margin above a value near the float maximum would overflow to inf)
 LARGEST = 1e300
 
@@ -98,8 +100,9 @@ class Panel:
 
 
 def plain(text: str) -> str:
-    """``text`` as matplotlib should show it: no mathtext, and not hidden from legends by a leading ``_``."""
-    text = text.replace("$", r"\$")
+    """``text`` as matplotlib should show it: no mathtext, control characters as spaces (a NUL has no glyph
+    and is not allowed in SVG), and not hidden from legends by a leading ``_``."""
+    text = CONTROL.sub(" ", text).replace("$", r"\$")
     return "\u200b" + text if text.startswith("_") else text
 
 

@@ -344,3 +344,12 @@ def test_rerun_replaces_earlier_result(tmp_path: Path) -> None:
     conf = load_conformance(path)
     assert conf.runs == 2
     assert [c.reason for c in conf.cases if c.id == again["id"]] == ["second run"]
+
+
+def test_chart_text_is_plain_text() -> None:
+    """Names reach the SVG as text: no mathtext, no control characters (a NUL is not allowed in SVG)."""
+    svg = charts.line_chart([charts.Panel(f"t\x00{MATHTEXT}", [charts.Series("_b\x1b", [1, 2], [1, 2])],
+                                          "$x$", "y\n", xticklabels=["$c$", "d"])])
+    assert "\x00" not in svg and "\x1b" not in svg
+    for text in ("t $\\frac{$", "$x$", "$c$", "_b"):
+        assert text in svg, text
