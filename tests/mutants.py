@@ -16,6 +16,11 @@ from implementations import schedule as sched
 from implementations import validate
 from implementations.base import Backend, Capabilities, new_output
 
+#: defects whose output accumulator is held in float16 / bfloat16, and the keys added to it between roundings:
+#: every key (``half_accumulation``), or a tile of 64 keys whose P·V product is summed in float32, as a tiled
+#: kernel that keeps its accumulator in half precision between key tiles (``half_tile_accumulation``)
+HALF_ACCUMULATORS = {"half_accumulation": 1, "half_tile_accumulation": 64}
+
 
 class Control(Backend):
     """Straightforward torch attention, softmax statistics, KD loss and reduction; ``defect`` says what
@@ -71,10 +76,11 @@ class Control(Backend):
         Hq, Hk = q.shape[1], k.shape[1]
         index = torch.arange(Hq) % Hk if self.defect == "gqa_modulo" else torch.arange(Hq) // (Hq // Hk)
         vx = v.float()[:, index]
-        if self.defect == "half_accumulation" and q.dtype in (torch.float16, torch.bfloat16):
+        if self.defect in HALF_ACCUMULATORS and q.dtype in (torch.float16, torch.bfloat16):
+            tile = HALF_ACCUMULATORS[self.defect]
             pv = torch.zeros(q.shape, dtype=q.dtype)
-            for j in range(vx.shape[2]):  # acc += p_j v_j, the accumulator rounded to half at every key
-                pv = (pv.float() + p[..., j:j + 1] * vx[:, :, j:j + 1]).to(q.dtype)
+            for j in range(0, vx.shape[2], tile):  # acc += P_tile V_tile (in float32), acc held in half
+                pv = (pv.float() + p[..., j:j + tile] @ vx[:, :, j:j + tile]).to(q.dtype)
             out = pv.float() / l
         else:
             out = (p @ vx) / l
@@ -157,6 +163,7 @@ mutant_wrong_causal = _make("wrong_causal")
 mutant_missing_scale = _make("missing_scale")
 mutant_lse_base2 = _make("lse_base2")
 mutant_half_accumulation = _make("half_accumulation")
+mutant_half_tile_accumulation = _make("half_tile_accumulation")
 mutant_nan_masked_rows = _make("nan_masked_rows")
 mutant_kd_no_t_squared = _make("kd_no_t_squared")
 mutant_kd_reduction_mean = _make("kd_reduction_mean")
