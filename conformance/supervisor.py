@@ -168,18 +168,24 @@ def describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends it SIGKILL when the supervisor dies (Linux)."""
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A function for the child before exec: the kernel sends it SIGKILL when the supervisor dies (Linux's
+    ``PR_SET_PDEATHSIG``). Resolved here, in the parent, so the forked child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+_DIE_WITH_PARENT = _death_signal_setter()
 
 
 def _spawn(cmd: list[str], log: Any, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(),
-                            start_new_session=True,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                            start_new_session=True, preexec_fn=_DIE_WITH_PARENT)
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
