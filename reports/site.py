@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from conformance.results import Status
 from reports import charts
 from reports.asv import AsvHistory
 from reports.history import history
@@ -162,7 +163,7 @@ def build_site(sets: list[ResultSet], output: Path, *, spec: Spec, asv: AsvHisto
     write_case_pages(site, sets, grouped, spec, clause_ids)
     benches = [(rs, b) for rs in sets for b in rs.benches]
     return site.write(
-        "index.html.j2", "index.html", sets=sets, tables=tables, words=WORDS,
+        "index.html.j2", "index.html", sets=sets, tables=tables, words=WORDS, bad=[s for s in Status if s.bad],
         precision=precision(sets, colors),
         speed=[speed(rs, b, colors) for rs, b in benches if b.records],
         memory=[m for rs, b in benches if (m := memory(rs, b, colors))],
