@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from hypothesis import strategies as st
 
 from conformance import cases as C
 from conformance import oracle
 from conformance.checks import call_attention, check_forward, default_scale, expect_input_error, memory_growth
+from conformance.properties import falsify
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import SealedCall, Trial, cases, unsupported
@@ -112,6 +114,10 @@ def test_fully_masked_rows(trial: Trial) -> None:
     check_forward(trial, q, k, v, causal="bottom_right")
 
 
+#: cuts drawn per ATT-5 case (each costs a backend call)
+CUTS = 4
+
+
 def _independence(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
     return C.small_attention(b, device, quick, causal_variants=("top_left", "bottom_right"),
                              seqs=((128, 128), (113, 203), (203, 113)), every_dtype=False)
@@ -122,26 +128,33 @@ def _independence(b: BackendLike, device: str, quick: bool) -> list[AttentionCas
 def test_causal_independence(trial: Trial) -> None:
     """Changing K or V at positions invisible to query i leaves out[i] bit-identical.
 
-    K and V are redrawn from position `cut` on; every row that sees no key at or after `cut` must not move
-    by a single bit. Guards against: masking applied after the row max or after exp (garbage leaks in),
-    reads past the causal boundary.
+    A property over the cut: K and V are redrawn from position `cut` on, for CUTS cuts that hypothesis
+    draws from the case's seed (and shrinks when one fails); every row that sees no key at or after `cut`
+    must not move by a single bit. Guards against: masking applied after the row max or after exp (garbage
+    leaks in), reads past the causal boundary.
     """
     case = trial.case
     q, k, v = C.attention_inputs(case, trial.seed)
     out1, _ = call_attention(trial, q, k, v, causal=case.causal)
-    cut = max(1, case.Sk // 2)
-    g = trial.generator(salt=3)
-    k2, v2 = k.clone(), v.clone()
-    k2[:, :, cut:] = C.randn(tuple(k2[:, :, cut:].shape), case.dtype, case.device, g, scale=5.0)
-    v2[:, :, cut:] = C.randn(tuple(v2[:, :, cut:].shape), case.dtype, case.device, g, scale=5.0)
-    out2, _ = call_attention(trial, q, k2, v2, causal=case.causal)
-    offset = 0 if case.causal == "top_left" else case.Sk - case.Sq
-    rows = [i for i in range(case.Sq) if i + offset < cut]  # the last visible key of row i is i + offset
-    trial.metrics["rows_checked"] = len(rows)
-    assert rows, "no row is independent of the redrawn keys (shape too small)"
-    changed = [i for i in rows if not torch.equal(out1[:, :, i], out2[:, :, i])]
-    assert not changed, f"{len(changed)} of {len(rows)} rows changed although they see no redrawn key " \
-                        f"(first: row {changed[0]})"
+    offset = 0 if case.causal == "top_left" else case.Sk - case.Sq  # row i's last visible key is i + offset
+    rows_checked = []
+
+    def unchanged_before(cut: int) -> None:
+        g = trial.generator(salt=3 + cut)
+        k2, v2 = k.clone(), v.clone()
+        k2[:, :, cut:] = C.randn(tuple(k2[:, :, cut:].shape), case.dtype, case.device, g, scale=5.0)
+        v2[:, :, cut:] = C.randn(tuple(v2[:, :, cut:].shape), case.dtype, case.device, g, scale=5.0)
+        out2, _ = call_attention(trial, q, k2, v2, causal=case.causal)
+        rows = [i for i in range(case.Sq) if i + offset < cut]
+        rows_checked.append(len(rows))
+        changed = [i for i in rows if not torch.equal(out1[:, :, i], out2[:, :, i])]
+        assert not changed, f"{len(changed)} of {len(rows)} rows changed although they see no redrawn key " \
+                            f"(first: row {changed[0]})"
+
+    first = max(1, offset + 1)  # the smallest cut that leaves a row independent of it
+    assert first < case.Sk, "no row is independent of a cut (shape too small)"
+    falsify(trial, "cut", st.integers(first, case.Sk - 1), unchanged_before, CUTS)
+    trial.metrics["rows_checked"] = rows_checked
 
 
 def _gqa(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
+from hypothesis import strategies as st
 
 from conformance import cases as C
 from conformance import oracle
 from conformance.checks import expect_input_error
 from conformance.memory import peak_extra
+from conformance.properties import falsify
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import Trial, cases, unsupported
@@ -128,25 +130,45 @@ def test_kd_nonnegative_and_zero_at_shift(trial: Trial) -> None:
                  loss_magnitude=T * T * math.log(case.cols))
 
 
+#: shifts drawn per KD-4 case (each costs a backend call)
+SHIFTS = 6
+
+
 @clause("KD-4")
 @cases("kd_loss", _small)
 def test_kd_shift_invariance(trial: Trial) -> None:
     """Adding a per-row constant to s or to t leaves the loss unchanged (with and without labels).
 
-    Compared with the unshifted oracle by the tolerance rule. Guards against: logsumexp without the max,
-    where large shifts overflow or lose every digit.
+    A property over the shift: SHIFTS examples that hypothesis draws from the case's seed (and shrinks when
+    one fails), each a size up to ±1000, the side shifted and whether labels count; the per-row constants
+    are that size times 1 + N(0, 1)/4. Compared with the unshifted oracle by the tolerance rule (naive: the
+    unfused formula on the shifted logits), whose floor counts the rounding of log-probabilities at the
+    shifted logits' size. Guards against: logsumexp without the max, where large shifts
+    overflow or lose every digit.
     """
     case, g = trial.case, trial.generator()
     s, t = _logits(case, g)
     labels = _labels(case, g)
-    c = C.randn((case.rows, 1), case.dtype, case.device, g, scale=30.0)
-    for alpha, y in ((1.0, None), (0.4, labels)):
-        kwargs = {"temperature": 2.0, "alpha": alpha, "labels": y, "ignore_index": IGNORE}
+    spread = 1 + C.randn((case.rows, 1), torch.float64, "cpu", g) / 4
+    T = 2.0
+
+    def loss_unchanged(example: tuple[float, str, bool]) -> None:
+        size, side, with_labels = example
+        alpha = 0.4 if with_labels else 1.0
+        kwargs = {"temperature": T, "alpha": alpha, "labels": labels if with_labels else None, "ignore_index": IGNORE}
         ref = oracle.kd_loss(s.cpu(), t.cpu(), **kwargs)[0]
-        for ss, tt in ((s + c, t), (s, t + c)):
-            loss, _ = trial.call("kd_loss", ss.to(case.dtype), tt.to(case.dtype), **kwargs)
-            naive = oracle.kd_loss(ss, tt, **kwargs, compute=oracle.stat_dtype(case.dtype), naive=True)[0]
-            trial.check(compare("loss", loss, ref, naive, dtype=oracle.stat_dtype(case.dtype), terms=case.cols))
+        c = (size * spread).to(case.dtype).to(case.device)
+        ss, tt = ((s + c).to(case.dtype), t) if side == "s" else (s, (t + c).to(case.dtype))
+        loss, _ = trial.call("kd_loss", ss, tt, **kwargs)
+        naive = oracle.kd_loss(ss, tt, **kwargs, compute=oracle.stat_dtype(case.dtype), naive=True)[0]
+        # a kernel's log-softmax of logits of size Z (z - lse with lse stored) rounds to eps·Z/T: the KD term
+        # T²·Σ p_t (log p_t - log p_s) moves by up to 2·α·T·eps·Z, the cross-entropy by (1 - α)·eps·Z
+        Z = max(float(ss.abs().max()), float(tt.abs().max()))
+        trial.check(compare("loss", loss, ref, naive, dtype=oracle.stat_dtype(case.dtype), terms=case.cols,
+                            propagated=(2 * alpha * T + (1 - alpha)) * Z))
+
+    shifts = st.tuples(st.floats(-1000.0, 1000.0, allow_nan=False), st.sampled_from(("s", "t")), st.booleans())
+    falsify(trial, "shift", shifts, loss_unchanged, SHIFTS)
 
 
 TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0, 16.0, 64.0, 256.0)

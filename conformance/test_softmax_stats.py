@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 
 import torch
+from hypothesis import strategies as st
 
 from conformance import cases as C
 from conformance import oracle
 from conformance.checks import call_attention, default_scale
+from conformance.properties import falsify
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import Trial, cases
@@ -139,24 +141,29 @@ def _tree_merge(merge, parts: list, rng: random.Random):  # noqa: ANN001, ANN202
     return parts[0]
 
 
+#: splits drawn per SMX-3 case (each costs a backend call per block)
+SPLITS = 5
+
+
 @clause("SMX-3")
 @cases("softmax_stats", _split_cases)
 def test_any_split_any_tree(trial: Trial) -> None:
     """Any split of a row into blocks, merged in any tree order, equals the one-shot lse.
 
-    Five random splits, each merged left-to-right, right-to-left and in a random tree, with the backend's
-    own softmax_stats per block and its softmax_merge. Guards against: merges that are only right for
-    equal block sizes or for left folds.
+    A property over the split points: SPLITS splits of 1 to 12 cuts that hypothesis draws from the case's
+    seed (and shrinks when one fails), each merged left-to-right, right-to-left and in a random tree, with
+    the backend's own softmax_stats per block and its softmax_merge. Guards against: merges that are only
+    right for equal block sizes or for left folds.
     """
     x = _draw_rows(trial.case, trial.generator())
-    rng = random.Random(trial.seed)
     merge = trial.backend.softmax_merge
     ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
     naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(x.dtype))
     naive_lse = naive_m.double() + torch.log(naive_l.double())
     L = x.shape[1]
-    for _ in range(5):
-        cuts = sorted(rng.sample(range(1, L), k=min(L - 1, rng.randint(1, 12))))
+
+    def merges_to_one_shot(example: tuple[list[int], random.Random]) -> None:
+        cuts, rng = example
         bounds = [0, *cuts, L]
         parts = [trial.call("softmax_stats", x[:, a:b].contiguous()) for a, b in zip(bounds, bounds[1:])]
         orders = {"left": _fold(merge, parts), "right": _fold(merge, parts[::-1]),
@@ -164,7 +171,10 @@ def test_any_split_any_tree(trial: Trial) -> None:
         for m, l in orders.values():
             trial.check(compare("lse_stats", m.double() + torch.log(l.double()), ref_m + torch.log(ref_l),
                                 naive_lse, dtype=oracle.stat_dtype(x.dtype), terms=L))
-    trial.metrics["splits"] = 5
+
+    cuts = st.lists(st.integers(1, L - 1), min_size=1, max_size=min(12, L - 1), unique=True).map(sorted)
+    falsify(trial, "split", st.tuples(cuts, st.randoms(use_true_random=False)), merges_to_one_shot, SPLITS)
+    trial.metrics["splits"] = SPLITS
 
 
 def _fold(merge, parts: list):  # noqa: ANN001, ANN202
