@@ -440,7 +440,7 @@ def test_asv_smoke_run_writes_nothing_into_the_checkout_or_home(tmp_path: Path) 
     env = {**os.environ, "HOME": str(home), "ATTNSPEC_ASV_BACKENDS": "torch.sum", "CUDA_VISIBLE_DEVICES": "",
            "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "asv_smoke.sh"), r"^asv_suite\.ReduceSum\.time_call"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "asv_suite.ReduceSum.time_call" in done.stdout and "torch.sum" in done.stdout
     assert list(home.iterdir()) == []
