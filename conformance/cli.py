@@ -64,10 +64,14 @@ def cmd_backends(args: argparse.Namespace) -> int:
     declares with ``--verbose``. Exits 1 when a backend asked for with ``--backend`` is unavailable."""
     from rich.table import Table
 
-    from conformance.probe import discover_isolated
+    from conformance.probe import DiscoveryError, discover_isolated
 
     console = _console()
-    listings = discover_isolated(args.backend_spec)
+    try:
+        listings = discover_isolated(args.backend_spec)
+    except DiscoveryError as exc:
+        console.print(Text(str(exc), "red"))
+        return 2
     table = Table(title="attnspec backends", show_lines=args.verbose)
     for column in ("backend", "status", "origin", "declares" if args.verbose else "description"):
         table.add_column(column, overflow="fold")
@@ -178,13 +182,13 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 
 def _conformance(args: argparse.Namespace, console: Console, results: Path) -> int:
-    from conformance.probe import discover_isolated
+    from conformance.probe import DiscoveryError, discover_isolated
     from implementations.base import select
 
-    listings = discover_isolated([b for b in args.backend if ":" in b])
     try:
+        listings = discover_isolated([b for b in args.backend if ":" in b])
         chosen = select(listings, args.backend) if args.backend else listings
-    except ValueError as exc:
+    except (DiscoveryError, ValueError) as exc:
         console.print(Text(str(exc), "red"))
         return 2
     for entry in chosen:
@@ -252,7 +256,9 @@ def _run_one(console: Console, label: str, selector: str, results: Path, pytest_
     def plain(progress: RunProgress) -> None:
         if time.monotonic() - last[0] >= args.progress_interval:
             last[0] = time.monotonic()
-            console.print(Text(f"{label}: {_summary(progress)}"), soft_wrap=True)
+            flight = progress.in_flight()
+            running = f"; running {flight[0]['id']} for {time.monotonic() - flight[1]:.0f} s" if flight else ""
+            console.print(Text(f"{label}: {_summary(progress)}{running}"), soft_wrap=True)
 
     return run_backend(selector, results, pytest_args, case_timeout=args.case_timeout, log_dir=log_dir,
                        on_poll=plain)

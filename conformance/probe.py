@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -63,23 +64,48 @@ def _listings_of(factory: FactorySpec) -> list[Listing]:
     return listings
 
 
+def factory_timeout_s() -> float:
+    """Seconds one probe child may take over its factories (``ATTNSPEC_FACTORY_TIMEOUT``, default 600): past it,
+    the factory in flight is listed unavailable and the others are probed in a new child."""
+    return float(os.environ.get("ATTNSPEC_FACTORY_TIMEOUT", "600"))
+
+
+class DiscoveryError(RuntimeError):
+    """The probe child failed before calling any factory (the registry itself could not be loaded)."""
+
+
+def _probe(start: int, extra_specs: list[str], timeout: float) -> tuple[str, str, int, bool]:
+    """Run one probe child from factory ``start`` on: its stdout, stderr, exit status, and whether it was killed
+    for running past ``timeout``."""
+    proc = subprocess.Popen([sys.executable, "-m", "conformance.probe", "--skip", str(start), *extra_specs],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        late = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        late = True
+    return out, err, proc.returncode, late
+
+
 def discover_isolated(extra_specs: list[str]) -> list[Listing]:
-    """Every backend the registry can see (:func:`implementations.base.factory_specs`), made in child processes."""
+    """Every backend the registry can see (:func:`implementations.base.factory_specs`), made in child processes.
+    Raises :class:`DiscoveryError` when a child fails before calling any factory."""
     from conformance.supervisor import describe_exit
 
     factories = factory_specs(extra_specs)
     listings: list[Listing] = []
-    start = 0
+    start, timeout = 0, factory_timeout_s()
     while start < len(factories):
-        done = subprocess.run([sys.executable, "-m", "conformance.probe", "--skip", str(start), *extra_specs],
-                              capture_output=True, text=True)
+        out, err, code, late = _probe(start, extra_specs, timeout)
         trying: int | None = None  # the factory whose call had begun and not ended when the child stopped
         heard = False
-        for line in done.stdout.splitlines():
+        for line in out.splitlines():
             try:
                 message = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a factory's own print, or a line cut by the crash
+                continue  # a line cut by the crash
             if not isinstance(message, dict) or set(message) != {"probe"}:
                 continue
             event, heard = message["probe"], True
@@ -89,14 +115,15 @@ def discover_isolated(extra_specs: list[str]) -> list[Listing]:
                 trying = None
             else:
                 listings.append(Listing(**{**event["listing"], "operations": tuple(event["listing"]["operations"])}))
-        if not heard and done.returncode != 0:
-            raise RuntimeError(f"backend discovery failed: {done.stderr.strip()[-2000:]}")
+        if not heard and code != 0:
+            raise DiscoveryError(f"backend discovery failed: {err.strip()[-2000:]}")
         if trying is None:
             break
         culprit = factories[trying]
-        tail = done.stderr.strip().splitlines()[-1:] or [""]
-        listings.append(Listing(culprit.label, culprit.origin, culprit.spec,
-                                reason=f"the factory's process {describe_exit(done.returncode)} {tail[0]}".strip()))
+        tail = (err.strip().splitlines() or [""])[-1]
+        reason = (f"the factory did not return within {timeout:g} s (ATTNSPEC_FACTORY_TIMEOUT)" if late
+                  else f"the factory's process {describe_exit(code)} {tail}".strip())
+        listings.append(Listing(culprit.label, culprit.origin, culprit.spec, reason=reason))
         start = trying + 1
     refuse_duplicate_names(listings)
     return listings

@@ -108,3 +108,9 @@ def factory_segfaults() -> Backend:
     """A factory that segfaults, like a broken native extension at import."""
     ctypes.string_at(0)
     raise AssertionError("unreachable: reading address 0 kills the process")
+
+
+def factory_hangs() -> Backend:
+    """A factory that never returns."""
+    time.sleep(3600)
+    raise AssertionError("unreachable within a test's time")

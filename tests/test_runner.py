@@ -201,6 +201,13 @@ def test_factories_that_end_their_process_are_listed_unavailable() -> None:
     assert "thirdparty-sum" in done.stdout and "reference-tiled" in done.stdout
 
 
+def test_a_factory_that_hangs_is_listed_unavailable() -> None:
+    done = attnspec("backends", "--backend", "tests.hostile:factory_hangs", "--backend", "tests.thirdparty:good",
+                    env={"ATTNSPEC_FACTORY_TIMEOUT": "8"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "did not return within 8 s" in done.stdout and "thirdparty-sum" in done.stdout
+
+
 def test_a_crashing_factory_not_asked_for_does_not_stop_a_run(tmp_path: Path) -> None:
     results = tmp_path / "r.jsonl"
     done = attnspec("conformance", "--backend", "tests.thirdparty:good", "--results", str(results), *CLAUSE,
