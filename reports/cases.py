@@ -160,13 +160,15 @@ def _interrupted(start: Record, where: str, problems: list[str]) -> Case | None:
 def _backends(rec: Record, where: str, problems: list[str]) -> list[BackendEntry]:
     """The backend listing of a run record."""
     entries = []
-    for entry in Fields(rec, where).records("backends"):
+    listing = Fields(rec, where)
+    for entry in listing.records("backends"):
         f = Fields(entry, f"{where}: backend {describe(entry.get('name'))}")
         name = f.text("name")
         if name:
             entries.append(BackendEntry(name, f.flag("available"), f.text("reason"),
                                         Fields(f.mapping("capabilities"), f.where).text("reduce_schedule")))
         problems += f.problems
+    problems += listing.problems
     return entries
 
 

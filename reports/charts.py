@@ -8,6 +8,7 @@ labels, tick labels, legends) goes through :func:`plain`, so a ``$`` never start
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,13 +137,19 @@ def _figure(ncols: int, width: float = 6.4, height: float = 3.6) -> tuple[Figure
     return fig, list(axes)
 
 
+def drawable(value: float) -> bool:
+    """A value an axis can hold with its margins: finite and below ``LARGEST`` in magnitude."""
+    return math.isfinite(value) and abs(value) < LARGEST
+
+
 def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
     for s in panel.series:
         kw = {"marker": "o", "markersize": 4, "color": s.color, "label": plain(s.label)}
+        x, y = zip(*[(x, y) for x, y in zip(s.x, s.y) if drawable(x) and drawable(y)]) or ((), ())
         if s.style == "points":
-            ax.plot(s.x, s.y, linestyle="none", **kw)
+            ax.plot(x, y, linestyle="none", **kw)
         else:
-            ax.plot(s.x, s.y, linewidth=1.6, **kw)
+            ax.plot(x, y, linewidth=1.6, **kw)
     for y, label in panel.hlines:
         ax.axhline(y, color=LIMIT_COLOR, linestyle="--", linewidth=1.1, label=plain(label))
     _decorate(ax, panel)
@@ -152,10 +159,10 @@ def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
 
 def _decorate(ax: Axes, panel: Panel) -> None:
     """Slope guides, scales, ticks and labels of a panel."""
-    firsts = [(s.x[0], s.y[0]) for s in panel.series if len(s.x) and s.y[0] and s.y[0] > 0]
+    firsts = [(s.x[0], s.y[0]) for s in panel.series if len(s.x) and drawable(s.y[0]) and s.y[0] > 0]
     if panel.slopes and firsts:
         x0, y0 = min(firsts, key=lambda p: p[1])
-        xmax = max(max(s.x) for s in panel.series if len(s.x))
+        xmax = max(x for s in panel.series for x in s.x if drawable(x))
         xs = np.geomspace(x0, xmax, 20)
         for k, dash in zip(panel.slopes, (":", "-.", "--")):
             ax.plot(xs, y0 / 3 * (xs / x0) ** k, linestyle=dash, color="#8c959f", linewidth=1, label=f"slope {k:g}")
