@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from implementations import validate
 from implementations.base import Backend, Capabilities, InvalidInputError
+from implementations.ops import KDInputs, ReduceInputs, StatsInputs, implementation
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -65,14 +65,12 @@ class TorchCompileKD(Backend):
         process that lists the baselines (each asv benchmark process among them) would otherwise pay."""
         return torch.compile(kd_formula)
 
-    def kd_loss(self, s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float = 1.0,
-                labels: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
-        s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
-                                            labels=labels, ignore_index=ignore_index)
-        if y is not None:
+    @implementation("kd_loss")
+    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if inp.labels is not None:
             raise InvalidInputError("the torch-compile baseline computes the pure KD term only (no labels)")
-        loss, ds = self._compiled(s2, t2, float(temperature))
-        return loss, ds.reshape(s.shape)
+        loss, ds = self._compiled(inp.s, inp.t, inp.temperature)
+        return loss, ds.reshape(inp.shape)
 
 
 class TorchSum(Backend):
@@ -82,9 +80,9 @@ class TorchSum(Backend):
     description = "baseline: torch.sum"
     capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=(), reduce_dtypes=(torch.float32,))
 
-    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x = validate.rows_arg(self.capabilities, "reduce_sum", x)
-        return torch.sum(x), None
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, None]:
+        return torch.sum(inp.x), None
 
 
 class TorchEagerStats(Backend):
@@ -94,8 +92,9 @@ class TorchEagerStats(Backend):
     description = "baseline: eager torch amax + sum(exp)"
     capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=(), stats_dtypes=FLOAT_DTYPES)
 
-    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = validate.rows_arg(self.capabilities, "softmax_stats", x).float()
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        x = inp.x.float()
         m = x.amax(dim=-1)
         return m, torch.exp(x - m[:, None]).sum(dim=-1)
 

@@ -1,15 +1,9 @@
 """The workload table: every shape the benchmarks time, its FLOP or byte count, and how to call it.
 
 ``attnspec bench``, pytest-benchmark (``benchmarks/test_bench_pytest.py``) and asv
-(``benchmarks/asv_suite.py``) all read this module; the FLOP and byte formulas (SPEC.md "FLOP and byte
-counts used by benchmarks") live here and nowhere else:
-
-- attention forward: ``4·B·Hq·Sq·Sk·D`` FLOPs (two matrix products of ``2·Sq·Sk·D`` each per head),
-  halved for causal with ``Sq = Sk``;
-- attention backward: ``2.5 ×`` forward (five matrix products instead of two); forward + backward ``3.5 ×``;
-- KD loss: the fewest bytes are reading ``s`` and ``t`` once and writing ``ds`` once: ``3·N·V·itemsize``;
-- softmax statistics: reading ``x`` once and writing ``m`` and ``l`` (float32): ``rows·cols·itemsize + 8·rows``;
-- reduction: reading the input once: ``n·itemsize``.
+(``benchmarks/asv_suite.py``) all read this module. The FLOP and byte counts (SPEC.md "FLOP and byte counts
+used by benchmarks") are each operation's, in its module of ``implementations/ops``; forward + backward is
+``3.5 ×`` the forward.
 
 Attention on a GPU: 16k tokens per batch, ``S ∈ {512, 1k, 2k, 4k, 8k, 16k}``, ``B = 16384 // S``,
 ``D ∈ {64, 128}`` with ``H = 32`` for ``D = 64`` and ``H = 16`` for ``D = 128`` (so ``H·D = 2048``, the
@@ -26,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from implementations.base import AttentionCase, BackendLike, Case, RowsCase
+from implementations.ops import attention, attention_backward, kd_loss, reduce_sum, softmax_stats
 
 #: Benchmark operations. ``attention_fwd_bwd`` times a forward followed by a backward.
 ATTENTION_OPS: tuple[str, ...] = ("attention", "attention_backward", "attention_fwd_bwd")
@@ -72,48 +67,6 @@ MEMORY_HEAD_DIM = {"cuda": 128, "cpu": 64}
 
 
 # ------------------------------------------------------------------------------------------------
-# FLOP and byte counts (SPEC.md "FLOP and byte counts used by benchmarks"): the only place they are written.
-
-
-def attention_forward_flops(B: int, Hq: int, Sq: int, Sk: int, D: int, causal: bool) -> int:
-    """``4·B·Hq·Sq·Sk·D``: ``Q Kᵀ`` and ``P V`` are ``2·Sq·Sk·D`` FLOPs each per head; causal halves it.
-
-    The causal count is only defined for ``Sq = Sk`` (SPEC), where half the score matrix is visible.
-    """
-    if causal and Sq != Sk:
-        raise ValueError(f"the causal FLOP count is defined for Sq = Sk only, got Sq={Sq}, Sk={Sk}")
-    full = 4 * B * Hq * Sq * Sk * D
-    return full // 2 if causal else full
-
-
-def attention_backward_flops(B: int, Hq: int, Sq: int, Sk: int, D: int, causal: bool) -> int:
-    """``2.5 ×`` the forward count: ``dV = Pᵀ dO``, ``dP = dO Vᵀ``, ``dQ = dS K``, ``dK = dSᵀ Q`` plus the
-    recomputed ``Q Kᵀ`` are five products of ``2·Sq·Sk·D`` where the forward has two."""
-    return attention_forward_flops(B, Hq, Sq, Sk, D, causal) * 5 // 2
-
-
-def attention_forward_backward_flops(B: int, Hq: int, Sq: int, Sk: int, D: int, causal: bool) -> int:
-    """Forward plus backward: ``3.5 ×`` the forward count."""
-    return attention_forward_flops(B, Hq, Sq, Sk, D, causal) + attention_backward_flops(B, Hq, Sq, Sk, D, causal)
-
-
-def kd_loss_min_bytes(N: int, V: int, itemsize: int) -> int:
-    """The fewest bytes a KD loss with its gradient moves: read ``s`` and ``t`` once, write ``ds`` once:
-    ``3·N·V·itemsize`` (the scalar loss is negligible)."""
-    return 3 * N * V * itemsize
-
-
-def softmax_stats_min_bytes(rows: int, cols: int, itemsize: int) -> int:
-    """Read ``x [rows, cols]`` once and write ``m`` and ``l`` (float32, 4 bytes each per row)."""
-    return rows * cols * itemsize + 2 * 4 * rows
-
-
-def reduce_sum_min_bytes(n: int, itemsize: int) -> int:
-    """Read the ``n`` inputs once."""
-    return n * itemsize
-
-
-# ------------------------------------------------------------------------------------------------
 # Workloads
 
 
@@ -136,9 +89,9 @@ class AttentionWorkload:
 
     @property
     def flops(self) -> int:
-        count = {"attention": attention_forward_flops, "attention_backward": attention_backward_flops,
-                 "attention_fwd_bwd": attention_forward_backward_flops}[self.op]
-        return count(self.B, self.H, self.S, self.S, self.D, self.causal)
+        shape = (self.B, self.H, self.S, self.S, self.D, self.causal)
+        forward, backward = attention.forward_flops(*shape), attention_backward.backward_flops(*shape)
+        return {"attention": forward, "attention_backward": backward, "attention_fwd_bwd": forward + backward}[self.op]
 
     @property
     def min_bytes(self) -> None:
@@ -189,10 +142,10 @@ class RowsWorkload:
     def min_bytes(self) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         if self.op == "kd_loss":
-            return kd_loss_min_bytes(self.rows, self.cols, itemsize)
+            return kd_loss.min_bytes(self.rows, self.cols, itemsize)
         if self.op == "softmax_stats":
-            return softmax_stats_min_bytes(self.rows, self.cols, itemsize)
-        return reduce_sum_min_bytes(self.cols, itemsize)
+            return softmax_stats.min_bytes(self.rows, self.cols, itemsize)
+        return reduce_sum.min_bytes(self.cols, itemsize)
 
     def describe(self) -> dict[str, object]:
         """The JSON ``workload`` object of a bench record."""

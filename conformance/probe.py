@@ -19,7 +19,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from implementations.base import OPERATIONS, FactorySpec, factory_specs, instantiate, refuse_duplicate_names
+from implementations.base import FactorySpec, factory_specs, instantiate, refuse_duplicate_names
+from implementations.ops import OPS
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _listings_of(factory: FactorySpec) -> list[Listing]:
         listings.append(Listing(
             name=entry.name, origin=entry.origin, factory=entry.factory, reason=entry.unavailable,
             description=str(getattr(b, "description", "") or "") if b is not None else "",
-            operations=tuple(op for op in OPERATIONS if callable(getattr(b, op, None))) if b is not None else (),
+            operations=tuple(op for op in OPS if callable(getattr(b, op, None))) if b is not None else (),
             capabilities=b.capabilities.describe() if b is not None else None))
     return listings
 

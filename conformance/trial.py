@@ -27,21 +27,9 @@ from conformance import cases as casegen
 from conformance.results import Status
 from conformance.tolerance import Comparison
 from implementations.base import BackendLike, Case, dtype_name, poisoned_outputs
+from implementations.ops import OPS
 
 F = TypeVar("F", bound=Callable[..., object])
-
-#: the positional inputs of each operation, by name, in the contract's order
-INPUT_NAMES: dict[str, tuple[str, ...]] = {
-    "attention": ("q", "k", "v"),
-    "attention_backward": ("q", "k", "v", "out", "lse", "dout"),
-    "attention_delta": ("out", "dout"),
-    "softmax_stats": ("x",),
-    "softmax_merge": ("m1", "l1", "m2", "l2"),
-    "kd_loss": ("s", "t"),
-    "reduce_sum": ("x",),
-    "prefix_sum": ("x",),
-}
-
 
 class Unsupported(Skipped):
     """The case is outside what the backend declares (recorded *unsupported* with the reason)."""
@@ -78,71 +66,29 @@ def cases(op: str, make: Callable[[BackendLike, str, bool], list[Case]],
 # -- the contract's outputs ------------------------------------------------------------------------------
 
 
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """lse, statistics, delta and the KD loss: float64 for float64 inputs, float32 otherwise (the contract's
-    rule, written here again rather than imported so the harness shares no code with the backends)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-#: An expected output: its name, shape, dtype and device.
-Expected = tuple[str, tuple[int, ...], torch.dtype, torch.device]
-
-
-def _like(name: str, x: torch.Tensor) -> Expected:
-    return name, tuple(x.shape), x.dtype, x.device
-
-
-def expected_outputs(op: str, inputs: dict[str, torch.Tensor]) -> list[Expected]:
-    """The tensors the contract (docs/backend-contract.md) says ``op`` returns for these inputs, in order.
-
-    ``reduce_sum`` and ``prefix_sum`` also return a schedule, which the WD clauses check themselves.
-    """
-    if op == "attention":
-        q = inputs["q"]
-        return [_like("out", q), ("lse", tuple(q.shape[:3]), _wide(q.dtype), q.device)]
-    if op == "attention_backward":
-        return [_like("dq", inputs["q"]), _like("dk", inputs["k"]), _like("dv", inputs["v"])]
-    if op == "attention_delta":
-        out = inputs["out"]
-        return [("delta", tuple(out.shape[:3]), _wide(out.dtype), out.device)]
-    if op == "softmax_stats":
-        x = inputs["x"]
-        return [("m", tuple(x.shape[:-1]), _wide(x.dtype), x.device),
-                ("l", tuple(x.shape[:-1]), _wide(x.dtype), x.device)]
-    if op == "softmax_merge":
-        return [_like("m", inputs["m1"]), _like("l", inputs["l1"])]
-    if op == "kd_loss":
-        s = inputs["s"]
-        return [("loss", (), _wide(s.dtype), s.device), _like("ds", s)]
-    if op == "reduce_sum":
-        x = inputs["x"]
-        return [("value", (), x.dtype, x.device)]
-    if op == "prefix_sum":
-        return [_like("y", inputs["x"])]
-    raise KeyError(f"unknown operation {op!r}")
-
-
 def output_problems(op: str, inputs: dict[str, torch.Tensor], result: object) -> list[str]:
-    """Every way ``result`` differs from the contract's outputs of ``op``: type, count, shape, dtype, device."""
-    expected = expected_outputs(op, inputs)
-    if op == "attention_delta":  # the one operation returning a bare tensor
+    """Every way ``result`` differs from the contract's outputs of ``op`` (``OPS[op].expected``): type,
+    count, shape, dtype, device."""
+    spec = OPS[op]
+    expected = spec.expected(inputs)
+    if spec.bare:
         result = (result,)
-    names = [e[0] for e in expected] + (["schedule"] if op in ("reduce_sum", "prefix_sum") else [])
+    names = spec.outputs
     if not isinstance(result, tuple | list) or len(result) != len(names):
         got = f"{type(result).__name__} of {len(result)}" if isinstance(result, tuple | list) else type(result).__name__
         return [f"{op} must return ({', '.join(names)}), got {got}"]
     problems = []
-    for (name, shape, dtype, device), got in zip(expected, result):
+    for want, got in zip(expected, result):
         if not isinstance(got, torch.Tensor):
-            problems.append(f"{name}: a {type(got).__module__}.{type(got).__name__}, the contract says a torch "
-                            f"tensor on {device}")
+            problems.append(f"{want.name}: a {type(got).__module__}.{type(got).__name__}, the contract says a "
+                            f"torch tensor on {want.device}")
             continue
-        if tuple(got.shape) != shape:
-            problems.append(f"{name}: shape {tuple(got.shape)}, the contract says {shape}")
-        if got.dtype != dtype:
-            problems.append(f"{name}: dtype {dtype_name(got.dtype)}, the contract says {dtype_name(dtype)}")
-        if got.device != device:
-            problems.append(f"{name}: device {got.device}, the contract says {device} (the inputs' device)")
+        if tuple(got.shape) != want.shape:
+            problems.append(f"{want.name}: shape {tuple(got.shape)}, the contract says {want.shape}")
+        if got.dtype != want.dtype:
+            problems.append(f"{want.name}: dtype {dtype_name(got.dtype)}, the contract says {dtype_name(want.dtype)}")
+        if got.device != want.device:
+            problems.append(f"{want.name}: device {got.device}, the contract says {want.device} (the inputs' device)")
     return problems
 
 
@@ -191,7 +137,7 @@ class SealedCall:
         AssertionError naming each problem)."""
         modified = [name for name, x in self.originals.items() if not _same_bits(x, self.copies[name])]
         problems = [f"inputs modified: {', '.join(modified)}"] if modified else []
-        positional = {n: a for n, a in zip(INPUT_NAMES[self.op], self.args) if isinstance(a, torch.Tensor)}
+        positional = {n: a for n, a in zip(OPS[self.op].inputs, self.args) if isinstance(a, torch.Tensor)}
         problems += output_problems(self.op, positional, self.result)
         assert not problems, f"{self.op}: " + "; ".join(problems)
         return self.result
@@ -199,7 +145,7 @@ class SealedCall:
 
 def seal(fn: Callable[..., Any], op: str, device: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SealedCall:
     """Prepare ``fn(*args, **kwargs)`` on exact copies of every tensor argument."""
-    names = list(INPUT_NAMES[op]) + [f"arg{i}" for i in range(len(INPUT_NAMES[op]), len(args))]
+    names = list(OPS[op].inputs) + [f"arg{i}" for i in range(len(OPS[op].inputs), len(args))]
     originals = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
     originals |= {n: a for n, a in kwargs.items() if isinstance(a, torch.Tensor)}
     copies = {n: copy_exact(x) for n, x in originals.items()}

@@ -1,10 +1,11 @@
 """The backend contract: what a backend declares, what it implements, and how it is found.
 
 A backend is an object with a ``name``, a ``capabilities`` declaration and one method per operation it
-implements (see ``OPERATIONS``). Tensors cross the boundary as torch tensors, CPU or CUDA, shaped as in
-SPEC.md (``Q [B,Hq,Sq,D]``, ``K,V [B,Hk,Sk,D]``). A method that is absent means "not implemented" and is
-reported as such, never as a failure. A case the backend declares unsupported is reported as
-*unsupported* with the readable reasons of :meth:`Backend.not_supported_reasons` (the xformers model).
+implements (the operations of ``implementations.ops``, one module each). Tensors cross the boundary as
+torch tensors, CPU or CUDA, shaped as in SPEC.md (``Q [B,Hq,Sq,D]``, ``K,V [B,Hk,Sk,D]``). A method that
+is absent means "not implemented" and is reported as such, never as a failure. A case the backend declares
+unsupported is reported as *unsupported* with the readable reasons of
+:meth:`Backend.not_supported_reasons` (the xformers model).
 
 Bad input at the boundary raises :class:`InvalidInputError` with a message naming the problem
 (SPEC ATT-11, KD-8); :mod:`implementations.validate` holds the shared checks.
@@ -23,21 +24,6 @@ import torch
 
 CausalVariant = Literal["top_left", "bottom_right"]
 CAUSAL_VARIANTS: tuple[CausalVariant, ...] = ("top_left", "bottom_right")
-
-#: Operations of the contract, in the order the suite checks them, with their signatures.
-OPERATIONS: dict[str, str] = {
-    "attention": "attention(q, k, v, *, causal=None, scale=None, tiles=None) -> (out, lse)",
-    "attention_backward": (
-        "attention_backward(q, k, v, out, lse, dout, *, causal=None, scale=None, tiles=None) -> (dq, dk, dv)"
-    ),
-    "attention_delta": "attention_delta(out, dout) -> delta",
-    "softmax_stats": "softmax_stats(x, *, block=None) -> (m, l)",
-    "softmax_merge": "softmax_merge(m1, l1, m2, l2) -> (m, l)",
-    "kd_loss": "kd_loss(s, t, *, temperature, alpha=1.0, labels=None, ignore_index=-100) -> (loss, ds)",
-    "reduce_sum": "reduce_sum(x) -> (value, schedule)",
-    "prefix_sum": "prefix_sum(x) -> (y, schedule)",
-}
-
 
 class InvalidInputError(ValueError):
     """The one error type a backend raises for bad input; the message names the problem (ATT-11, KD-8)."""
@@ -228,7 +214,8 @@ class BackendLike(Protocol):
 class Backend:
     """Base class of backends: generic ``not_supported_reasons`` from the declared capabilities.
 
-    Subclasses set ``name``, ``capabilities``, implement operations of ``OPERATIONS`` and may extend
+    Subclasses set ``name``, ``capabilities``, implement operations of ``implementations.ops.OPS`` (as
+    ``@implementation(op)`` methods taking the validated inputs record) and may extend
     ``not_supported_reasons`` with rules of their own (call ``super()`` first).
     """
 
@@ -249,24 +236,17 @@ class Backend:
 
 def generic_not_supported_reasons(backend: BackendLike, op: str, case: Case) -> list[str]:
     """Readable reasons why ``backend`` does not support ``case`` for ``op``; empty means supported."""
+    from implementations.ops import OPS  # the operations' modules build on this one
+
     caps = backend.capabilities
     reasons: list[str] = []
-    if op not in OPERATIONS:
+    if op not in OPS:
         return [f"unknown operation {op!r}"]
     if not callable(getattr(backend, op, None)):
         return [f"{op} is not implemented"]
     if case.device not in caps.devices:
         reasons.append(f"device {case.device} not supported (declared: {list(caps.devices)})")
-    dtypes = {
-        "attention": caps.dtypes,
-        "attention_backward": caps.backward_dtypes,
-        "attention_delta": caps.backward_dtypes,
-        "softmax_stats": caps.stats_dtypes,
-        "softmax_merge": caps.stats_dtypes,
-        "kd_loss": caps.kd_dtypes,
-        "reduce_sum": caps.reduce_dtypes,
-        "prefix_sum": caps.reduce_dtypes,
-    }[op]
+    dtypes = OPS[op].declared_dtypes(caps)
     if case.dtype not in dtypes:
         reasons.append(f"dtype {dtype_name(case.dtype)} not supported for {op} (declared: "
                        f"{[dtype_name(d) for d in dtypes]})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from implementations import schedule, validate
+from implementations import schedule
 from implementations._numpy import (
     as_numpy,
     finite_or_zero,
@@ -22,6 +22,16 @@ from implementations._numpy import (
     write,
 )
 from implementations.base import Backend, Capabilities, CausalVariant, causal_offset, new_output, wide_dtype
+from implementations.ops import (
+    AttentionInputs,
+    BackwardInputs,
+    DeltaInputs,
+    KDInputs,
+    MergeInputs,
+    ReduceInputs,
+    StatsInputs,
+    implementation,
+)
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 F64 = torch.float64
@@ -56,21 +66,12 @@ class ReferenceBackend(Backend):
 
     # -- attention --------------------------------------------------------------------------------
 
-    def attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        causal: bool | str | None = None,
-        scale: float | None = None,
-        tiles: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("attention")
+    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..4: ``out = softmax(scale · Q Kᵀ, masked) V`` and ``lse = logsumexp(scale · Q Kᵀ, masked)``."""
-        variant, scale = validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale,
-                                                 tiles=tiles)
+        q, k, v = inp.q, inp.k, inp.v
         Hq = q.shape[1]
-        scores = _scores(as_numpy(q, F64), _per_query_head(as_numpy(k, F64), Hq), variant, scale)
+        scores = _scores(as_numpy(q, F64), _per_query_head(as_numpy(k, F64), Hq), inp.causal, inp.scale)
         p, lse = _softmax(scores)
         out = new_output(q.shape, q.dtype, q.device)
         write(out, p @ _per_query_head(as_numpy(v, F64), Hq))
@@ -78,19 +79,8 @@ class ReferenceBackend(Backend):
         write(lse_out, lse)
         return out, lse_out
 
-    def attention_backward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        out: torch.Tensor,
-        lse: torch.Tensor,
-        dout: torch.Tensor,
-        *,
-        causal: bool | str | None = None,
-        scale: float | None = None,
-        tiles: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @implementation("attention_backward")
+    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1/4/5: the analytic gradients of attention.
 
         ``P = softmax(S)``, ``dV = Pᵀ dO``, ``dP = dO Vᵀ``, ``dS = P ∘ (dP - delta)`` with
@@ -101,8 +91,7 @@ class ReferenceBackend(Backend):
         ``P``, ``dP`` rather than from ``out``: the result is the gradient of the exact function whatever
         precision ``out`` and ``lse`` were computed in. ``out`` and ``lse`` are checked, not used.
         """
-        variant, scale = validate.backward_args(self.capabilities, q, k, v, out, lse, dout, causal=causal,
-                                                scale=scale, tiles=tiles)
+        q, k, v, dout, variant, scale = inp.q, inp.k, inp.v, inp.dout, inp.causal, inp.scale
         B, Hq, Sq, D = q.shape
         Hk, Sk = k.shape[1], k.shape[2]
         q64, do64 = as_numpy(q, F64), as_numpy(dout, F64)
@@ -124,21 +113,23 @@ class ReferenceBackend(Backend):
         write(dv, dv64.reshape(B, Hk, Hq // Hk, Sk, D).sum(axis=2))
         return dq, dk, dv
 
-    def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    @implementation("attention_delta")
+    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, shape ``[B, Hq, Sq]``."""
-        validate.delta_args(self.capabilities, out, dout)
+        out, dout = inp.out, inp.dout
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
         write(delta, np.sum(as_numpy(dout, F64) * as_numpy(out, F64), axis=-1))
         return delta
 
     # -- softmax statistics -----------------------------------------------------------------------
 
-    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1 in one shot: ``m = max x``, ``l = Σ exp(x - m)`` per row; ``block`` is accepted and ignored.
 
         A row of all -inf gives ``m = -inf``, ``l = 0`` (SMX-5).
         """
-        x = validate.rows_arg(self.capabilities, "softmax_stats", x)
+        x = inp.x
         x64 = as_numpy(x, F64)
         m = x64.max(axis=1)
         l = np.exp(x64 - finite_or_zero(m)[:, None]).sum(axis=1)
@@ -148,11 +139,10 @@ class ReferenceBackend(Backend):
         write(l_out, l)
         return m_out, l_out
 
-    def softmax_merge(
-        self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_merge")
+    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype."""
-        validate.merge_args(self.capabilities, m1, l1, m2, l2)
+        m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         m, l = merge_stats(as_numpy(m1, F64), as_numpy(l1, F64), as_numpy(m2, F64), as_numpy(l2, F64))
         m_out = new_output(m1.shape, m1.dtype, m1.device)
         l_out = new_output(m1.shape, m1.dtype, m1.device)
@@ -162,26 +152,16 @@ class ReferenceBackend(Backend):
 
     # -- knowledge distillation -------------------------------------------------------------------
 
-    def kd_loss(
-        self,
-        s: torch.Tensor,
-        t: torch.Tensor,
-        *,
-        temperature: float,
-        alpha: float = 1.0,
-        labels: torch.Tensor | None = None,
-        ignore_index: int = -100,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("kd_loss")
+    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1/2, unfused: full ``[N, V]`` softmaxes in float64.
 
         Per row: ``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1-α)·CE(s, y)``, averaged over rows whose
         label is not ``ignore_index``. Gradient per counted row, divided by their number:
         ``α·T·(softmax(s/T) - softmax(t/T)) + (1-α)·(softmax(s) - onehot(y))``; other rows get 0.
         """
-        s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
-                                            labels=labels, ignore_index=ignore_index)
-        T = float(temperature)
-        s64, t64 = as_numpy(s2, F64), as_numpy(t2, F64)
+        y, alpha, T, ignore_index = inp.labels, inp.alpha, inp.temperature, inp.ignore_index
+        s64, t64 = as_numpy(inp.s, F64), as_numpy(inp.t, F64)
         N, V = s64.shape
         counted = np.ones(N, dtype=bool) if y is None else y.numpy() != ignore_index
         n_counted = int(counted.sum())
@@ -201,17 +181,18 @@ class ReferenceBackend(Backend):
             row_grad += (1 - alpha) * (np.exp(log_p1) - onehot)
 
         weight = counted / max(n_counted, 1)  # 1/n for counted rows, 0 for ignored ones
-        loss = new_output((), wide_dtype(s.dtype), s.device)
+        loss = new_output((), wide_dtype(inp.s.dtype), inp.s.device)
         loss.fill_(float(row_loss[counted].sum() / n_counted) if n_counted else 0.0)
-        ds = new_output(s.shape, s.dtype, s.device)
+        ds = new_output(inp.shape, inp.s.dtype, inp.s.device)
         write(ds.view(N, V), row_grad * weight[:, None])
         return loss, ds
 
     # -- reduction --------------------------------------------------------------------------------
 
-    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.Schedule]:
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.DeferredSchedule]:
         """WD-1/2: ``((x0 + x1) + x2) + ...`` in float32, the declared ``schedule.sequential(n)``."""
-        x = validate.rows_arg(self.capabilities, "reduce_sum", x)
+        x = inp.x
         # add.accumulate is the running sum out[i] = out[i-1] + x[i], one float32 rounding per addition,
         # strictly left to right (unlike np.sum, which adds pairwise).
         partial_sums = np.add.accumulate(as_numpy(x, torch.float32))
@@ -220,9 +201,10 @@ class ReferenceBackend(Backend):
         n = x.numel()
         return value, schedule.DeferredSchedule(n, lambda: schedule.sequential(n))
 
-    def prefix_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.ScanSchedule]:
+    @implementation("prefix_sum")
+    def prefix_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.ScanSchedule]:
         """WD-5: ``y[i] = y[i-1] + x[i]`` in float32, left to right, the declared ``sequential_scan(n)``."""
-        x = validate.rows_arg(self.capabilities, "prefix_sum", x)
+        x = inp.x
         y = new_output(x.shape, torch.float32, x.device)
         write(y, np.add.accumulate(as_numpy(x, torch.float32)))
         return y, schedule.sequential_scan(x.numel())

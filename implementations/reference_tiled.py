@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from implementations import schedule, validate
+from implementations import schedule
 from implementations._numpy import (
     as_numpy,
     finite_or_zero,
@@ -35,6 +35,16 @@ from implementations._numpy import (
     write,
 )
 from implementations.base import Backend, Capabilities, InvalidInputError, causal_offset, new_output, wide_dtype
+from implementations.ops import (
+    AttentionInputs,
+    BackwardInputs,
+    DeltaInputs,
+    KDInputs,
+    MergeInputs,
+    ReduceInputs,
+    StatsInputs,
+    implementation,
+)
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TILES = ((16, 16), (32, 64), (64, 32), (64, 64), (128, 128))
@@ -80,16 +90,8 @@ class TiledReferenceBackend(Backend):
 
     # -- attention --------------------------------------------------------------------------------
 
-    def attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        causal: bool | str | None = None,
-        scale: float | None = None,
-        tiles: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("attention")
+    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..4, 10: FlashAttention-2 forward (Algorithm 1), ``O(block)`` memory per step.
 
         Per query block, for each visible key block ``S = scale · Q_i K_jᵀ``:
@@ -97,9 +99,8 @@ class TiledReferenceBackend(Backend):
         ``acc = e^(m - m_new) acc + P V_j``. Then ``out = acc / l`` and ``lse = m + log l``; a row that sees
         no key keeps ``m = -inf``, ``l = 0`` and gets ``out = 0``, ``lse = -inf`` (ATT-4).
         """
-        variant, scale = validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale,
-                                                 tiles=tiles)
-        block_m, block_n = tiles or self.tiles
+        q, k, v, variant, scale = inp.q, inp.k, inp.v, inp.causal, inp.scale
+        block_m, block_n = inp.tiles or self.tiles
         B, Hq, Sq, D = q.shape
         Hk, Sk = k.shape[1], k.shape[2]
         G = Hq // Hk
@@ -130,19 +131,8 @@ class TiledReferenceBackend(Backend):
             write(lse4[:, :, :, i0:i1], (m + log_or_neg_inf(l)).reshape(B, Hk, G, i1 - i0))
         return out, lse
 
-    def attention_backward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        out: torch.Tensor,
-        lse: torch.Tensor,
-        dout: torch.Tensor,
-        *,
-        causal: bool | str | None = None,
-        scale: float | None = None,
-        tiles: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @implementation("attention_backward")
+    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1..5: FlashAttention-2 backward, recomputing ``P = exp(S - lse)`` tile by tile.
 
         ``delta = rowsum(dO ∘ O)`` first (GRAD-3); then for each key block ``j``, over the query blocks
@@ -152,9 +142,9 @@ class TiledReferenceBackend(Backend):
         the group's query heads are rows of the same block, so ``dK_j``, ``dV_j`` sum over them (GRAD-4).
         A row with ``lse = -inf`` sees no key: its ``P`` is 0 and its ``dQ`` row 0 (GRAD-5).
         """
-        variant, scale = validate.backward_args(self.capabilities, q, k, v, out, lse, dout, causal=causal,
-                                                scale=scale, tiles=tiles)
-        block_m, block_n = tiles or self.tiles
+        q, k, v, out, lse, dout = inp.q, inp.k, inp.v, inp.out, inp.lse, inp.dout
+        variant, scale = inp.causal, inp.scale
+        block_m, block_n = inp.tiles or self.tiles
         B, Hq, Sq, D = q.shape
         Hk, Sk = k.shape[1], k.shape[2]
         G = Hq // Hk
@@ -191,9 +181,10 @@ class TiledReferenceBackend(Backend):
         write(dq, dq_acc.reshape(B, Hq, Sq, D))
         return dq, dk, dv
 
-    def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    @implementation("attention_delta")
+    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, the backward's first pass, exposed."""
-        validate.delta_args(self.capabilities, out, dout)
+        out, dout = inp.out, inp.dout
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
         write(delta, self._delta(out, dout, self.tiles[0]))
         return delta
@@ -211,13 +202,14 @@ class TiledReferenceBackend(Backend):
 
     # -- softmax statistics -----------------------------------------------------------------------
 
-    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1: online softmax statistics over blocks of ``block`` elements (default ``stats_block``).
 
         Each block gives ``(max, Σ exp(x - max))``; blocks are merged left to right with SMX-2.
         """
-        x = validate.rows_arg(self.capabilities, "softmax_stats", x)
-        block = self.stats_block if block is None else block
+        x = inp.x
+        block = self.stats_block if inp.block is None else inp.block
         if not isinstance(block, int) or block < 1:
             raise InvalidInputError(f"block must be a positive integer, got {block!r}")
         m, l = _online_stats(x, block, 1.0)
@@ -227,11 +219,10 @@ class TiledReferenceBackend(Backend):
         write(l_out, l)
         return m_out, l_out
 
-    def softmax_merge(
-        self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_merge")
+    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, computed in the arithmetic dtype."""
-        validate.merge_args(self.capabilities, m1, l1, m2, l2)
+        m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         dtype = wide_dtype(m1.dtype)
         m, l = merge_stats(as_numpy(m1, dtype), as_numpy(l1, dtype), as_numpy(m2, dtype), as_numpy(l2, dtype))
         m_out = new_output(m1.shape, m1.dtype, m1.device)
@@ -242,16 +233,8 @@ class TiledReferenceBackend(Backend):
 
     # -- knowledge distillation -------------------------------------------------------------------
 
-    def kd_loss(
-        self,
-        s: torch.Tensor,
-        t: torch.Tensor,
-        *,
-        temperature: float,
-        alpha: float = 1.0,
-        labels: torch.Tensor | None = None,
-        ignore_index: int = -100,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("kd_loss")
+    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1/2/7: the loss and ``ds`` in two passes over column chunks, with no ``[N, V]`` temporary.
 
         Pass 1: online softmax statistics ``(m, l)`` per row of ``s/T``, ``t/T`` (and of ``s`` when the
@@ -263,13 +246,11 @@ class TiledReferenceBackend(Backend):
         Chunks are ``kd_chunk`` columns wide, and at most ``V/32`` so that the few ``[N, chunk]``
         temporaries of a step stay a small fraction of one ``[N, V]`` array even for small vocabularies.
         """
-        s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
-                                            labels=labels, ignore_index=ignore_index)
-        T = float(temperature)
-        dtype = wide_dtype(s.dtype)
+        s2, t2, y, alpha, T = inp.s, inp.t, inp.labels, inp.alpha, inp.temperature
+        dtype = wide_dtype(s2.dtype)
         N, V = s2.shape
         chunk = min(self.kd_chunk, -(-V // 32))
-        counted = np.ones(N, dtype=bool) if y is None else y.numpy() != ignore_index
+        counted = np.ones(N, dtype=bool) if y is None else y.numpy() != inp.ignore_index
         n_counted = int(counted.sum())
         weight = (counted / max(n_counted, 1)).astype(numpy_dtype(dtype))[:, None]
         hard = y is not None and alpha < 1
@@ -280,7 +261,7 @@ class TiledReferenceBackend(Backend):
             rows = np.flatnonzero(counted)
             labels_np = y.numpy()[rows]
 
-        ds = new_output(s.shape, s.dtype, s.device)
+        ds = new_output(inp.shape, s2.dtype, s2.device)
         ds2 = ds.view(N, V)
         kl = np.zeros(N, dtype=numpy_dtype(dtype))
         for c0 in range(0, V, chunk):
@@ -300,19 +281,20 @@ class TiledReferenceBackend(Backend):
         if hard:
             log_p_label = student_t1.at(rows, labels_np)
             row_loss[rows] += (1 - alpha) * -log_p_label
-        loss = new_output((), dtype, s.device)
+        loss = new_output((), dtype, s2.device)
         loss.fill_(float(row_loss[counted].sum() / n_counted) if n_counted else 0.0)
         return loss, ds
 
     # -- reduction --------------------------------------------------------------------------------
 
-    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.Schedule]:
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.DeferredSchedule]:
         """WD-1/2: float32 sum following ``schedule.pairwise_tree(n)`` exactly.
 
         Round ``r`` (stride ``2^r``) adds ``slot[i + stride]`` into ``slot[i]`` for every ``i`` that is a
         multiple of ``2·stride`` with ``i + stride < n``; all additions of a round at once.
         """
-        x = validate.rows_arg(self.capabilities, "reduce_sum", x)
+        x = inp.x
         n = x.numel()
         slots = as_numpy(x, torch.float32).copy()
         stride = 1
@@ -323,10 +305,11 @@ class TiledReferenceBackend(Backend):
         value.fill_(float(slots[0]))
         return value, schedule.DeferredSchedule(n, lambda: schedule.pairwise_tree(n))
 
-    def prefix_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, schedule.ScanSchedule]:
+    @implementation("prefix_sum")
+    def prefix_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.ScanSchedule]:
         """WD-5: Hillis-Steele inclusive scan in float32: round ``d`` adds ``y[i - 2^d]`` into ``y[i]`` for
         every ``i >= 2^d`` at once (all reads before the writes), ``log2 n`` rounds."""
-        x = validate.rows_arg(self.capabilities, "prefix_sum", x)
+        x = inp.x
         n = x.numel()
         slots = as_numpy(x, torch.float32).copy()
         offset = 1

@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.torch_version import TorchVersion
 
-from implementations import validate
 from implementations.base import (
     AttentionCase,
     Backend,
@@ -58,6 +57,16 @@ from implementations.base import (
     dtype_name,
     new_output,
     wide_dtype,
+)
+from implementations.ops import (
+    AttentionInputs,
+    BackwardInputs,
+    DeltaInputs,
+    KDInputs,
+    MergeInputs,
+    ReduceInputs,
+    StatsInputs,
+    implementation,
 )
 
 #: ``enable_gqa`` of ``F.scaled_dot_product_attention`` (and of ``SDPAParams``) exists from torch 2.5 on.
@@ -210,15 +219,13 @@ class TorchAttention(Backend):
             raise InvalidInputError(f"{self.name} does not support {case.label} ({dtype_name(q.dtype)}): "
                                     + "; ".join(reasons))
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool | str | None = None,
-                  scale: float | None = None, tiles: tuple[int, int] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("attention")
+    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..3: ``out = softmax(scale · QKᵀ + mask) V`` and ``lse`` ([B, Hq, Sq], float32/float64).
 
         Fully masked rows are returned as the kernel leaves them (ATT-4 records what torch does).
         """
-        variant, scale = validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale,
-                                                 tiles=tiles)
+        q, k, v, variant, scale = inp.q, inp.k, inp.v, inp.causal, inp.scale
         self.refuse_unsupported(q, k, v, variant, backward=False)
         with torch.no_grad():
             out, lse = self.forward(q, k, v, variant, scale, need_lse=True)
@@ -228,26 +235,24 @@ class TorchAttention(Backend):
         lse_out.copy_(lse)
         return out, lse_out
 
-    def attention_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                           lse: torch.Tensor, dout: torch.Tensor, *, causal: bool | str | None = None,
-                           scale: float | None = None, tiles: tuple[int, int] | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @implementation("attention_backward")
+    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1/4/5 by autograd: the forward is recomputed through the same kernel with ``requires_grad``,
         then differentiated with ``dout`` (the kernel's own backward). ``out`` and ``lse`` are validated,
         not used; timings of this call include one forward.
         """
-        variant, scale = validate.backward_args(self.capabilities, q, k, v, out, lse, dout, causal=causal,
-                                                scale=scale, tiles=tiles)
-        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        variant, scale = inp.causal, inp.scale
+        leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
         self.refuse_unsupported(*leaves, variant, backward=True)
         with torch.enable_grad():
             recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False)
-            dq, dk, dv = torch.autograd.grad(recomputed, leaves, dout)
+            dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
         return dq, dk, dv
 
-    def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    @implementation("attention_delta")
+    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)`` ``[B, Hq, Sq]`` in float32 (float64 for float64)."""
-        validate.delta_args(self.capabilities, out, dout)
+        out, dout = inp.out, inp.dout
         wide = wide_dtype(out.dtype)
         delta = new_output(out.shape[:3], wide, out.device)
         torch.sum(dout.to(wide) * out.to(wide), dim=-1, out=delta)
@@ -257,13 +262,14 @@ class TorchAttention(Backend):
 class TorchOps(Backend):
     """Softmax statistics, their merge, the KD loss and the reduction, written with plain torch ops."""
 
-    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1: ``m = amax x``, ``l = Σ exp(x - m)`` per row, float32 (float64 for float64).
 
         With ``block``, each row is cut into blocks of ``block`` columns (the last padded with -inf), the
         statistics of every block are taken, and the blocks are merged with the SMX-2 weights.
         """
-        x = validate.rows_arg(self.capabilities, "softmax_stats", x)
+        x, block = inp.x, inp.block
         if block is not None and (not isinstance(block, int) or isinstance(block, bool) or block < 1):
             raise InvalidInputError(f"block must be a positive integer, got {block!r}")
         wide = wide_dtype(x.dtype)
@@ -279,10 +285,10 @@ class TorchOps(Backend):
         l_out.copy_(l)
         return m_out, l_out
 
-    def softmax_merge(self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_merge")
+    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype (computed wide)."""
-        validate.merge_args(self.capabilities, m1, l1, m2, l2)
+        m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         wide = wide_dtype(m1.dtype)
         m, l = merge_stats(torch.stack([m1, m2]).to(wide), torch.stack([l1, l2]).to(wide), dim=0)
         m_out, l_out = new_output(m1.shape, m1.dtype, m1.device), new_output(m1.shape, m1.dtype, m1.device)
@@ -290,25 +296,23 @@ class TorchOps(Backend):
         l_out.copy_(l)
         return m_out, l_out
 
-    def kd_loss(self, s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float = 1.0,
-                labels: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("kd_loss")
+    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1/2, unfused: ``F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True,
         reduction="batchmean") · T²`` over the counted rows, times α, plus ``(1-α) · F.cross_entropy(s, y)``
         (mean over the same rows). Rows are flattened first; ``ds`` by autograd, typed like ``s``. Computed in
         float32, or float64 for float64 inputs, and the 0-dim loss is returned in that dtype (as lse, delta
         and statistics are): a float32 loss would lose float64's precision.
         """
-        s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
-                                            labels=labels, ignore_index=ignore_index)
-        T = float(temperature)
-        wide = wide_dtype(s.dtype)
+        s2, t2, y, alpha, T, ignore_index = inp.s, inp.t, inp.labels, inp.alpha, inp.temperature, inp.ignore_index
+        wide = wide_dtype(s2.dtype)
         student = s2.detach().to(wide).requires_grad_()
         teacher = t2.detach().to(wide)
         counted = None if y is None else y != ignore_index
-        loss = new_output((), wide, s.device)
+        loss = new_output((), wide, s2.device)
         if counted is not None and not bool(counted.any()):
             loss.zero_()
-            return loss, torch.zeros_like(s)
+            return loss, torch.zeros(inp.shape, dtype=s2.dtype, device=s2.device)
         with torch.enable_grad():
             s_rows = student if counted is None else student[counted]
             t_rows = teacher if counted is None else teacher[counted]
@@ -319,11 +323,12 @@ class TorchOps(Backend):
                 total = total + (1.0 - alpha) * F.cross_entropy(student, y.long(), ignore_index=ignore_index)
             (ds,) = torch.autograd.grad(total, student)
         loss.copy_(total.detach())
-        return loss, ds.to(s.dtype).reshape(s.shape)
+        return loss, ds.to(s2.dtype).reshape(inp.shape)
 
-    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, None]:
         """WD-1: ``torch.sum(x)`` in float32; its combine order is not declared (schedule None)."""
-        x = validate.rows_arg(self.capabilities, "reduce_sum", x)
+        x = inp.x
         value = new_output((), torch.float32, x.device)
         value.copy_(torch.sum(x))
         return value, None

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from implementations import validate
 from implementations.base import (
     AttentionCase,
     Backend,
@@ -25,7 +24,17 @@ from implementations.base import (
 )
 from implementations.cupy import _kernels as K
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
-from implementations.schedule import DeferredSchedule, Schedule
+from implementations.ops import (
+    AttentionInputs,
+    BackwardInputs,
+    DeltaInputs,
+    KDInputs,
+    MergeInputs,
+    ReduceInputs,
+    StatsInputs,
+    implementation,
+)
+from implementations.schedule import DeferredSchedule
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -187,36 +196,18 @@ class CupyBackend(Backend):
 
     # -- attention --------------------------------------------------------------------------------
 
-    def attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        causal: bool | str | None = None,
-        scale: float | None = None,
-        tiles: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("attention")
+    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``out = softmax(scale Q K^T + mask) V`` and ``lse`` (natural log, float32), ATT-1..9."""
-        variant, scale = validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale,
-                                                 tiles=tiles)
+        q, k, v = inp.q, inp.k, inp.v
         _unit_last_stride(q=q, k=k, v=v)
         _check_grid(q.shape[0], q.shape[1], "Hq")
-        return attention_forward(q, k, v, variant, scale)
+        return attention_forward(q, k, v, inp.causal, inp.scale)
 
-    def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    @implementation("attention_delta")
+    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
         """``delta = rowsum(dout * out)`` in float32, ``[B, Hq, Sq]`` (GRAD-3)."""
-        for name, x in (("out", out), ("dout", dout)):
-            if not isinstance(x, torch.Tensor) or x.dim() != 4:
-                raise InvalidInputError(f"{name} must be a 4-D torch.Tensor [B, Hq, Sq, D]")
-        if out.shape != dout.shape:
-            raise InvalidInputError(f"shape mismatch: out {tuple(out.shape)} vs dout {tuple(dout.shape)}")
-        if out.device != dout.device or out.device.type != "cuda":
-            raise InvalidInputError(f"out and dout must be on one CUDA device (got {out.device}, {dout.device})")
-        if out.dtype != dout.dtype or out.dtype not in HALF_DTYPES:
-            raise InvalidInputError(f"attention_delta: out and dout must share a dtype in "
-                                    f"{[dtype_name(d) for d in HALF_DTYPES]} (got {dtype_name(out.dtype)}, "
-                                    f"{dtype_name(dout.dtype)})")
+        out, dout = inp.out, inp.dout
         _unit_last_stride(out=out, dout=dout)
         delta = new_output(out.shape[:3], torch.float32, out.device)
         self._delta_into(out, dout, delta)
@@ -230,25 +221,11 @@ class CupyBackend(Backend):
         args = (out, dout, delta, K.i32(Hq), K.i32(Sq), K.i32(D), *_strides(out), *_strides(dout), K.i64(rows))
         K.launch(K.kernel("attention_bwd", expr, out.device), (-(-rows // 8),), (256,), args, out.device)
 
-    def attention_backward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        out: torch.Tensor,
-        lse: torch.Tensor,
-        dout: torch.Tensor,
-        *,
-        causal: bool | str | None = None,
-        scale: float | None = None,
-        tiles: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @implementation("attention_backward")
+    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``dq, dk, dv`` by recomputation from ``lse`` (GRAD-1..6); dK/dV summed over each GQA group."""
-        variant, scale = validate.backward_args(self.capabilities, q, k, v, out, lse, dout, causal=causal,
-                                                scale=scale, tiles=tiles)
-        for name, x in (("out", out), ("dout", dout)):
-            if x.dtype != q.dtype:
-                raise InvalidInputError(f"{name} is {dtype_name(x.dtype)} but q is {dtype_name(q.dtype)}")
+        q, k, v, out, lse, dout = inp.q, inp.k, inp.v, inp.out, inp.lse, inp.dout
+        variant, scale = inp.causal, inp.scale
         if lse.dtype != torch.float32:
             raise InvalidInputError(f"lse must be float32, got {dtype_name(lse.dtype)}")
         _unit_last_stride(q=q, k=k, v=v, out=out, dout=dout)
@@ -284,13 +261,14 @@ class CupyBackend(Backend):
 
     # -- softmax statistics -----------------------------------------------------------------------
 
-    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-wise ``m = max x`` (exact) and ``l = sum exp(x - m)`` in float32 (SMX-1, SMX-5).
 
         ``block=None``: one pass, each thread's online (m, l) over 16-byte packs, merged by warp shuffles and a
         CTA tree. ``block=b``: exact statistics of each run of b elements, merged in order (SMX-3).
         """
-        x = validate.rows_arg(self.capabilities, "softmax_stats", x)
+        x, block = inp.x, inp.block
         _unit_last_stride(x=x)
         if block is not None and (not isinstance(block, int) or block < 1):
             raise InvalidInputError(f"block must be a positive int or None, got {block!r}")
@@ -311,21 +289,10 @@ class CupyBackend(Backend):
         K.launch(K.kernel("softmax_stats", expr, x.device), (N,), (threads,), args, x.device)
         return m, l
 
-    def softmax_merge(
-        self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_merge")
+    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``m = max(m1, m2)``, ``l = l1 e^(m1-m) + l2 e^(m2-m)`` element-wise, in the inputs' dtype (SMX-2)."""
-        named = {"m1": m1, "l1": l1, "m2": m2, "l2": l2}
-        for name, x in named.items():
-            if not isinstance(x, torch.Tensor):
-                raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-            if x.shape != m1.shape:
-                raise InvalidInputError(f"shape mismatch: {name} is {tuple(x.shape)} but m1 is {tuple(m1.shape)}")
-            if x.dtype != m1.dtype or x.dtype not in ROW_DTYPES:
-                raise InvalidInputError(f"softmax_merge: {name} is {dtype_name(x.dtype)}; all four must share one "
-                                        f"dtype of {[dtype_name(d) for d in ROW_DTYPES]}")
-            if x.device != m1.device or x.device.type != "cuda":
-                raise InvalidInputError(f"device mismatch or not CUDA: {name} is on {x.device}, m1 on {m1.device}")
+        m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         m_out = new_output(m1.shape, m1.dtype, m1.device)
         l_out = new_output(m1.shape, m1.dtype, m1.device)
         n = m1.numel()
@@ -344,30 +311,20 @@ class CupyBackend(Backend):
     kd_part_cols: int | None = None
     kd_threads: int | None = None
 
-    def kd_loss(
-        self,
-        s: torch.Tensor,
-        t: torch.Tensor,
-        *,
-        temperature: float,
-        alpha: float = 1.0,
-        labels: torch.Tensor | None = None,
-        ignore_index: int = -100,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("kd_loss")
+    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused KD loss and its gradient (KD-1, KD-2, KD-7): see ``kd_loss.cu`` for the formulas.
 
         ``kd_scale`` (1 / count), ``kd_part`` (one CTA per part of a row, :func:`kd_split`: statistics, the
         row's parts meet, ds) and ``kd_finalize`` (the loss, fixed order). The only [N, V] buffer is ds.
         """
-        s2, t2, y, alpha = validate.kd_args(self.capabilities, s, t, temperature=temperature, alpha=alpha,
-                                            labels=labels, ignore_index=ignore_index)
+        s2, t2, y, alpha, T, ignore_index = inp.s, inp.t, inp.labels, inp.alpha, inp.temperature, inp.ignore_index
         _unit_last_stride(s=s2, t=t2)
         N, V = s2.shape
-        dev = s.device
-        T = float(temperature)
+        dev = s2.device
         ce = y is not None and alpha < 1.0
         labels64 = y.to(torch.int64).contiguous() if y is not None else None
-        vw = 16 // s.element_size()
+        vw = 16 // s2.element_size()
         vec = (V % vw == 0 and s2.data_ptr() % 16 == 0 and t2.data_ptr() % 16 == 0
                and (N == 1 or (s2.stride(0) % vw == 0 and t2.stride(0) % vw == 0)))
         threads = self.kd_threads or KD_THREADS
@@ -380,9 +337,9 @@ class CupyBackend(Backend):
         row_loss = torch.empty((N,), dtype=torch.float32, device=dev)
         scale = torch.empty((1,), dtype=torch.float32, device=dev)
         loss = new_output((), torch.float32, dev)
-        ds = new_output(s.shape, s.dtype, dev)
+        ds = new_output(inp.shape, s2.dtype, dev)
         lab = labels64 if labels64 is not None else K.null_pointer()
-        tmpl = f"{K.CXX_TYPE[s.dtype]}, {threads}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
+        tmpl = f"{K.CXX_TYPE[s2.dtype]}, {threads}, {K.cxx_bool(vec)}, {K.cxx_bool(ce)}"
         K.launch(K.kernel("kd_loss", "kd_scale", dev), (1,), (1024,), (lab, K.i64(N), K.i32(ignore_index), scale), dev)
         K.launch(K.kernel("kd_loss", f"kd_part<{tmpl}>", dev), (N * parts,), (threads,),
                  (s2, t2, K.i64(s2.stride(0)), K.i64(t2.stride(0)), K.i32(V), K.i32(cols), K.i32(parts), lab,
@@ -393,9 +350,10 @@ class CupyBackend(Backend):
 
     # -- reduction --------------------------------------------------------------------------------
 
-    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, Schedule]:
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, DeferredSchedule]:
         """Float32 sum in the order of :func:`~implementations.cupy.schedule_builder.reduce_schedule` (WD-2)."""
-        x = validate.rows_arg(self.capabilities, "reduce_sum", x)
+        x = inp.x
         value, ctas = reduce_value(x)
         n = x.numel()
         return value, DeferredSchedule(n, lambda: reduce_schedule(n, ctas, REDUCE_THREADS))

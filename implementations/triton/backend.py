@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from .. import validate
 from ..base import AttentionCase, Backend, Capabilities, Case, InvalidInputError, dtype_name
+from ..ops import (
+    AttentionInputs,
+    BackwardInputs,
+    DeltaInputs,
+    KDInputs,
+    MergeInputs,
+    ReduceInputs,
+    StatsInputs,
+    implementation,
+)
 from ..schedule import Schedule
 from .attention_bwd import attention_backward, attention_delta, backward_config
 from .attention_fwd import attention_forward, forward_config
@@ -82,80 +91,50 @@ class TritonBackend(Backend):
                 reasons.append(problem)
         return reasons
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool | str | None = None,
-                  scale: float | None = None, tiles: tuple[int, int] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("attention")
+    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..ATT-9: ``(out, lse)``."""
-        variant, scale_value = validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale,
-                                                       tiles=tiles)
-        _require(self.tile_problem(q.dtype, tiles) is None, str(self.tile_problem(q.dtype, tiles)))
-        config = forward_config(q.shape[-1], q.dtype, q.device, tiles)
-        return attention_forward(q, k, v, variant, scale_value, config)
+        q = inp.q
+        _require(self.tile_problem(q.dtype, inp.tiles) is None, str(self.tile_problem(q.dtype, inp.tiles)))
+        config = forward_config(q.shape[-1], q.dtype, q.device, inp.tiles)
+        return attention_forward(q, inp.k, inp.v, inp.causal, inp.scale, config)
 
-    def attention_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                           lse: torch.Tensor, dout: torch.Tensor, *, causal: bool | str | None = None,
-                           scale: float | None = None, tiles: tuple[int, int] | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GRAD-1..GRAD-6: ``(dq, dk, dv)`` recomputed from ``lse``."""
-        variant, scale_value = validate.backward_args(self.capabilities, q, k, v, out, lse, dout, causal=causal,
-                                                      scale=scale, tiles=tiles)
-        _require(out.dtype == q.dtype and dout.dtype == q.dtype,
-                 f"out and dout must have q's dtype {dtype_name(q.dtype)}, got {dtype_name(out.dtype)} and "
-                 f"{dtype_name(dout.dtype)}")
-        _require(lse.dtype == torch.float32, f"lse must be float32, got {dtype_name(lse.dtype)}")
-        _require(self.tile_problem(q.dtype, tiles) is None, str(self.tile_problem(q.dtype, tiles)))
-        config = backward_config(q.shape[-1], q.dtype, q.device, tiles)
-        return attention_backward(q, k, v, out, lse, dout, variant, scale_value, config)
+    @implementation("attention_backward")
+    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GRAD-1..GRAD-6: ``(dq, dk, dv)`` recomputed from ``lse`` (float32)."""
+        q = inp.q
+        _require(inp.lse.dtype == torch.float32, f"lse must be float32, got {dtype_name(inp.lse.dtype)}")
+        _require(self.tile_problem(q.dtype, inp.tiles) is None, str(self.tile_problem(q.dtype, inp.tiles)))
+        config = backward_config(q.shape[-1], q.dtype, q.device, inp.tiles)
+        return attention_backward(q, inp.k, inp.v, inp.out, inp.lse, inp.dout, inp.causal, inp.scale, config)
 
-    def attention_delta(self, out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    @implementation("attention_delta")
+    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``rowsum(dout * out)``, float32 ``[B, Hq, Sq]``."""
-        for name, x in (("out", out), ("dout", dout)):
-            _require(isinstance(x, torch.Tensor) and x.dim() == 4,
-                     f"{name} must be a 4-d tensor [B, Hq, Sq, D], got {getattr(x, 'shape', type(x).__name__)}")
-        _require(out.shape == dout.shape, f"out {tuple(out.shape)} and dout {tuple(dout.shape)} shapes differ")
-        _require(out.device == dout.device, f"device mismatch: out on {out.device}, dout on {dout.device}")
-        _require(out.device.type in self.capabilities.devices,
-                 f"device {out.device.type} is not supported (supported: {list(self.capabilities.devices)})")
-        _require(out.dtype == dout.dtype and out.dtype in self.capabilities.backward_dtypes,
-                 f"out/dout dtypes {dtype_name(out.dtype)}/{dtype_name(dout.dtype)} must match and be one of "
-                 f"{[dtype_name(d) for d in self.capabilities.backward_dtypes]}")
-        _require(out.numel() > 0, f"empty out {tuple(out.shape)}")
-        return attention_delta(out, dout)
+        return attention_delta(inp.out, inp.dout)
 
-    def softmax_stats(self, x: torch.Tensor, *, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1: row max ``m`` and ``l = sum exp(x - m)``, float32, in blocks of ``block`` columns."""
-        validate.rows_arg(self.capabilities, "softmax_stats", x)
+        block = inp.block
         _require(block is None or (isinstance(block, int) and block >= 1), f"block must be an int >= 1, got {block!r}")
-        return softmax_stats(x, block)
+        return softmax_stats(inp.x, block)
 
-    def softmax_merge(self, m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor,
-                      l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("softmax_merge")
+    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``(max(m1, m2), l1 e^(m1-m) + l2 e^(m2-m))`` elementwise."""
-        parts = {"m1": m1, "l1": l1, "m2": m2, "l2": l2}
-        for name, x in parts.items():
-            _require(isinstance(x, torch.Tensor), f"{name} must be a torch.Tensor, got {type(x).__name__}")
-            _require(x.shape == m1.shape, f"{name} shape {tuple(x.shape)} differs from m1 {tuple(m1.shape)}")
-            _require(x.dtype == m1.dtype, f"dtype mismatch: {name} is {dtype_name(x.dtype)}, m1 is "
-                     f"{dtype_name(m1.dtype)}")
-            _require(x.device == m1.device, f"device mismatch: {name} on {x.device}, m1 on {m1.device}")
-        _require(m1.device.type in self.capabilities.devices,
-                 f"device {m1.device.type} is not supported (supported: {list(self.capabilities.devices)})")
-        _require(m1.dtype in self.capabilities.stats_dtypes, f"softmax_merge: dtype {dtype_name(m1.dtype)} is not "
-                 f"supported (supported: {[dtype_name(d) for d in self.capabilities.stats_dtypes]})")
-        return softmax_merge(m1, l1, m2, l2)
+        return softmax_merge(inp.m1, inp.l1, inp.m2, inp.l2)
 
-    def kd_loss(self, s: torch.Tensor, t: torch.Tensor, *, temperature: float, alpha: float = 1.0,
-                labels: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    @implementation("kd_loss")
+    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1, KD-2, KD-7: fused loss and ``ds`` (``kd_loss.kd_loss_kernel``: parts of a row, two passes each)."""
-        s_rows, t_rows, flat_labels, alpha_value = validate.kd_args(
-            self.capabilities, s, t, temperature=temperature, alpha=alpha, labels=labels, ignore_index=ignore_index)
-        return kd_loss(s_rows, t_rows, temperature=float(temperature), alpha=alpha_value, labels=flat_labels,
-                       ignore_index=ignore_index, ds_shape=s.shape)
+        return kd_loss(inp.s, inp.t, temperature=inp.temperature, alpha=inp.alpha, labels=inp.labels,
+                       ignore_index=inp.ignore_index, ds_shape=inp.shape)
 
-    def reduce_sum(self, x: torch.Tensor) -> tuple[torch.Tensor, Schedule]:
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, Schedule]:
         """WD-1, WD-2: the strided-lanes sum and its schedule (bit-identical to ``schedule.evaluate``)."""
-        validate.rows_arg(self.capabilities, "reduce_sum", x)
-        return sum_with_schedule(x)
+        return sum_with_schedule(inp.x)
 
 
 def _require(condition: bool, message: str) -> None:

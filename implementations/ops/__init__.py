@@ -1,0 +1,43 @@
+"""The operations of the backend contract, one module each (docs/adding-an-operation.md).
+
+``OPS`` maps each operation's name to its :class:`~implementations.ops.spec.OpSpec`, in the order the suite
+checks them. A backend implements an operation with a method of that name; a ``Backend`` subclass writes it
+as ``@OPS[name].implementation`` over a method taking the validated inputs record, so the arguments are
+checked once, at the boundary.
+"""
+
+from __future__ import annotations
+
+from implementations.ops import (
+    attention,
+    attention_backward,
+    attention_delta,
+    kd_loss,
+    prefix_sum,
+    reduce_sum,
+    softmax_merge,
+    softmax_stats,
+)
+from implementations.ops.attention import AttentionInputs
+from implementations.ops.attention_backward import BackwardInputs
+from implementations.ops.attention_delta import DeltaInputs
+from implementations.ops.kd_loss import KDInputs
+from implementations.ops.reduce_sum import ReduceInputs
+from implementations.ops.softmax_merge import MergeInputs
+from implementations.ops.softmax_stats import StatsInputs
+from implementations.ops.spec import Expected, OpSpec
+
+OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
+    attention.SPEC, attention_backward.SPEC, attention_delta.SPEC, softmax_stats.SPEC, softmax_merge.SPEC,
+    kd_loss.SPEC, reduce_sum.SPEC, prefix_sum.SPEC)}
+
+
+
+def implementation(op: str):  # noqa: ANN201 - a decorator
+    """``@implementation("attention")`` over a backend method taking the validated inputs record of ``op``:
+    the method becomes the contract's, checking its arguments once at the boundary."""
+    return OPS[op].implementation
+
+
+__all__ = ["OPS", "AttentionInputs", "BackwardInputs", "DeltaInputs", "Expected", "KDInputs", "MergeInputs",
+           "OpSpec", "ReduceInputs", "StatsInputs", "implementation"]
