@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from implementations import schedule
+from implementations import ops, schedule
 from implementations._numpy import (
     as_numpy,
     finite_or_zero,
@@ -22,16 +22,7 @@ from implementations._numpy import (
     write,
 )
 from implementations.base import Backend, Capabilities, CausalVariant, causal_offset, new_output, wide_dtype
-from implementations.ops import (
-    AttentionInputs,
-    BackwardInputs,
-    DeltaInputs,
-    KDInputs,
-    MergeInputs,
-    ReduceInputs,
-    StatsInputs,
-    implementation,
-)
+from implementations.ops import implementation
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 F64 = torch.float64
@@ -47,15 +38,11 @@ class ReferenceBackend(Backend):
         dtypes=ALL_DTYPES,
         backward_dtypes=ALL_DTYPES,
         head_dims=(1, 1024),
-        causal=("top_left", "bottom_right"),
-        causal_default="top_left",
-        gqa=True,
         memory="quadratic",
         saves="scores",
         deterministic=True,
         stats_dtypes=ALL_DTYPES,
         kd_dtypes=(torch.float32, torch.float64),
-        kd_fused=False,
         reduce_dtypes=(torch.float32,),
         reduce_schedule="sequential",
         notes=(
@@ -67,7 +54,7 @@ class ReferenceBackend(Backend):
     # -- attention --------------------------------------------------------------------------------
 
     @implementation("attention")
-    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..4: ``out = softmax(scale · Q Kᵀ, masked) V`` and ``lse = logsumexp(scale · Q Kᵀ, masked)``."""
         q, k, v = inp.q, inp.k, inp.v
         Hq = q.shape[1]
@@ -80,7 +67,7 @@ class ReferenceBackend(Backend):
         return out, lse_out
 
     @implementation("attention_backward")
-    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1/4/5: the analytic gradients of attention.
 
         ``P = softmax(S)``, ``dV = Pᵀ dO``, ``dP = dO Vᵀ``, ``dS = P ∘ (dP - delta)`` with
@@ -114,7 +101,7 @@ class ReferenceBackend(Backend):
         return dq, dk, dv
 
     @implementation("attention_delta")
-    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
+    def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, shape ``[B, Hq, Sq]``."""
         out, dout = inp.out, inp.dout
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
@@ -124,7 +111,7 @@ class ReferenceBackend(Backend):
     # -- softmax statistics -----------------------------------------------------------------------
 
     @implementation("softmax_stats")
-    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_stats(self, inp: ops.StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1 in one shot: ``m = max x``, ``l = Σ exp(x - m)`` per row; ``block`` is accepted and ignored.
 
         A row of all -inf gives ``m = -inf``, ``l = 0`` (SMX-5).
@@ -140,7 +127,7 @@ class ReferenceBackend(Backend):
         return m_out, l_out
 
     @implementation("softmax_merge")
-    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype."""
         m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         m, l = merge_stats(as_numpy(m1, F64), as_numpy(l1, F64), as_numpy(m2, F64), as_numpy(l2, F64))
@@ -153,7 +140,7 @@ class ReferenceBackend(Backend):
     # -- knowledge distillation -------------------------------------------------------------------
 
     @implementation("kd_loss")
-    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def kd_loss(self, inp: ops.KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1/2, unfused: full ``[N, V]`` softmaxes in float64.
 
         Per row: ``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1-α)·CE(s, y)``, averaged over rows whose
@@ -190,7 +177,7 @@ class ReferenceBackend(Backend):
     # -- reduction --------------------------------------------------------------------------------
 
     @implementation("reduce_sum")
-    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.DeferredSchedule]:
+    def reduce_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, schedule.DeferredSchedule]:
         """WD-1/2: ``((x0 + x1) + x2) + ...`` in float32, the declared ``schedule.sequential(n)``."""
         x = inp.x
         # add.accumulate is the running sum out[i] = out[i-1] + x[i], one float32 rounding per addition,
@@ -202,7 +189,7 @@ class ReferenceBackend(Backend):
         return value, schedule.DeferredSchedule(n, lambda: schedule.sequential(n))
 
     @implementation("prefix_sum")
-    def prefix_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.ScanSchedule]:
+    def prefix_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, schedule.ScanSchedule]:
         """WD-5: ``y[i] = y[i-1] + x[i]`` in float32, left to right, the declared ``sequential_scan(n)``."""
         x = inp.x
         y = new_output(x.shape, torch.float32, x.device)

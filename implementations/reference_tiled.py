@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from implementations import schedule
+from implementations import ops, schedule
 from implementations._numpy import (
     as_numpy,
     finite_or_zero,
@@ -35,16 +35,7 @@ from implementations._numpy import (
     write,
 )
 from implementations.base import Backend, Capabilities, InvalidInputError, causal_offset, new_output, wide_dtype
-from implementations.ops import (
-    AttentionInputs,
-    BackwardInputs,
-    DeltaInputs,
-    KDInputs,
-    MergeInputs,
-    ReduceInputs,
-    StatsInputs,
-    implementation,
-)
+from implementations.ops import implementation
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TILES = ((16, 16), (32, 64), (64, 32), (64, 64), (128, 128))
@@ -60,9 +51,6 @@ class TiledReferenceBackend(Backend):
         dtypes=ALL_DTYPES,
         backward_dtypes=ALL_DTYPES,
         head_dims=(1, 1024),
-        causal=("top_left", "bottom_right"),
-        causal_default="top_left",
-        gqa=True,
         memory="linear",
         saves="lse",
         deterministic=True,
@@ -91,7 +79,7 @@ class TiledReferenceBackend(Backend):
     # -- attention --------------------------------------------------------------------------------
 
     @implementation("attention")
-    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..4, 10: FlashAttention-2 forward (Algorithm 1), ``O(block)`` memory per step.
 
         Per query block, for each visible key block ``S = scale · Q_i K_jᵀ``:
@@ -132,7 +120,7 @@ class TiledReferenceBackend(Backend):
         return out, lse
 
     @implementation("attention_backward")
-    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1..5: FlashAttention-2 backward, recomputing ``P = exp(S - lse)`` tile by tile.
 
         ``delta = rowsum(dO ∘ O)`` first (GRAD-3); then for each key block ``j``, over the query blocks
@@ -182,7 +170,7 @@ class TiledReferenceBackend(Backend):
         return dq, dk, dv
 
     @implementation("attention_delta")
-    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
+    def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, the backward's first pass, exposed."""
         out, dout = inp.out, inp.dout
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
@@ -203,7 +191,7 @@ class TiledReferenceBackend(Backend):
     # -- softmax statistics -----------------------------------------------------------------------
 
     @implementation("softmax_stats")
-    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_stats(self, inp: ops.StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1: online softmax statistics over blocks of ``block`` elements (default ``stats_block``).
 
         Each block gives ``(max, Σ exp(x - max))``; blocks are merged left to right with SMX-2.
@@ -220,7 +208,7 @@ class TiledReferenceBackend(Backend):
         return m_out, l_out
 
     @implementation("softmax_merge")
-    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, computed in the arithmetic dtype."""
         m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         dtype = wide_dtype(m1.dtype)
@@ -234,7 +222,7 @@ class TiledReferenceBackend(Backend):
     # -- knowledge distillation -------------------------------------------------------------------
 
     @implementation("kd_loss")
-    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def kd_loss(self, inp: ops.KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1/2/7: the loss and ``ds`` in two passes over column chunks, with no ``[N, V]`` temporary.
 
         Pass 1: online softmax statistics ``(m, l)`` per row of ``s/T``, ``t/T`` (and of ``s`` when the
@@ -288,7 +276,7 @@ class TiledReferenceBackend(Backend):
     # -- reduction --------------------------------------------------------------------------------
 
     @implementation("reduce_sum")
-    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.DeferredSchedule]:
+    def reduce_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, schedule.DeferredSchedule]:
         """WD-1/2: float32 sum following ``schedule.pairwise_tree(n)`` exactly.
 
         Round ``r`` (stride ``2^r``) adds ``slot[i + stride]`` into ``slot[i]`` for every ``i`` that is a
@@ -306,7 +294,7 @@ class TiledReferenceBackend(Backend):
         return value, schedule.DeferredSchedule(n, lambda: schedule.pairwise_tree(n))
 
     @implementation("prefix_sum")
-    def prefix_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, schedule.ScanSchedule]:
+    def prefix_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, schedule.ScanSchedule]:
         """WD-5: Hillis-Steele inclusive scan in float32: round ``d`` adds ``y[i - 2^d]`` into ``y[i]`` for
         every ``i >= 2^d`` at once (all reads before the writes), ``log2 n`` rounds."""
         x = inp.x

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.torch_version import TorchVersion
 
+from implementations import ops
 from implementations.base import (
     AttentionCase,
     Backend,
@@ -58,16 +59,7 @@ from implementations.base import (
     new_output,
     wide_dtype,
 )
-from implementations.ops import (
-    AttentionInputs,
-    BackwardInputs,
-    DeltaInputs,
-    KDInputs,
-    MergeInputs,
-    ReduceInputs,
-    StatsInputs,
-    implementation,
-)
+from implementations.ops import implementation
 
 #: ``enable_gqa`` of ``F.scaled_dot_product_attention`` (and of ``SDPAParams``) exists from torch 2.5 on.
 HAS_ENABLE_GQA = TorchVersion(torch.__version__) >= (2, 5)
@@ -220,7 +212,7 @@ class TorchAttention(Backend):
                                     + "; ".join(reasons))
 
     @implementation("attention")
-    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..3: ``out = softmax(scale · QKᵀ + mask) V`` and ``lse`` ([B, Hq, Sq], float32/float64).
 
         Fully masked rows are returned as the kernel leaves them (ATT-4 records what torch does).
@@ -236,7 +228,7 @@ class TorchAttention(Backend):
         return out, lse_out
 
     @implementation("attention_backward")
-    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1/4/5 by autograd: the forward is recomputed through the same kernel with ``requires_grad``,
         then differentiated with ``dout`` (the kernel's own backward). ``out`` and ``lse`` are validated,
         not used; timings of this call include one forward.
@@ -250,7 +242,7 @@ class TorchAttention(Backend):
         return dq, dk, dv
 
     @implementation("attention_delta")
-    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
+    def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)`` ``[B, Hq, Sq]`` in float32 (float64 for float64)."""
         out, dout = inp.out, inp.dout
         wide = wide_dtype(out.dtype)
@@ -263,7 +255,7 @@ class TorchOps(Backend):
     """Softmax statistics, their merge, the KD loss and the reduction, written with plain torch ops."""
 
     @implementation("softmax_stats")
-    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_stats(self, inp: ops.StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1: ``m = amax x``, ``l = Σ exp(x - m)`` per row, float32 (float64 for float64).
 
         With ``block``, each row is cut into blocks of ``block`` columns (the last padded with -inf), the
@@ -286,7 +278,7 @@ class TorchOps(Backend):
         return m_out, l_out
 
     @implementation("softmax_merge")
-    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype (computed wide)."""
         m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         wide = wide_dtype(m1.dtype)
@@ -297,7 +289,7 @@ class TorchOps(Backend):
         return m_out, l_out
 
     @implementation("kd_loss")
-    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def kd_loss(self, inp: ops.KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1/2, unfused: ``F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True,
         reduction="batchmean") · T²`` over the counted rows, times α, plus ``(1-α) · F.cross_entropy(s, y)``
         (mean over the same rows). Rows are flattened first; ``ds`` by autograd, typed like ``s``. Computed in
@@ -326,7 +318,7 @@ class TorchOps(Backend):
         return loss, ds.to(s2.dtype).reshape(inp.shape)
 
     @implementation("reduce_sum")
-    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, None]:
+    def reduce_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, None]:
         """WD-1: ``torch.sum(x)`` in float32; its combine order is not declared (schedule None)."""
         x = inp.x
         value = new_output((), torch.float32, x.device)
@@ -368,17 +360,12 @@ class TorchCPUBackend(TorchAttention, TorchOps):
             dtypes=dtypes,
             backward_dtypes=dtypes,
             head_dims=(1, 512),
-            causal=("top_left", "bottom_right"),
-            causal_default="top_left",
-            gqa=True,
             memory="quadratic",
             saves="scores",
             deterministic=True,
             stats_dtypes=LOW_AND_FULL,
             kd_dtypes=LOW_AND_FULL,
-            kd_fused=False,
             reduce_dtypes=(torch.float32,),
-            reduce_schedule=None,
             notes=(
                 f"torch {torch.__version__}; {torch.get_num_threads()} threads",
                 self._lse_source(),
@@ -723,7 +710,6 @@ class TorchMathBackend(TorchCudaKernel, TorchOps):
     capabilities = cuda_caps(
         dtypes=LOW_AND_FULL, backward_dtypes=LOW_AND_FULL, head_dims=(1, 512), memory="quadratic",
         saves="scores", stats_dtypes=LOW_AND_FULL, kd_dtypes=LOW_AND_FULL, reduce_dtypes=(torch.float32,),
-        reduce_schedule=None,
         notes=COMMON_CUDA_NOTES + (
             "kernel: F.scaled_dot_product_attention under sdpa_kernel(MATH): materialises the [B, H, Sq, Sk] "
             "scores and probabilities and autograd saves them; bottom_right through causal_lower_right "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from implementations import ops
 from implementations.base import (
     AttentionCase,
     Backend,
@@ -24,16 +25,7 @@ from implementations.base import (
 )
 from implementations.cupy import _kernels as K
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
-from implementations.ops import (
-    AttentionInputs,
-    BackwardInputs,
-    DeltaInputs,
-    KDInputs,
-    MergeInputs,
-    ReduceInputs,
-    StatsInputs,
-    implementation,
-)
+from implementations.ops import implementation
 from implementations.schedule import DeferredSchedule
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -159,11 +151,6 @@ class CupyBackend(Backend):
         devices=("cuda",),
         dtypes=HALF_DTYPES,
         backward_dtypes=HALF_DTYPES,
-        head_dims=(1, 256),
-        head_dim_multiple=1,
-        causal=("top_left", "bottom_right"),
-        causal_default="top_left",
-        gqa=True,
         memory="linear",
         saves="lse",
         deterministic=True,
@@ -197,7 +184,7 @@ class CupyBackend(Backend):
     # -- attention --------------------------------------------------------------------------------
 
     @implementation("attention")
-    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``out = softmax(scale Q K^T + mask) V`` and ``lse`` (natural log, float32), ATT-1..9."""
         q, k, v = inp.q, inp.k, inp.v
         _unit_last_stride(q=q, k=k, v=v)
@@ -205,7 +192,7 @@ class CupyBackend(Backend):
         return attention_forward(q, k, v, inp.causal, inp.scale)
 
     @implementation("attention_delta")
-    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
+    def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
         """``delta = rowsum(dout * out)`` in float32, ``[B, Hq, Sq]`` (GRAD-3)."""
         out, dout = inp.out, inp.dout
         _unit_last_stride(out=out, dout=dout)
@@ -222,7 +209,7 @@ class CupyBackend(Backend):
         K.launch(K.kernel("attention_bwd", expr, out.device), (-(-rows // 8),), (256,), args, out.device)
 
     @implementation("attention_backward")
-    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``dq, dk, dv`` by recomputation from ``lse`` (GRAD-1..6); dK/dV summed over each GQA group."""
         q, k, v, out, lse, dout = inp.q, inp.k, inp.v, inp.out, inp.lse, inp.dout
         variant, scale = inp.causal, inp.scale
@@ -262,7 +249,7 @@ class CupyBackend(Backend):
     # -- softmax statistics -----------------------------------------------------------------------
 
     @implementation("softmax_stats")
-    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_stats(self, inp: ops.StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-wise ``m = max x`` (exact) and ``l = sum exp(x - m)`` in float32 (SMX-1, SMX-5).
 
         ``block=None``: one pass, each thread's online (m, l) over 16-byte packs, merged by warp shuffles and a
@@ -290,7 +277,7 @@ class CupyBackend(Backend):
         return m, l
 
     @implementation("softmax_merge")
-    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``m = max(m1, m2)``, ``l = l1 e^(m1-m) + l2 e^(m2-m)`` element-wise, in the inputs' dtype (SMX-2)."""
         m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         m_out = new_output(m1.shape, m1.dtype, m1.device)
@@ -312,7 +299,7 @@ class CupyBackend(Backend):
     kd_threads: int | None = None
 
     @implementation("kd_loss")
-    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def kd_loss(self, inp: ops.KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused KD loss and its gradient (KD-1, KD-2, KD-7): see ``kd_loss.cu`` for the formulas.
 
         ``kd_scale`` (1 / count), ``kd_part`` (one CTA per part of a row, :func:`kd_split`: statistics, the
@@ -351,7 +338,7 @@ class CupyBackend(Backend):
     # -- reduction --------------------------------------------------------------------------------
 
     @implementation("reduce_sum")
-    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, DeferredSchedule]:
+    def reduce_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, DeferredSchedule]:
         """Float32 sum in the order of :func:`~implementations.cupy.schedule_builder.reduce_schedule` (WD-2)."""
         x = inp.x
         value, ctas = reduce_value(x)

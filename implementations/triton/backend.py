@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ..base import AttentionCase, Backend, Capabilities, Case, InvalidInputError, dtype_name
-from ..ops import (
-    AttentionInputs,
-    BackwardInputs,
-    DeltaInputs,
-    KDInputs,
-    MergeInputs,
-    ReduceInputs,
-    StatsInputs,
-    implementation,
-)
+from ..ops import implementation
 from ..schedule import Schedule
 from .attention_bwd import attention_backward, attention_delta, backward_config
 from .attention_fwd import attention_forward, forward_config
@@ -40,9 +32,6 @@ def triton_capabilities(interpreter: bool) -> Capabilities:
         backward_dtypes=FLOAT_DTYPES,
         head_dims=(16, 256),
         max_seq_len=INTERPRETER_MAX_SEQ_LEN if interpreter else None,
-        causal=("top_left", "bottom_right"),
-        causal_default="top_left",
-        gqa=True,
         memory="linear",
         saves="lse",
         deterministic=True,
@@ -92,7 +81,7 @@ class TritonBackend(Backend):
         return reasons
 
     @implementation("attention")
-    def attention(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """ATT-1..ATT-9: ``(out, lse)``."""
         q = inp.q
         _require(self.tile_problem(q.dtype, inp.tiles) is None, str(self.tile_problem(q.dtype, inp.tiles)))
@@ -100,7 +89,7 @@ class TritonBackend(Backend):
         return attention_forward(q, inp.k, inp.v, inp.causal, inp.scale, config)
 
     @implementation("attention_backward")
-    def attention_backward(self, inp: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1..GRAD-6: ``(dq, dk, dv)`` recomputed from ``lse`` (float32)."""
         q = inp.q
         _require(inp.lse.dtype == torch.float32, f"lse must be float32, got {dtype_name(inp.lse.dtype)}")
@@ -109,30 +98,30 @@ class TritonBackend(Backend):
         return attention_backward(q, inp.k, inp.v, inp.out, inp.lse, inp.dout, inp.causal, inp.scale, config)
 
     @implementation("attention_delta")
-    def attention_delta(self, inp: DeltaInputs) -> torch.Tensor:
+    def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``rowsum(dout * out)``, float32 ``[B, Hq, Sq]``."""
         return attention_delta(inp.out, inp.dout)
 
     @implementation("softmax_stats")
-    def softmax_stats(self, inp: StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_stats(self, inp: ops.StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-1: row max ``m`` and ``l = sum exp(x - m)``, float32, in blocks of ``block`` columns."""
         block = inp.block
         _require(block is None or (isinstance(block, int) and block >= 1), f"block must be an int >= 1, got {block!r}")
         return softmax_stats(inp.x, block)
 
     @implementation("softmax_merge")
-    def softmax_merge(self, inp: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``(max(m1, m2), l1 e^(m1-m) + l2 e^(m2-m))`` elementwise."""
         return softmax_merge(inp.m1, inp.l1, inp.m2, inp.l2)
 
     @implementation("kd_loss")
-    def kd_loss(self, inp: KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def kd_loss(self, inp: ops.KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """KD-1, KD-2, KD-7: fused loss and ``ds`` (``kd_loss.kd_loss_kernel``: parts of a row, two passes each)."""
         return kd_loss(inp.s, inp.t, temperature=inp.temperature, alpha=inp.alpha, labels=inp.labels,
                        ignore_index=inp.ignore_index, ds_shape=inp.shape)
 
     @implementation("reduce_sum")
-    def reduce_sum(self, inp: ReduceInputs) -> tuple[torch.Tensor, Schedule]:
+    def reduce_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, Schedule]:
         """WD-1, WD-2: the strided-lanes sum and its schedule (bit-identical to ``schedule.evaluate``)."""
         return sum_with_schedule(inp.x)
 
