@@ -11,12 +11,13 @@ batch*KV head) looping over the query blocks of every query head of its group (G
 GRAD-4: no atomics, so results are bit-reproducible, GRAD-6); ``dQ`` with one program per (query block,
 batch*query head) looping over key blocks. ``P`` is recomputed as ``exp2(s*log2(e) - lse*log2(e))``. A row
 with ``lse = -inf`` (no visible key) is masked everywhere it appears, so it contributes nothing and gets
-``dQ = 0`` (GRAD-5). Block ranges and masking follow the forward (``attention_fwd``).
+``dQ = 0`` (GRAD-5). Block ranges, masking and the two ways of loading the streamed tiles (pointers or
+tensor descriptors) follow the forward (``attention_fwd``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,7 +26,20 @@ import triton.language as tl
 
 from ..base import new_output
 from .attention_fwd import causal_offset
-from .common import LOG2E, LOG2E_K, LaunchConfig, block_d, dot_precision, fit_stages, load_tile, mma, upcast_dots
+from .common import (
+    LOG2E,
+    LOG2E_K,
+    LaunchConfig,
+    block_d,
+    dot_precision,
+    fit_stages,
+    has_tensor_descriptors,
+    mma,
+    provide_descriptor_memory,
+    row_tile,
+    tma_eligible,
+    upcast_dots,
+)
 
 
 @dataclass(frozen=True)
@@ -36,12 +50,13 @@ class BackwardConfig:
     dq: LaunchConfig
 
 
-#: GPU tables by head-dim tile; see NOTES.md for how they were chosen
+#: GPU configs by head-dim tile, used as listed; streamed tiles go through tensor descriptors where the device
+#: and the inputs allow (see NOTES.md for the measurements behind them); D=256 keeps its unmeasured small tiles
 GPU_BACKWARD_16BIT: dict[int, BackwardConfig] = {
-    16: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
-    32: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
-    64: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),
-    128: BackwardConfig(LaunchConfig(64, 128, 8, 2), LaunchConfig(128, 64, 8, 2)),  # swept on the H200
+    16: BackwardConfig(LaunchConfig(32, 128, 4, 4, tma=True), LaunchConfig(128, 64, 4, 3, tma=True)),
+    32: BackwardConfig(LaunchConfig(32, 128, 4, 4, tma=True), LaunchConfig(128, 64, 4, 3, tma=True)),
+    64: BackwardConfig(LaunchConfig(32, 128, 4, 4, tma=True), LaunchConfig(128, 64, 4, 3, tma=True)),
+    128: BackwardConfig(LaunchConfig(64, 128, 8, 3, tma=True), LaunchConfig(128, 64, 8, 3, tma=True)),
     256: BackwardConfig(LaunchConfig(32, 64, 8, 1), LaunchConfig(64, 32, 8, 1)),
 }
 #: float32: exact FMA products, small tiles (see GPU_FORWARD_FP32)
@@ -52,21 +67,25 @@ DELTA_BLOCK_M = 64
 
 def backward_config(head_dim: int, dtype: torch.dtype, device: torch.device,
                     tiles: tuple[int, int] | None = None) -> BackwardConfig:
-    """Configs for these inputs; ``tiles=(block_m, block_n)`` sets both kernels' query and key blocks."""
+    """Configs for these inputs; ``tiles=(block_m, block_n)`` sets both kernels' query and key blocks, with stages
+    lowered until they fit."""
     if device.type == "cpu":
         base = INTERPRETER_BACKWARD
     elif dtype == torch.float32:
         base = GPU_BACKWARD_FP32
     else:
         base = GPU_BACKWARD_16BIT[block_d(head_dim)]
-    if tiles is not None:
-        warps = 8 if max(tiles) >= 128 else 4
-        base = BackwardConfig(LaunchConfig(tiles[0], tiles[1], warps, base.dkdv.num_stages),
-                              LaunchConfig(tiles[0], tiles[1], warps, base.dq.num_stages))
+        if not has_tensor_descriptors(device):
+            base = BackwardConfig(replace(base.dkdv, tma=False), replace(base.dq, tma=False))
+    if tiles is None:
+        return base
+    warps = 8 if max(tiles) >= 128 else 4
     row = block_d(head_dim) * dtype.itemsize
     return BackwardConfig(
-        fit_stages(base.dkdv, streamed=2 * base.dkdv.block_m * row, resident=2 * base.dkdv.block_n * row),
-        fit_stages(base.dq, streamed=2 * base.dq.block_n * row, resident=2 * base.dq.block_m * row),
+        fit_stages(replace(base.dkdv, block_m=tiles[0], block_n=tiles[1], num_warps=warps),
+                   streamed=2 * tiles[0] * row, resident=2 * tiles[1] * row),
+        fit_stages(replace(base.dq, block_m=tiles[0], block_n=tiles[1], num_warps=warps),
+                   streamed=2 * tiles[1] * row, resident=2 * tiles[0] * row),
     )
 
 
@@ -91,29 +110,26 @@ def attention_delta_kernel(O, DO, DELTA,
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base,
                  stride_qm, stride_qd, stride_dm, stride_dd,
                  offs_n, offs_d, lo, hi, Sq, D, off, qk_scale,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                 EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                 EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
     """Add query blocks ``[lo, hi)`` of one head to ``dk, dv`` (transposed: rows are keys)."""
     offs_m0 = tl.arange(0, BLOCK_M)
-    d_ok = offs_d < D
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
-        do_ptrs = do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
-        m_ok = offs_m < Sq
-        qt = load_tile(qt_ptrs, m_ok, d_ok, MASKED, EVEN_D, True)
-        do = load_tile(do_ptrs, m_ok, d_ok, MASKED, EVEN_D, False)
+        q = row_tile(q_src, start_m, offs_d, stride_qm, stride_qd, Sq, D, BLOCK_M, MASKED, EVEN_D, TMA)
+        do = row_tile(do_src, start_m, offs_d, stride_dm, stride_dd, Sq, D, BLOCK_M, MASKED, EVEN_D, TMA)
         if MASKED:
+            m_ok = offs_m < Sq
             lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=0.0) * LOG2E_K
             delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
         else:
             lse2 = tl.load(lse_base + offs_m) * LOG2E_K
             delta = tl.load(delta_base + offs_m)
-        st = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST) * qk_scale
-        pt = tl.exp2(st - lse2[None, :])
+        st = mma(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST)
+        pt = tl.exp2(st * qk_scale - lse2[None, :])
         if MASKED:
             visible = offs_m[None, :] < Sq
             if CAUSAL:
@@ -122,7 +138,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
         dv = mma(pt.to(do.dtype), do, dv, PREC, UPCAST)
         dpt = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST)
         dst = pt * (dpt - delta[None, :])
-        dk = mma(dst.to(qt.dtype), tl.trans(qt), dk, PREC, UPCAST)
+        dk = mma(dst.to(q.dtype), q, dk, PREC, UPCAST)
     return dk, dv
 
 
@@ -138,8 +154,12 @@ def attention_dkdv_kernel(
     Hq, Hk, GROUP, Sq, Sk, D, off, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """Grid ``(cdiv(Sk, BLOCK_N), B*Hk)``; ``LSE``, ``DELTA`` contiguous float32 ``[B, Hq, Sq]``."""
+    """Grid ``(cdiv(Sk, BLOCK_N), B*Hk)``; ``LSE``, ``DELTA`` contiguous float32 ``[B, Hq, Sq]``.
+
+    ``TMA``: the streamed Q and dO tiles come through tensor descriptors of each query head.
+    """
     bhk = tl.program_id(1)
     b = (bhk // Hk).to(tl.int64)
     hk = (bhk % Hk).to(tl.int64)
@@ -168,19 +188,27 @@ def attention_dkdv_kernel(
         h = hk * GROUP + g
         q_base = Q + b * stride_qb + h * stride_qh
         do_base = DO + b * stride_db + h * stride_dh
+        if TMA:
+            q_src = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[stride_qm, 1],
+                                              block_shape=[BLOCK_M, BLOCK_D])
+            do_src = tl.make_tensor_descriptor(do_base, shape=[Sq, D], strides=[stride_dm, 1],
+                                               block_shape=[BLOCK_M, BLOCK_D])
+        else:
+            q_src = q_base
+            do_src = do_base
         row = (b * Hq + h) * Sq
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, LSE + row, DELTA + row,
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, LSE + row, DELTA + row,
                               stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
                               lo, tl.minimum(mid, q_ceil), Sq, D, off, qk_scale,
-                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, LSE + row, DELTA + row,
+                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, LSE + row, DELTA + row,
                               stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
                               mid, q_floor, Sq, D, off, qk_scale,
-                              BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, LSE + row, DELTA + row,
+                              BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, LSE + row, DELTA + row,
                               stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
                               tl.maximum(mid, q_floor), q_ceil, Sq, D, off, qk_scale,
-                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
+                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
     tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
@@ -188,28 +216,24 @@ def attention_dkdv_kernel(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+def _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                offs_m, offs_d, lo, hi, Sk, D, off, qk_scale,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+               EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
     """Add key blocks ``[lo, hi)`` to ``dq`` (unscaled)."""
     offs_n0 = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < D
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        vt_ptrs = v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd
-        n_ok = offs_n < Sk
-        k = load_tile(k_ptrs, n_ok, d_ok, MASKED, EVEN_D, False)
-        vt = load_tile(vt_ptrs, n_ok, d_ok, MASKED, EVEN_D, True)
-        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST) * qk_scale
-        p = tl.exp2(s - lse2[:, None])
+        k = row_tile(k_src, start_n, offs_d, stride_kn, stride_kd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
+        v = row_tile(v_src, start_n, offs_d, stride_vn, stride_vd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
+        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
         if MASKED:
             visible = offs_n[None, :] < Sk
             if CAUSAL:
                 visible = visible & (offs_n[None, :] <= offs_m[:, None] + off)
             p = tl.where(visible, p, 0.0)
-        dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
+        dp = mma(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
         ds = p * (dp - delta[:, None])
         dq = mma(ds.to(k.dtype), k, dq, PREC, UPCAST)
     return dq
@@ -226,8 +250,12 @@ def attention_dq_kernel(
     Hq, GROUP, Sq, Sk, D, off, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """Grid ``(cdiv(Sq, BLOCK_M), B*Hq)``, query blocks last-first as in the forward."""
+    """Grid ``(cdiv(Sq, BLOCK_M), B*Hq)``, query blocks last-first as in the forward.
+
+    ``TMA``: the streamed K and V tiles come through tensor descriptors of the KV head.
+    """
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -256,13 +284,21 @@ def attention_dq_kernel(
     full = (full // BLOCK_N) * BLOCK_N
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
+    if TMA:
+        k_src = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[stride_kn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[stride_vn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+    else:
+        k_src = k_base
+        v_src = v_base
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m, offs_d, 0, full, Sk, D, off, qk_scale,
-                    BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST)
-    dq = _dq_blocks(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m, offs_d, full, hi, Sk, D, off, qk_scale,
-                    BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
+                    BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              (dq * scale).to(DQ.dtype.element_ty), mask=mask)
 
@@ -294,17 +330,25 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     flags = dict(BLOCK_D=bd, CAUSAL=causal is not None, EVEN_D=bd == D, PREC=dot_precision(q.dtype),
                  UPCAST=upcast_dots(q.device))
     cfg = config.dkdv
+    tma = cfg.tma and tma_eligible(q, dout)
+    if tma:
+        provide_descriptor_memory(q.device)
     attention_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), B * Hk)](
         q, k, v, dout, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
         Hq, Hk, Hq // Hk, Sq, Sk, D, off, scale * LOG2E, scale,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=tma,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
     )
     cfg = config.dq
+    tma = cfg.tma and tma_eligible(k, v)
+    if tma:
+        provide_descriptor_memory(q.device)
     attention_dq_kernel[(triton.cdiv(Sq, cfg.block_m), B * Hq)](
         q, k, v, dout, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
         Hq, Hq // Hk, Sq, Sk, D, off, scale * LOG2E, scale,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=tma,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
     )
     return dq, dk, dv

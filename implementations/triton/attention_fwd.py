@@ -15,9 +15,16 @@ masks; the blocks on the causal diagonal and the ragged end of the keys run mask
 sees are skipped. A row that sees no key (ATT-4) keeps ``m = -inf, l = 0`` and gets ``out = 0,
 lse = -inf``: the masked loop exponentiates against 0 instead of ``-inf`` so no ``-inf - -inf`` appears.
 GQA (ATT-6): query head h reads KV head ``h // group`` through its strides; K and V are never copied.
+
+Tiles are loaded through pointers or, where a config asks for it (``LaunchConfig.tma``) and the inputs allow
+(:func:`~.common.tma_eligible`), through tensor descriptors made in the kernel for each head: Hopper's copy
+engine moves the tiles to shared memory and fills rows and columns outside the head with zeros, so the
+descriptor path computes no load masks.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -25,15 +32,30 @@ import triton
 import triton.language as tl
 
 from ..base import new_output
-from .common import LN2_K, LOG2E, LaunchConfig, block_d, dot_precision, fit_stages, load_tile, mma, upcast_dots
+from .common import (
+    LN2_K,
+    LOG2E,
+    LaunchConfig,
+    block_d,
+    dot_precision,
+    fit_stages,
+    has_tensor_descriptors,
+    mma,
+    provide_descriptor_memory,
+    row_tile,
+    tma_eligible,
+    upcast_dots,
+)
 
-#: GPU tile table for 16-bit inputs by head-dim tile (block_m, block_n, warps, stages); see NOTES.md
+#: GPU configs for 16-bit inputs by head-dim tile, used as listed. D=128 streams K and V through tensor
+#: descriptors in 128-key blocks, three stages deep (225 KiB of shared memory); at D=64 the pointer loads of
+#: 64-key blocks measured as fast or faster on the H200 (see NOTES.md); D=256 keeps its unmeasured one-stage tile
 GPU_FORWARD_16BIT: dict[int, LaunchConfig] = {
     16: LaunchConfig(128, 64, 8, 3),
     32: LaunchConfig(128, 64, 8, 3),
     64: LaunchConfig(128, 64, 8, 3),
-    128: LaunchConfig(128, 64, 8, 3),  # fastest of 4 at S=4096, causal and not (H200, NOTES.md)
-    256: LaunchConfig(128, 64, 8, 2),
+    128: LaunchConfig(128, 128, 8, 3, tma=True),
+    256: LaunchConfig(128, 64, 8, 1),
 }
 #: GPU tiles for float32: exact "ieee" products run on the FMA units, whose operands live in registers,
 #: so the tiles are small (larger ones spill heavily and take minutes to compile at D=256)
@@ -49,48 +71,65 @@ def causal_offset(causal: str | None, sq: int, sk: int) -> int:
 
 def forward_config(head_dim: int, dtype: torch.dtype, device: torch.device,
                    tiles: tuple[int, int] | None = None) -> LaunchConfig:
-    """The launch config for these inputs; ``tiles`` overrides the tile and keeps warps/stages fitting."""
+    """The launch config for these inputs; ``tiles`` overrides the tile, with stages lowered until it fits."""
     if device.type == "cpu":
         base = INTERPRETER_TILE
     elif dtype == torch.float32:
         base = GPU_FORWARD_FP32
     else:
         base = GPU_FORWARD_16BIT[block_d(head_dim)]
-    if tiles is not None:
-        base = LaunchConfig(tiles[0], tiles[1], 8 if tiles[0] >= 128 else 4, base.num_stages)
-    es = dtype.itemsize
-    bd = block_d(head_dim)
-    return fit_stages(base, streamed=2 * base.block_n * bd * es, resident=base.block_m * bd * es)
+        if not has_tensor_descriptors(device):
+            base = replace(base, tma=False)
+    if tiles is None:
+        return base
+    row = block_d(head_dim) * dtype.itemsize
+    tiled = replace(base, block_m=tiles[0], block_n=tiles[1], num_warps=8 if tiles[0] >= 128 else 4)
+    return fit_stages(tiled, streamed=2 * tiles[1] * row, resident=tiles[0] * row)
 
 
 @triton.jit
-def _forward_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+def _softmax_step(s, m_i, qk_scale, FOLD_SCALE: tl.constexpr):
+    """``(p, alpha, m_new)`` for a block of raw products ``s = q . k`` that every row sees completely.
+
+    ``FOLD_SCALE`` (``qk_scale > 0``): the row maximum is taken on the raw products and the scale enters the
+    exponent as one fused multiply-add, ``exp2(s * qk_scale - m)``, instead of a separate multiply of the whole
+    tile; a positive scale keeps the maximum where it was.
+    """
+    if FOLD_SCALE:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+    else:
+        s = s * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+    return p, tl.exp2(m_i - m_new), m_new
+
+
+@triton.jit
+def _forward_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m, offs_d, lo, hi, Sk, D, off, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                    EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                    EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
+                    FOLD_SCALE: tl.constexpr):
     """Fold key blocks ``[lo, hi)`` into ``(acc, l_i, m_i)``; ``MASKED`` applies ``j < Sk`` and causality."""
     offs_n0 = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < D
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        kt_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        n_ok = offs_n < Sk
-        kt = load_tile(kt_ptrs, n_ok, d_ok, MASKED, EVEN_D, True)
-        v = load_tile(v_ptrs, n_ok, d_ok, MASKED, EVEN_D, False)
-        s = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST) * qk_scale
+        k = row_tile(k_src, start_n, offs_d, stride_kn, stride_kd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
+        v = row_tile(v_src, start_n, offs_d, stride_vn, stride_vd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
+        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
         if MASKED:
+            s = s * qk_scale
+            offs_n = start_n + offs_n0
             visible = offs_n[None, :] < Sk
             if CAUSAL:
                 visible = visible & (offs_n[None, :] <= offs_m[:, None] + off)
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASKED:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+            p = tl.exp2(s - m_ref[:, None])
+            alpha = tl.exp2(m_i - m_ref)
         else:
-            m_ref = m_new
-        p = tl.exp2(s - m_ref[:, None])
-        alpha = tl.exp2(m_i - m_ref)
+            p, alpha, m_new = _softmax_step(s, m_i, qk_scale, FOLD_SCALE)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], PREC, UPCAST)
         m_i = m_new
@@ -107,10 +146,13 @@ def attention_forward_kernel(
     Hq, GROUP, Sq, Sk, D, off, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    TMA: tl.constexpr, FOLD_SCALE: tl.constexpr,
 ):
     """Grid ``(cdiv(Sq, BLOCK_M), B*Hq)``; query blocks are taken last-first (causal: longest first).
 
-    ``qk_scale = scale * log2(e)``; ``LSE`` is a contiguous float32 ``[B, Hq, Sq]``.
+    ``qk_scale = scale * log2(e)``; ``LSE`` is a contiguous float32 ``[B, Hq, Sq]``. ``TMA``: Q, K and V tiles
+    come through tensor descriptors of each head (the copy engine; needs unit stride along D and 16-byte
+    aligned rows, checked by :func:`tma_eligible`).
     """
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
@@ -124,10 +166,21 @@ def attention_forward_kernel(
     m_ok = offs_m < Sq
     d_ok = offs_d < D
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
+    if TMA:
+        q = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[stride_qm, 1],
+                                      block_shape=[BLOCK_M, BLOCK_D]).load([m0, 0])
+        k_src = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[stride_kn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[stride_vn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+    else:
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        k_src = k_base
+        v_src = v_base
 
     if CAUSAL:
         hi = tl.maximum(tl.minimum(m0 + BLOCK_M + off, Sk), 0)  # keys past hi are hidden from every row
@@ -140,12 +193,12 @@ def attention_forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                                     offs_m, offs_d, 0, full, Sk, D, off, qk_scale,
-                                    BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST)
-    acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                                    BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST, TMA, FOLD_SCALE)
+    acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                                     offs_m, offs_d, full, hi, Sk, D, off, qk_scale,
-                                    BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST)
+                                    BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA, FOLD_SCALE)
 
     l_div = tl.where(l_i == 0.0, 1.0, l_i)  # a row that saw no key: acc = 0 -> out = 0
     out = acc / l_div[:, None]
@@ -164,12 +217,16 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     lse = new_output((B, Hq, Sq), torch.float32, q.device)
     grid = (triton.cdiv(Sq, config.block_m), B * Hq)
     bd = block_d(D)
+    tma = config.tma and tma_eligible(q, k, v)
+    if tma:
+        provide_descriptor_memory(q.device)
     attention_forward_kernel[grid](
         q, k, v, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         Hq, Hq // Hk, Sq, Sk, D, causal_offset(causal, Sq, Sk), scale * LOG2E,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=bd,
         CAUSAL=causal is not None, EVEN_D=bd == D, PREC=dot_precision(q.dtype), UPCAST=upcast_dots(q.device),
+        TMA=tma, FOLD_SCALE=scale > 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, lse

@@ -9,7 +9,7 @@ float16 value to float32 is exact, so the result equals a 16-bit product accumul
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -52,12 +52,15 @@ def upcast_dots(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """One kernel launch shape: a tile of ``block_m`` x ``block_n`` and Triton's warps and pipeline stages."""
+    """One kernel launch shape: a tile of ``block_m`` x ``block_n``, Triton's warps and pipeline stages, and
+    whether streamed tiles go through tensor descriptors (``tma``: Hopper's copy engine, where
+    :func:`tma_eligible` allows)."""
 
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 1
+    tma: bool = False
 
 
 #: shared memory a config may plan for (the H200 allows 227 KiB a block; keep room for the compiler)
@@ -73,7 +76,28 @@ def fit_stages(cfg: LaunchConfig, streamed: int, resident: int) -> LaunchConfig:
     stages = cfg.num_stages
     while stages > 1 and stages * streamed + resident > SMEM_BUDGET:
         stages -= 1
-    return LaunchConfig(cfg.block_m, cfg.block_n, cfg.num_warps, stages)
+    return replace(cfg, num_stages=stages)
+
+
+def has_tensor_descriptors(device: torch.device) -> bool:
+    """Whether compiled kernels on ``device`` can load tiles through tensor descriptors (compute capability 9+)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def tma_eligible(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor can be described to the copy engine: 16-bit elements, unit stride along the last
+    dim, 16-byte aligned start and strides (the tensor-map rules)."""
+    return all(t.element_size() == 2 and t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
+
+
+def provide_descriptor_memory(device: torch.device) -> None:
+    """Give Triton the allocator through which a launch gets the global memory its in-kernel tensor
+    descriptors are written to (``tl.make_tensor_descriptor``); the buffers come from torch's caching allocator."""
+    def allocate(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    triton.set_allocator(allocate)
 
 
 @triton.jit
@@ -86,25 +110,35 @@ def mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def load_tile(ptrs, row_ok, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """A ``[rows, D]`` tile at ``ptrs`` (``TRANSPOSED``: ``[D, rows]``), zero outside the rows ``row_ok`` when
-    ``MASKED`` and outside the head dims ``d_ok`` unless ``EVEN_D``; an unmasked load where neither applies."""
-    if TRANSPOSED:
-        rows = row_ok[None, :]
-        cols = d_ok[:, None]
-    else:
-        rows = row_ok[:, None]
-        cols = d_ok[None, :]
+def load_tile(ptrs, row_ok, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+    """A ``[rows, D]`` tile at ``ptrs``, zero outside the rows ``row_ok`` when ``MASKED`` and outside the head
+    dims ``d_ok`` unless ``EVEN_D``; an unmasked load where neither applies."""
     if MASKED:
         if EVEN_D:
-            return tl.load(ptrs, mask=rows, other=0.0)
+            return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
         else:
-            return tl.load(ptrs, mask=rows & cols, other=0.0)
+            return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     else:
         if EVEN_D:
             return tl.load(ptrs)
         else:
-            return tl.load(ptrs, mask=cols, other=0.0)
+            return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def row_tile(src, row0, offs_d, stride_row, stride_d, n_rows, D,
+             ROWS: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr):
+    """Rows ``[row0, row0 + ROWS)`` x head dims ``[0, BLOCK_D)`` of one head, zero past ``n_rows`` and ``D``.
+
+    ``TMA``: ``src`` is a tensor descriptor of the head (:func:`head_rows`); the copy engine zero-fills rows and
+    columns outside the tensor, so no mask is computed. Otherwise ``src`` points at the head's row 0.
+    """
+    if TMA:
+        return src.load([row0, 0])
+    else:
+        rows = row0 + tl.arange(0, ROWS)
+        ptrs = src + rows[:, None] * stride_row + offs_d[None, :] * stride_d
+        return load_tile(ptrs, rows < n_rows, offs_d < D, MASKED, EVEN_D)
 
 
 @triton.jit

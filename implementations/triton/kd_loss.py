@@ -30,9 +30,9 @@ order they start: when a program waits, every part with a smaller ticket has sta
 resolve as long as a row's parts can be resident at once (:func:`split_parts` keeps parts <= SMs). The
 interpreter runs programs one after another, so there a row is one part (no wait).
 
-Measured on the H200 (N = 8192, V = 131072, float32, NOTES.md): 4.41 ms with the cross-entropy term,
-4.01 ms without; one program per row streaming the row twice took 5.11 ms, and a one-pass form keeping
-the part in registers (commit 8305191) 5.89 ms at best.
+Two passes from L2 rather than one pass holding the part in registers: the one-pass form reads HBM once
+but runs in phases (load, reduce, wait, compute, store) with one or two programs per SM, while here loads
+stay in flight throughout (NOTES.md has the timings of both).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ KD_WARPS = 4
 PART_STATS = 8
 PART_STATS_K = tl.constexpr(PART_STATS)
 #: pass 2's reads and the ds writes are not read again: evicted first, so the lines pass 1 brought into L2
-#: for other parts' pass 2 stay (H200: 4.41 ms with the hint, 4.67 ms without, at N = 8192, V = 131072)
+#: for other parts' pass 2 stay (NOTES.md has the timings with and without the hint)
 EVICT_PASS2 = tl.constexpr("evict_first")
 
 
