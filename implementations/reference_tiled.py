@@ -21,6 +21,8 @@ GQA reads each K, V block once without copying K, V per query head.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -34,10 +36,10 @@ from implementations._numpy import (
     visible,
     write,
 )
-from implementations.base import Backend, Capabilities, InvalidInputError, causal_offset, new_output, wide_dtype
+from implementations.base import Backend, InvalidInputError, causal_offset, new_output, wide_dtype
 from implementations.ops import implementation
+from implementations.reference import ReferenceBackend
 
-ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TILES = ((16, 16), (32, 64), (64, 32), (64, 64), (128, 128))
 
 
@@ -46,19 +48,12 @@ class TiledReferenceBackend(Backend):
 
     name = "reference-tiled"
     description = "NumPy FlashAttention-2 (tiles, online softmax, recompute from lse), chunked KD, pairwise tree"
-    capabilities = Capabilities(
-        devices=("cpu",),
-        dtypes=ALL_DTYPES,
-        backward_dtypes=ALL_DTYPES,
-        head_dims=(1, 1024),
+    capabilities = dataclasses.replace(
+        ReferenceBackend.capabilities,
         memory="linear",
         saves="lse",
-        deterministic=True,
         tiles=TILES,
-        stats_dtypes=ALL_DTYPES,
-        kd_dtypes=(torch.float32, torch.float64),
         kd_fused=True,
-        reduce_dtypes=(torch.float32,),
         reduce_schedule="pairwise tree",
         notes=(
             "float32 arithmetic for float16/bfloat16/float32 inputs, float64 for float64",

@@ -6,6 +6,8 @@ Each is the ``reference`` backend (correct) with one spoiling habit, plugged in 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -67,25 +69,10 @@ class MetaLse(_Spoiler):
         return out, torch.empty(lse.shape, dtype=lse.dtype, device="meta")
 
 
-def zero_inputs() -> ZeroInputs:
-    return ZeroInputs("zero-inputs")
-
-
-def wide_gradients() -> WideGradients:
-    return WideGradients("wide-gradients")
-
-
-def wide_statistics() -> WideStatistics:
-    return WideStatistics("wide-statistics")
-
-
-def matrix_sum() -> MatrixSum:
-    return MatrixSum("matrix-sum")
-
-
-def numpy_out() -> NumpyOut:
-    return NumpyOut("numpy-out")
-
-
-def meta_lse() -> MetaLse:
-    return MetaLse("meta-lse")
+#: the factories ``--backend tests.spoilers:NAME`` calls
+zero_inputs = functools.partial(ZeroInputs, "zero-inputs")
+wide_gradients = functools.partial(WideGradients, "wide-gradients")
+wide_statistics = functools.partial(WideStatistics, "wide-statistics")
+matrix_sum = functools.partial(MatrixSum, "matrix-sum")
+numpy_out = functools.partial(NumpyOut, "numpy-out")
+meta_lse = functools.partial(MetaLse, "meta-lse")
