@@ -176,6 +176,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         return _conformance(args, console, results)
+    except KeyboardInterrupt as exc:  # before any backend ran (during discovery)
+        console.print(Text("attnspec conformance: interrupted before any backend ran", "magenta"))
+        return 143 if isinstance(exc, _Stop) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         lock.release()

@@ -78,8 +78,11 @@ class DiscoveryError(RuntimeError):
 def _probe(start: int, extra_specs: list[str], timeout: float) -> tuple[str, str, int, bool]:
     """Run one probe child from factory ``start`` on: its stdout, stderr, exit status, and whether it was killed
     for running past ``timeout``."""
+    from conformance.supervisor import DIE_WITH_PARENT
+
     proc = subprocess.Popen([sys.executable, "-m", "conformance.probe", "--skip", str(start), *extra_specs],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=DIE_WITH_PARENT)
     try:
         out, err = proc.communicate(timeout=timeout)
         late = False

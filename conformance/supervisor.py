@@ -180,12 +180,13 @@ def _death_signal_setter() -> Callable[[], None] | None:
     return lambda: prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-_DIE_WITH_PARENT = _death_signal_setter()
+#: ``preexec_fn`` of every child the runner starts: it dies with its parent (None off Linux)
+DIE_WITH_PARENT = _death_signal_setter()
 
 
 def _spawn(cmd: list[str], log: Any, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(),
-                            start_new_session=True, preexec_fn=_DIE_WITH_PARENT)
+                            start_new_session=True, preexec_fn=DIE_WITH_PARENT)
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
