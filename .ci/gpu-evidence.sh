@@ -85,7 +85,7 @@ if wants conformance; then
         for c in $chapters; do
             cat "$logs/conformance-$b-$c.jsonl" >> "$out/conformance.jsonl" 2>/dev/null \
                 && rm -f "$logs/conformance-$b-$c.jsonl"
-            echo "-- $b $c: $(grep -E '^\[1/1\]' "$logs/conformance-$b-$c.log" | head -1)"
+            echo "-- $b $c: $(grep -E '^\[1/1\].* log: ' "$logs/conformance-$b-$c.log" | head -1)"
         done
     done
 fi
