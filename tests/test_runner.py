@@ -92,7 +92,7 @@ def test_bad_arguments_fail_at_once_with_the_cause(tmp_path: Path) -> None:
     started = time.monotonic()
     done, results = conformance(tmp_path, "wrong", "--xfails-file", "/nonexistent")
     assert done.returncode == 2 and "cannot read --xfails-file /nonexistent" in done.stdout, done.stdout
-    assert time.monotonic() - started < 30 and not results.exists()
+    assert time.monotonic() - started < 60 and not results.exists()  # the old runner crash-looped for minutes
 
 
 def test_a_child_that_stops_before_any_case_shows_why_on_the_console(tmp_path: Path) -> None:
@@ -124,12 +124,12 @@ def test_keyboard_interrupt_raised_by_a_backend_fails_its_case(tmp_path: Path) -
 
 def test_hang_holding_the_gil_is_timed_out_by_the_supervisor(tmp_path: Path) -> None:
     started = time.monotonic()
-    done, results = conformance(tmp_path, "holds_gil", timeout=120)
+    done, results = conformance(tmp_path, "holds_gil", timeout=400)
     assert done.returncode == 1, done.stdout
     case = cases(results)["WD-0[holds-gil-cpu-float32-1x7]"]
     assert case["status"] == "timeout" and "killed" in case["reason"], case
     assert_every_started_case_has_a_result(results)
-    assert time.monotonic() - started < 90
+    assert time.monotonic() - started < 300  # the backend sleeps for an hour: bounded by the deadline, not by it
 
 
 def _wait_for_case_in_flight(results: Path, proc: subprocess.Popen[str]) -> int:
