@@ -1,0 +1,316 @@
+"""Pieces every torch backend shares: masks, statistics, torch's kernel gates, the attention and row-operation
+mixins.
+
+Outputs: ``out`` and the gradients are the tensors torch allocates (copying them into ``new_output``
+buffers would add a full pass to every benchmark, and poisoning exists to catch unwritten elements of custom
+kernels); ``lse``, ``delta``, statistics, the KD loss and the reduction value are written into
+``new_output`` buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+from torch.torch_version import TorchVersion
+
+from implementations import ops
+from implementations.base import (
+    AttentionCase,
+    Backend,
+    Case,
+    CausalVariant,
+    InvalidInputError,
+    causal_offset,
+    dtype_name,
+    new_output,
+    wide_dtype,
+)
+from implementations.ops import implementation
+
+#: ``enable_gqa`` of ``F.scaled_dot_product_attention`` (and of ``SDPAParams``) exists from torch 2.5 on.
+HAS_ENABLE_GQA = TorchVersion(torch.__version__) >= (2, 5)
+
+LOW_AND_FULL = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+HALF = (torch.float16, torch.bfloat16)
+NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces shared by every torch backend
+
+
+def expand_kv(x: torch.Tensor, Hq: int) -> torch.Tensor:
+    """ATT-6: K or V ``[B, Hk, Sk, D]`` repeated so query head ``h`` reads KV head ``h // (Hq // Hk)``.
+
+    Autograd through ``repeat_interleave`` sums the gradients of each group (GRAD-4).
+    """
+    return x if x.shape[1] == Hq else x.repeat_interleave(Hq // x.shape[1], dim=1)
+
+
+def visible_mask(variant: CausalVariant, Sq: int, Sk: int, device: torch.device) -> torch.Tensor:
+    """ATT-3 as a ``[Sq, Sk]`` bool mask: key j visible to query i iff ``j <= i + offset``."""
+    offset = causal_offset(variant, Sq, Sk)
+    return torch.ones(Sq, Sk, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def additive_mask(variant: CausalVariant, Sq: int, Sk: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The additive mask SDPA makes of a bool mask: 0 where visible, -inf elsewhere, in q's dtype."""
+    mask = torch.zeros(Sq, Sk, dtype=dtype, device=device)
+    return mask.masked_fill_(~visible_mask(variant, Sq, Sk, device), NEG_INF)
+
+
+def lse_from_scores(q: torch.Tensor, k: torch.Tensor, variant: CausalVariant | None, scale: float) -> torch.Tensor:
+    """ATT-2 computed directly: ``logsumexp_j(scale · q_i·k_j)`` over visible keys, float32 (float64 for float64).
+
+    Used where the kernel returns no lse. It materialises the ``[B, Hq, Sq, Sk]`` scores. A fully masked
+    row gives -inf (``torch.logsumexp`` of all -inf).
+    """
+    wide = wide_dtype(q.dtype)
+    scores = torch.matmul(q.to(wide), expand_kv(k, q.shape[1]).to(wide).transpose(-1, -2)) * scale
+    if variant is not None:
+        scores = scores.masked_fill(~visible_mask(variant, q.shape[2], k.shape[2], q.device), NEG_INF)
+    return torch.logsumexp(scores, dim=-1)
+
+
+def shift_of(m: torch.Tensor) -> torch.Tensor:
+    """The point to subtract before ``exp``: ``m``, or 0 where ``m = -inf`` (so -inf rows give 0, not NaN)."""
+    return torch.where(m == NEG_INF, torch.zeros_like(m), m)
+
+
+def row_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SMX-1 along the last dim: ``m = amax x``, ``l = Σ exp(x - m)``; a row of -inf gives ``(-inf, 0)``."""
+    m = x.amax(dim=-1)
+    return m, torch.exp(x - shift_of(m).unsqueeze(-1)).sum(dim=-1)
+
+
+def merge_stats(m: torch.Tensor, l: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SMX-2 over ``dim`` at once: ``M = max m_b``, ``L = Σ_b l_b · e^(m_b - M)``; ``(-inf, 0)`` is the identity."""
+    top = m.amax(dim=dim)
+    return top, (l * torch.exp(m - shift_of(top).unsqueeze(dim))).sum(dim=dim)
+
+
+def lse_as_b_h_sq(lse: object, B: int, H: int, Sq: int) -> torch.Tensor | None:
+    """A kernel's logsumexp as ``[B, H, Sq]``, or None when its shape is not one we know.
+
+    Known shapes: ``[B, H, Sq]`` (flash, CPU flash), ``[B, H, >= Sq]`` (efficient pads Sq to a multiple of
+    32), ``[B, H, Sq, 1]`` (cuDNN).
+    """
+    if not isinstance(lse, torch.Tensor):
+        return None
+    if lse.dim() == 4 and lse.shape[-1] == 1:
+        lse = lse[..., 0]
+    if lse.dim() == 3 and tuple(lse.shape[:2]) == (B, H) and lse.shape[2] >= Sq:
+        return lse[..., :Sq]
+    return None
+
+
+def sdpa_params(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, enable_gqa: bool) -> object:
+    """``torch.backends.cuda.SDPAParams`` for the gate functions (torch < 2.5 has no ``enable_gqa`` field)."""
+    if HAS_ENABLE_GQA:
+        return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, is_causal, enable_gqa)
+    return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, is_causal)
+
+
+def torch_refusals(gate: Callable[..., bool], params: object) -> list[str]:
+    """Why torch's gate ``can_use_*_attention`` refuses ``params`` (its debug warnings), or [] if it accepts."""
+    if gate(params, False):
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gate(params, True)
+    said = [str(w.message).strip() for w in caught]
+    return [f"torch refuses it: {s}" for s in said] or ["torch refuses it (no reason given)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention through torch, and the operations every torch backend shares
+
+
+class TorchAttention(Backend):
+    """Attention, its backward by autograd, and ``delta``; subclasses provide ``forward`` for one kernel."""
+
+    #: the SDPA kernel this backend forces (None: torch's own choice)
+    kernel: SDPBackend | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
+                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out, lse or None)`` from the kernel, differentiable w.r.t. q, k, v; None: compute lse."""
+        raise NotImplementedError
+
+    def kernel_reasons(self, case: AttentionCase, backward: bool) -> list[str]:
+        """Constraints of the kernel that capabilities cannot express (readable; no device access)."""
+        return []
+
+    def device_refusals(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        variant: CausalVariant | None) -> list[str]:
+        """torch's own refusals for these tensors (CUDA kernels ask ``can_use_*_attention``)."""
+        return []
+
+    def gate_tensors(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backward: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What ``device_refusals`` is asked with; the inputs themselves unless a kernel says otherwise."""
+        return q, k, v
+
+    def record(self, note: str) -> None:
+        """Add a fact learnt at run time (e.g. an lse fallback) to ``capabilities.notes``, once."""
+        if note not in self.capabilities.notes:
+            self.capabilities = dataclasses.replace(self.capabilities, notes=self.capabilities.notes + (note,))
+
+    def not_supported_reasons(self, op: str, case: Case) -> list[str]:
+        reasons = super().not_supported_reasons(op, case)
+        if reasons or op not in ("attention", "attention_backward") or not isinstance(case, AttentionCase):
+            return reasons
+        return self.kernel_reasons(case, op == "attention_backward") or self.case_refusals(case, op)
+
+    def case_refusals(self, case: AttentionCase, op: str) -> list[str]:
+        """``device_refusals`` for a case, asked with empty tensors of its shape; [] when it cannot be asked."""
+        return []
+
+    def refuse_unsupported(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           variant: CausalVariant | None, backward: bool) -> None:
+        """Raise ``InvalidInputError`` rather than run a case the kernel does not support (ATT-11)."""
+        case = AttentionCase(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], q.dtype,
+                             q.device.type, variant)
+        reasons = self.kernel_reasons(case, backward) or self.device_refusals(
+            *self.gate_tensors(q, k, v, backward), variant)
+        if reasons:
+            raise InvalidInputError(f"{self.name} does not support {case.label} ({dtype_name(q.dtype)}): "
+                                    + "; ".join(reasons))
+
+    @implementation("attention")
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """ATT-1..3: ``out = softmax(scale · QKᵀ + mask) V`` and ``lse`` ([B, Hq, Sq], float32/float64).
+
+        Fully masked rows are returned as the kernel leaves them (ATT-4 records what torch does).
+        """
+        q, k, v, variant, scale = inp.q, inp.k, inp.v, inp.causal, inp.scale
+        self.refuse_unsupported(q, k, v, variant, backward=False)
+        with torch.no_grad():
+            out, lse = self.forward(q, k, v, variant, scale, need_lse=True)
+            if lse is None:
+                lse = lse_from_scores(q, k, variant, scale)
+        lse_out = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
+        lse_out.copy_(lse)
+        return out, lse_out
+
+    @implementation("attention_backward")
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GRAD-1/4/5 by autograd: the forward is recomputed through the same kernel with ``requires_grad``,
+        then differentiated with ``dout`` (the kernel's own backward). ``out`` and ``lse`` are validated,
+        not used; timings of this call include one forward.
+        """
+        variant, scale = inp.causal, inp.scale
+        leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
+        self.refuse_unsupported(*leaves, variant, backward=True)
+        with torch.enable_grad():
+            recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False)
+            dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
+        return dq, dk, dv
+
+    @implementation("attention_delta")
+    def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
+        """GRAD-3: ``delta = rowsum(dout ∘ out)`` ``[B, Hq, Sq]`` in float32 (float64 for float64)."""
+        out, dout = inp.out, inp.dout
+        wide = wide_dtype(out.dtype)
+        delta = new_output(out.shape[:3], wide, out.device)
+        torch.sum(dout.to(wide) * out.to(wide), dim=-1, out=delta)
+        return delta
+
+
+class TorchOps(Backend):
+    """Softmax statistics, their merge, the KD loss and the reduction, written with plain torch ops."""
+
+    @implementation("softmax_stats")
+    def softmax_stats(self, inp: ops.StatsInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """SMX-1: ``m = amax x``, ``l = Σ exp(x - m)`` per row, float32 (float64 for float64).
+
+        With ``block``, each row is cut into blocks of ``block`` columns (the last padded with -inf), the
+        statistics of every block are taken, and the blocks are merged with the SMX-2 weights.
+        """
+        x, block = inp.x, inp.block
+        if block is not None and (not isinstance(block, int) or isinstance(block, bool) or block < 1):
+            raise InvalidInputError(f"block must be a positive integer, got {block!r}")
+        wide = wide_dtype(x.dtype)
+        xw = x.to(wide)
+        N, L = xw.shape
+        if block is None or block >= L:
+            m, l = row_stats(xw)
+        else:
+            padded = F.pad(xw, (0, -L % block), value=NEG_INF)
+            m, l = merge_stats(*row_stats(padded.view(N, -1, block)), dim=1)
+        m_out, l_out = new_output((N,), wide, x.device), new_output((N,), wide, x.device)
+        m_out.copy_(m)
+        l_out.copy_(l)
+        return m_out, l_out
+
+    @implementation("softmax_merge")
+    def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype (computed wide)."""
+        m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
+        wide = wide_dtype(m1.dtype)
+        m, l = merge_stats(torch.stack([m1, m2]).to(wide), torch.stack([l1, l2]).to(wide), dim=0)
+        m_out, l_out = new_output(m1.shape, m1.dtype, m1.device), new_output(m1.shape, m1.dtype, m1.device)
+        m_out.copy_(m)
+        l_out.copy_(l)
+        return m_out, l_out
+
+    @implementation("kd_loss")
+    def kd_loss(self, inp: ops.KDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """KD-1/2, unfused: ``F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True,
+        reduction="batchmean") · T²`` over the counted rows, times α, plus ``(1-α) · F.cross_entropy(s, y)``
+        (mean over the same rows). Rows are flattened first; ``ds`` by autograd, typed like ``s``. Computed in
+        float32, or float64 for float64 inputs, and the 0-dim loss is returned in that dtype (as lse, delta
+        and statistics are): a float32 loss would lose float64's precision.
+        """
+        s2, t2, y, alpha, T, ignore_index = inp.s, inp.t, inp.labels, inp.alpha, inp.temperature, inp.ignore_index
+        wide = wide_dtype(s2.dtype)
+        student = s2.detach().to(wide).requires_grad_()
+        teacher = t2.detach().to(wide)
+        counted = None if y is None else y != ignore_index
+        loss = new_output((), wide, s2.device)
+        if counted is not None and not bool(counted.any()):
+            loss.zero_()
+            return loss, torch.zeros(inp.shape, dtype=s2.dtype, device=s2.device)
+        with torch.enable_grad():
+            s_rows = student if counted is None else student[counted]
+            t_rows = teacher if counted is None else teacher[counted]
+            kd = F.kl_div(F.log_softmax(s_rows / T, dim=-1), F.log_softmax(t_rows / T, dim=-1), log_target=True,
+                          reduction="batchmean") * (T * T)
+            total = alpha * kd
+            if y is not None and alpha < 1.0:
+                total = total + (1.0 - alpha) * F.cross_entropy(student, y.long(), ignore_index=ignore_index)
+            (ds,) = torch.autograd.grad(total, student)
+        loss.copy_(total.detach())
+        return loss, ds.to(s2.dtype).reshape(inp.shape)
+
+    @implementation("reduce_sum")
+    def reduce_sum(self, inp: ops.ReduceInputs) -> tuple[torch.Tensor, None]:
+        """WD-1: ``torch.sum(x)`` in float32; its combine order is not declared (schedule None)."""
+        x = inp.x
+        value = new_output((), torch.float32, x.device)
+        value.copy_(torch.sum(x))
+        return value, None
+
+
+#: notes shared by the backends that declare the TorchOps operations
+OPS_NOTES = (
+    "softmax_stats / softmax_merge: torch amax, exp, sum in float32 (float64 for float64), -inf-safe "
+    "(a row of -inf gives (-inf, 0)); block=b cuts rows into blocks of b whose statistics are merged with "
+    "the SMX-2 weights in one vectorised step",
+    "kd_loss: F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, reduction='batchmean') * T^2 over "
+    "rows whose label != ignore_index, plus (1-alpha) * F.cross_entropy; ds by autograd, rounded to s's dtype; "
+    "computed in float32 (float64 for float64), the loss returned in that dtype; unfused (holds [N, V] "
+    "float32 softmaxes)",
+    "reduce_sum: torch.sum; its order is not declared: on the CPU a vectorised multi-accumulator cascade, on "
+    "CUDA a block/warp tree, neither specified by torch nor stable across versions or sizes, so WD-2 is "
+    "unsupported",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# The CPU backend
