@@ -30,6 +30,7 @@ import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,16 +255,17 @@ class BackendRaisedInterrupt(Exception):
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item):  # noqa: ANN201
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
     return (yield from _backend_interrupt_fails(item))
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     return (yield from _backend_interrupt_fails(item))
 
 
-def _backend_interrupt_fails(item: pytest.Item):  # noqa: ANN202
+def _backend_interrupt_fails(item: pytest.Item) -> Generator[None, object, object]:
+    """Around a test's setup or call: turns a ``KeyboardInterrupt`` that no signal caused into a failure."""
     state = _state(item.config)
     try:
         return (yield)
