@@ -205,10 +205,21 @@ def has_masked_rows(case: Case) -> bool:
 
 
 def memory_case(dtypes: tuple[torch.dtype, ...], device: str, S: int) -> list[AttentionCase]:
-    """The one case of a memory-growth clause (ATT-10, GRAD-2): B 1, 4 heads, Sq = Sk = S, D 32 on the CPU
-    and 64 on CUDA, in the primary declared dtype."""
+    """The one case of a memory-growth clause (ATT-10, GRAD-2): B 1, 4 heads, Sq = Sk = S (the largest of
+    :func:`memory_lengths`), D 32 on the CPU and 64 on CUDA, in the primary declared dtype."""
     dtype = (dtypes_for(dtypes, device) or [torch.float32])[0]
     return [AttentionCase(1, 4, 4, S, S, 32 if device == "cpu" else 64, dtype, device, None)]
+
+
+def memory_lengths(S: int) -> list[int]:
+    """The sequence lengths a memory-growth clause measures at: four doublings up to S."""
+    return [S // 8, S // 4, S // 2, S]
+
+
+def memory_sized(case: Case) -> bool:
+    """A memory-growth case whose lengths tell linear from quadratic growth: square, S >= 2048 (the
+    smallest length 256 or more) and a multiple of 8 (whole lengths)."""
+    return isinstance(case, AttentionCase) and case.Sq == case.Sk >= 2048 and case.Sq % 8 == 0
 
 
 def rows_cases(dtypes: tuple[torch.dtype, ...], device: str, shapes: Iterable[tuple[int, int]]) -> list[RowsCase]:

@@ -73,12 +73,12 @@ def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return casegen.randn(tuple(x.shape), x.dtype, x.device, g)
 
 
-def memory_growth(trial: Trial, lengths: list[int],
+def memory_growth(trial: Trial,
                   prepare: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[Callable[[], SealedCall], int]]
                   ) -> None:
     """Measure the peak extra memory of a call at each sequence length; check the budget and the slope.
 
-    For each S the trial's case is drawn at Sq = Sk = S and ``prepare(q, k, v)`` returns
+    For each S of ``memory_lengths(case.Sq)`` the trial's case is drawn at Sq = Sk = S and ``prepare(q, k, v)`` returns
     ``(seal, output_bytes)``; ``seal()`` prepares one sealed call. The first call at each S is a warm-up (a
     backend may allocate a workspace once, at its first call of a size, and keep it); the second runs under
     the probe. Passes when the peak at the largest S stays below the outputs plus a tenth of the float32
@@ -87,6 +87,7 @@ def memory_growth(trial: Trial, lengths: list[int],
     """
     case = trial.case
     assert isinstance(case, AttentionCase)
+    lengths = casegen.memory_lengths(case.Sq)
     peaks, probe = [], ""
     for S in lengths:
         make, out_bytes = prepare(*casegen.attention_inputs(dataclasses.replace(case, Sq=S, Sk=S), trial.seed))

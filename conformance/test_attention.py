@@ -244,14 +244,15 @@ def test_large_logits(trial: Trial) -> None:
 
 
 def _memory(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
-    return C.memory_case(b.capabilities.dtypes, device, MEMORY_LENGTHS[device][-1])
+    return C.memory_case(b.capabilities.dtypes, device, MEMORY_S[device])
 
 
-MEMORY_LENGTHS = {"cpu": [512, 1024, 2048, 4096], "cuda": [2048, 4096, 8192, 16384]}
+#: the largest sequence length of the memory-growth sweep (conformance.cases.memory_lengths)
+MEMORY_S = {"cpu": 4096, "cuda": 16384}
 
 
 @clause("ATT-10")
-@cases("attention", _memory)
+@cases("attention", _memory, premise=C.memory_sized)
 def test_linear_memory(trial: Trial) -> None:
     """A `memory="linear"` backend holds no Sq x Sk buffer: peak extra memory during the forward stays below
     outputs + a tenth of the float32 score matrix at the largest S, with a log-log slope <= 1.1 over S.
@@ -266,7 +267,7 @@ def test_linear_memory(trial: Trial) -> None:
         out_bytes = q.numel() * q.element_size() + q.shape[0] * q.shape[1] * q.shape[2] * 4  # out + lse
         return (lambda: trial.seal("attention", q, k, v, causal=None)), out_bytes
 
-    memory_growth(trial, MEMORY_LENGTHS[trial.device], prepare)
+    memory_growth(trial, prepare)
 
 
 def _bad(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
