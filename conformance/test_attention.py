@@ -233,8 +233,10 @@ def _large(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
 def test_large_logits(trial: Trial) -> None:
     """Logits up to |scale·q·k| = 1e4 in float32 neither overflow nor lose the row max (out and lse).
 
-    The scale is chosen so the largest logit is 1e4 in magnitude. Guards against: exp without the max
-    subtracted, a running max that starts at 0 instead of -inf, overflow in a rescaling factor.
+    The scale is chosen so the largest logit is 1e4 in magnitude; the rule's floor counts the rounding of
+    logits of that size (about 1e4·eps each, carried to out with gain up to 2·max|v|). Guards against: exp
+    without the max subtracted, a running max that starts at 0 instead of -inf, overflow in a rescaling
+    factor, logits held in a narrower type than float32.
     """
     q, k, v = C.attention_inputs(trial.case, trial.seed)
     logits = q.double() @ k.double().transpose(-1, -2)
