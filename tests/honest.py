@@ -1,12 +1,15 @@
 """Correct backends written differently from the oracle: what the suite must never fail.
 
-Each :class:`Honest` backend computes in the working dtype (float32 arithmetic for float16 / bfloat16 /
-float32 inputs, float64 for float64), as a correct kernel does, in one of these formulations:
+Each :class:`Honest` backend computes in one of these formulations:
 
-- ``"oracle"``: the oracle's own formulas (``conformance.oracle``) evaluated in the working dtype;
+- ``"oracle"``: the oracle's own formulas (``conformance.oracle``) evaluated in the working dtype: float32
+  for float32 inputs, float64 for float64; attention in the input dtype itself (matrix products in float16 /
+  bfloat16, softmax in float32);
 - ``"online"``: the attention forward and the softmax statistics as an online softmax over blocks of keys
   (FlashAttention's running max, sum and rescaled accumulator), the KD loss with the vocabulary cut into
-  chunks merged by a running log-sum-exp, and with entropy and cross-entropy summed apart.
+  chunks merged by a running log-sum-exp, and with entropy and cross-entropy summed apart; float32
+  arithmetic for float16 / bfloat16 / float32 inputs (P rounded to the input dtype before P·V), float64
+  for float64.
 
 The reductions are the float32 pairwise tree they declare, evaluated bit for bit. The suite's false-alarm
 test (``tests/test_false_alarms.py``) drives the conformance clauses themselves over these backends.
