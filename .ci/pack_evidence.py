@@ -3,8 +3,12 @@
 What it rewrites, losing no result:
 - ``conformance.jsonl``: a ``start`` record is dropped where the same run records that case's result later
   (the result repeats every field of the start; a case started twice before its result is answered by it
-  both times); a start with no result stays, since readers count it as the case interrupted. Records are
-  written compact, one per line; a line that is not a JSON object stays as it is.
+  both times); a start with no result stays, since readers count it as the case interrupted. A run record's
+  listing of a backend that an earlier run record of the file lists identically is dropped (readers keep
+  each backend's listing by name). In case records, fields that are null are left out (readers take a
+  missing optional field as null), and so is ``area`` (the clause's prefix); floats keep 6 significant
+  digits (errors, bounds, durations: measurements no reader needs to more). Records are written compact, one
+  per line; a line that is not a JSON object stays as it is.
 - every ``*.json`` directly in OUTDIR (the ``attnspec bench`` files): the same value, written compact.
 asv results (``OUTDIR/asv/``) are left as asv wrote them. Prints each file's size before and after.
 """
@@ -39,12 +43,28 @@ def pack_conformance_lines(lines: list[str]) -> list[str]:
             open_starts.setdefault((str(rec.get("id")), str(rec.get("backend"))), []).append(index)
         elif kind == "case":
             answered.update(open_starts.pop((str(rec.get("id")), str(rec.get("backend"))), []))
-    packed = []
+    packed, listed = [], []
     for index, (line, rec) in enumerate(zip(lines, records)):
         if index in answered:
             continue
+        if rec is not None and rec.get("kind") in ("run", "resume") and isinstance(rec.get("backends"), list):
+            rec = rec | {"backends": [b for b in rec["backends"] if b not in listed]}
+            listed += rec["backends"]
+        elif rec is not None and rec.get("kind") == "case":
+            rec = _six_digits({k: v for k, v in rec.items() if v is not None and k != "area"})
         packed.append(json.dumps(rec, **COMPACT) if rec is not None else line)
     return packed
+
+
+def _six_digits(value: object) -> object:
+    """``value`` with every float rounded to 6 significant digits (inside dicts and lists too)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _six_digits(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_six_digits(v) for v in value]
+    return value
 
 
 def pack(folder: Path) -> None:
