@@ -114,6 +114,25 @@ def test_pack_drops_only_answered_starts(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == packed, "packing twice changed the files"
 
 
+def test_pack_drops_only_what_readers_derive(tmp_path: Path) -> None:
+    """Null fields, ``area`` and a backend listing an earlier run record holds identically go; floats keep six
+    significant digits; a listing that differs stays."""
+    listing = {"name": "b", "available": True, "capabilities": {"dtypes": ["float32"]}}
+    changed = {**listing, "capabilities": {"dtypes": ["bfloat16"]}}
+    lines = [
+        {"kind": "run", "run_id": "r1", "backends": [listing]},
+        {**case("A[1]"), "area": "A", "err": 1.234567891e-05, "reason": None, "metrics": {"peak": [2.718281828]}},
+        {"kind": "run", "run_id": "r2", "backends": [listing, changed]},
+    ]
+    write_lines(tmp_path / "conformance.jsonl", lines)
+    assert run_pack(tmp_path).returncode == 0
+    first, packed, second = (json.loads(line) for line in (tmp_path / "conformance.jsonl").read_text().splitlines())
+    assert first["backends"] == [listing] and second["backends"] == [changed]
+    assert "area" not in packed and "reason" not in packed
+    assert packed["err"] == 1.23457e-05 and packed["metrics"] == {"peak": [2.71828]}
+    assert packed["clause"] == "A" and packed["status"] == "passed"
+
+
 def test_pack_refuses_a_missing_folder(tmp_path: Path) -> None:
     result = run_pack(tmp_path / "absent")
     assert result.returncode != 0 and "OUTDIR" in result.stderr
