@@ -199,6 +199,19 @@ def production_rows(op: str, dtypes: tuple[torch.dtype, ...], device: str) -> li
     return [RowsCase(r, c, dtype, device) for r, c in PRODUCTION_ROWS[op][device]]
 
 
+#: cases per clause an emulated backend meets unless every case is asked for
+EMULATED_SAMPLE = 6
+
+
+def spread(cases: list[Case], count: int) -> list[Case]:
+    """At most ``count`` of ``cases``, evenly spaced from the first to the last (all of them when fewer)."""
+    if len(cases) <= count:
+        return cases
+    if count == 1:
+        return cases[:1]
+    return [cases[round(i * (len(cases) - 1) / (count - 1))] for i in range(count)]
+
+
 def has_masked_rows(case: Case) -> bool:
     """Bottom-right causal with Sq > Sk: the first Sq - Sk query rows see no key (ATT-4, GRAD-5)."""
     return isinstance(case, AttentionCase) and case.Sq > case.Sk

@@ -204,6 +204,7 @@ def _conformance(args: argparse.Namespace, console: Console, results: Path) -> i
     if not args.append and results.exists():
         results.unlink()
     common = [f"--run-started={now()}"] + (["--quick"] if args.quick else [])
+    common += ["--every-case"] if args.every_case else []
     common += [f"--xfails-file={path}" for path in args.xfails_file]
     common += [f"--device={device}" for device in args.device]
     common += [f"--clause={c}" for c in args.clause] + (["-k", args.k] if args.k else [])
@@ -324,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     conformance_args = argparse.Namespace(
         backend=args.backend, quick=quick, results=str(CONFORMANCE_RESULTS), append=False,
         case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None, clause=args.clause,
-        progress_interval=args.progress_interval)
+        progress_interval=args.progress_interval, every_case=args.every_case)
     status = cmd_conformance(conformance_args)
     bench_argv = (["--quick", "--memory-scaling", "--output", str(BENCH_RESULTS)]
                   + [a for b in args.backend for a in ("--backend", b)])
@@ -362,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", action="append", default=[], metavar="NAME",
                        help="backend name or package.module:factory (repeatable; default: all available)")
         p.add_argument("--quick", action="store_true", help="small shapes, few head dims, primary dtype")
+        p.add_argument("--every-case", action="store_true",
+                       help="backends that declare an emulator (Triton's interpreter) meet every case, not a "
+                            "sample of each clause's")
         p.add_argument("--case-timeout", type=float, default=600.0, metavar="SECONDS")
         p.add_argument("--xfails-file", action="append", default=[], metavar="PATH")
         p.add_argument("--clause", action="append", default=[], metavar="ID",

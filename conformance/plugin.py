@@ -158,6 +158,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only this clause (ATT-4) or area (ATT); repeatable")
     group.addoption("--factory", action="append", default=[], metavar="MODULE:FACTORY",
                     help="call only these registry factories (default: every one)")
+    group.addoption("--every-case", action="store_true",
+                    help="give backends that declare an emulator (Triton's interpreter) every case of a clause, "
+                         f"not {casegen.EMULATED_SAMPLE} spread over them")
 
 
 @dataclass
@@ -169,6 +172,8 @@ class _State:
     own_xfails: set[str]
     skip_ids: set[str]
     quick: bool
+    #: emulated backends meet every case (else casegen.EMULATED_SAMPLE per clause)
+    every_case: bool
     base_seed: int
     devices: list[str] | None
     timeout: float
@@ -213,6 +218,7 @@ def pytest_configure(config: pytest.Config) -> None:
         own_xfails=set(own_xfails),
         skip_ids=done_ids(path) if (path and config.getoption("--resume")) else set(),
         quick=config.getoption("--quick"),
+        every_case=config.getoption("--every-case"),
         base_seed=config.getoption("--seed"),
         devices=config.getoption("--device") or None,
         timeout=config.getoption("--case-timeout"),
@@ -228,6 +234,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "provenance": collect(),
         "argv": list(config.invocation_params.args),
         "quick": state.quick,
+        "every_case": state.every_case,
         "backends": [
             {"name": e.name, "origin": e.origin, "available": e.available, "reason": e.unavailable,
              "capabilities": e.backend.capabilities.describe() if e.backend is not None else None}
@@ -289,6 +296,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for device in casegen.devices_for(entry.backend, state.devices):
             made = make(entry.backend, device, state.quick)
             reached, reachable = casegen.reach(entry.backend, op, made, premise)
+            if entry.backend.capabilities.emulated and not state.every_case:
+                reached = casegen.spread(reached, casegen.EMULATED_SAMPLE)
             for case in reached:
                 pid = f"{entry.name}-{device}-{dtype_name(case.dtype)}-{case.label}"
                 if pid in seen:

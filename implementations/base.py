@@ -82,6 +82,9 @@ class Capabilities:
     #: reduction (WD); the kind of schedule it declares, or None when its order is not declared
     reduce_dtypes: tuple[torch.dtype, ...] = ()
     reduce_schedule: str | None = None
+    #: the kernels run in an emulator (Triton's interpreter): conformance samples each clause's cases for it
+    #: unless asked for every case (``attnspec conformance --every-case``)
+    emulated: bool = False
     #: free-form facts shown in reports (lse source, kernel names, ...)
     notes: tuple[str, ...] = ()
 
@@ -115,6 +118,7 @@ class Capabilities:
             "kd_fused": self.kd_fused,
             "reduce_dtypes": names(self.reduce_dtypes),
             "reduce_schedule": self.reduce_schedule,
+            "emulated": self.emulated,
             "notes": list(self.notes),
         }
 

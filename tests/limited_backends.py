@@ -3,6 +3,7 @@
 ``square128``: the defect-free ``Control`` backend of tests/mutants.py declaring what many real kernels
 require: square problems (Sq = Sk) whose lengths are multiples of 128, head dims 64 and 128 only, and
 contiguous inputs. Every clause must still reach it with fitted cases (conformance.cases.reach).
+``emulated``: ``Control`` declaring that its kernels run in an emulator, whose clauses are sampled.
 """
 
 from __future__ import annotations
@@ -26,3 +27,12 @@ class Square128(Control):
 
 def square128() -> Square128:
     return Square128()
+
+
+class Emulated(Control):
+    name = "emulated"
+    capabilities = dataclasses.replace(Control.capabilities, emulated=True)
+
+
+def emulated() -> Emulated:
+    return Emulated()

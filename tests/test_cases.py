@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +75,25 @@ def test_every_attention_clause_reaches_a_limited_backend(conformance_run) -> No
     assert att4 and all(r["status"] == "unsupported" and "no case of ATT-4 fits the declared limits" in r["reason"]
                         for r in att4)
     assert code == 0
+
+
+def test_spread_keeps_the_ends_evenly() -> None:
+    assert C.spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert C.spread(list(range(3)), 6) == [0, 1, 2]
+    assert C.spread(list(range(5)), 1) == [0]
+
+
+def _collected(*args: str) -> Counter[str]:
+    """Test functions collected per name for ``pytest conformance --collect-only ARGS``."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *args], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    return Counter(line.split("::")[1].split("[")[0] for line in done.stdout.splitlines() if "::" in line)
+
+
+def test_an_emulated_backend_meets_a_sample_of_each_clause_unless_every_case() -> None:
+    sampled = _collected("--quick", "--backend", "tests.limited_backends:emulated")
+    every = _collected("--quick", "--backend", "tests.limited_backends:emulated", "--every-case")
+    assert sampled and max(sampled.values()) == C.EMULATED_SAMPLE
+    assert every["test_forward_matches_oracle"] > 2 * C.EMULATED_SAMPLE
+    assert set(sampled) == set(every)  # every clause still met

@@ -41,6 +41,7 @@ def triton_capabilities(interpreter: bool) -> Capabilities:
         kd_fused=True,
         reduce_dtypes=(torch.float32,),
         reduce_schedule=SCHEDULE_KIND,
+        emulated=interpreter,
         notes=(
             "kernels: attention_forward_kernel (online softmax, exp2, causal blocks skipped), "
             "attention_delta_kernel + attention_dkdv_kernel + attention_dq_kernel (recompute from lse, "
