@@ -40,7 +40,8 @@ from benchmarks.bench import bench_backends, implements, peak_bytes
 from benchmarks.timing import timing_for
 from benchmarks.workloads import ATTENTION_OPS, Workload, bind, make_inputs, not_supported, rates, workloads
 from conformance.cases import seed_for
-from implementations.base import BackendLike, RegistryEntry, dtype_name
+from implementations.base import BackendLike, dtype_name
+from implementations.registry import RegistryEntry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: the backends of the default set per device (each operation's baseline is added to them)

@@ -52,7 +52,8 @@ from benchmarks.workloads import (
 from conformance.cases import seed_for
 from conformance.memory import loglog_slope, peak_extra
 from conformance.provenance import collect, now
-from implementations.base import BackendLike, RegistryEntry, discover, dtype_name, select
+from implementations.base import BackendLike, dtype_name
+from implementations.registry import RegistryEntry, discover, select
 
 DEFAULT_OUTPUT = Path("results/bench.json")
 MEMORY_OPS = ("attention", "attention_backward")

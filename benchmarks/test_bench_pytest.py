@@ -24,7 +24,8 @@ from benchmarks.bench import BASELINE_ORIGIN, bench_backends, implements
 from benchmarks.gate import run_gate
 from benchmarks.workloads import OPS, Workload, rates, workloads
 from conformance.cases import seed_for
-from implementations.base import RegistryEntry, dtype_name
+from implementations.base import dtype_name
+from implementations.registry import RegistryEntry
 
 DEVICE = os.environ.get("ATTNSPEC_BENCH_DEVICE", "cpu")
 QUICK = os.environ.get("ATTNSPEC_BENCH_FULL") != "1"

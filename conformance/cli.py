@@ -186,7 +186,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 def _conformance(args: argparse.Namespace, console: Console, results: Path) -> int:
     from conformance.probe import DiscoveryError, discover_isolated
-    from implementations.base import select
+    from implementations.registry import select
 
     try:
         listings = discover_isolated([b for b in args.backend if ":" in b])

@@ -43,7 +43,8 @@ from conformance.provenance import collect, now
 from conformance.results import Status
 from conformance.spec import CLAUSES, clause_of
 from conformance.trial import NotImplementedOperation, Trial, Unsupported
-from implementations.base import RegistryEntry, discover, dtype_name, select
+from implementations.base import dtype_name
+from implementations.registry import RegistryEntry, discover, select
 
 #: xfails shipped for the built-in backends (their known deviations, each with its finding), always read
 BUILTIN_XFAILS = sorted(Path(__file__).with_name("xfails").glob("*.txt"))

@@ -19,8 +19,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from implementations.base import FactorySpec, factory_specs, instantiate, refuse_duplicate_names
 from implementations.ops import OPS
+from implementations.registry import FactorySpec, factory_specs, instantiate, refuse_duplicate_names
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _probe(start: int, extra_specs: list[str], timeout: float) -> tuple[str, str
 
 
 def discover_isolated(extra_specs: list[str]) -> list[Listing]:
-    """Every backend the registry can see (:func:`implementations.base.factory_specs`), made in child processes.
+    """Every backend the registry can see (:func:`implementations.registry.factory_specs`), made in child processes.
     Raises :class:`DiscoveryError` when a child fails before calling any factory."""
     from conformance.supervisor import describe_exit
 

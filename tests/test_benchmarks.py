@@ -25,11 +25,12 @@ from benchmarks import bench
 from benchmarks.bench import main, measure, memory_scaling
 from benchmarks.gate import ReferenceCache, relative_error, run_gate
 from benchmarks.workloads import OPS, AttentionWorkload, RowsWorkload, memory_workloads, rates, workloads
-from implementations.base import Backend, Capabilities, RegistryEntry, new_output
+from implementations.base import Backend, Capabilities, new_output
 from implementations.ops import kd_loss, reduce_sum, softmax_stats
 from implementations.ops.attention import forward_flops as attention_forward_flops
 from implementations.ops.attention_backward import backward_flops as attention_backward_flops
 from implementations.reference import ReferenceBackend
+from implementations.registry import RegistryEntry
 
 CEILINGS = {"matmul_tflops": 1.0, "copy_GBps": 1.0}
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,9 +373,9 @@ print(json.dumps({{name: {{"params": cls.params,
 def test_asv_import_discovers_no_backend() -> None:
     """Backends are found in ``setup``: a registry that fails at import time does not stop asv listing the
     suite."""
-    code = ("import implementations.base\n"
+    code = ("import implementations.registry\n"
             "def refuse(*a, **k):\n    raise RuntimeError('discovery at import')\n"
-            "implementations.base.discover = refuse\n")
+            "implementations.registry.discover = refuse\n")
     script = code + "import benchmarks.asv_suite\nprint('imported')"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from implementations.base import BackendUnavailable, discover
+from implementations.base import BackendUnavailable
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
+from implementations.registry import discover
 
 SOURCES = Path(__file__).resolve().parents[1] / "implementations" / "cupy"
 CU_FILES = sorted(SOURCES.glob("*.cu"))

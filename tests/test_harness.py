@@ -21,7 +21,7 @@ from conformance.spec import CLAUSES, SPEC_PATH, parse_spec
 from conformance.supervisor import in_flight, read_records, run_backend
 from conformance.tolerance import compare, max_abs_err
 from implementations import schedule as sched
-from implementations.base import discover, select
+from implementations.registry import discover, select
 
 ROOT = Path(__file__).resolve().parent.parent
 
