@@ -8,7 +8,6 @@ labels, tick labels, legends) goes through :func:`plain`, so a ``$`` never start
 from __future__ import annotations
 
 import io
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,8 +54,9 @@ PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
 LIMIT_COLOR = "#555555"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: the highest axis limit drawn (a margin above a value near the float maximum would overflow to inf)
-LARGEST = 1e300
+#: the largest magnitude drawn, and its inverse the smallest non-zero one: an axis's margins (5% of its log
+#: range) around values near the float limits would overflow
+LARGEST = 1e150
 
 
 @dataclass
@@ -138,27 +138,31 @@ def _figure(ncols: int, width: float = 6.4, height: float = 3.6) -> tuple[Figure
 
 
 def drawable(value: float) -> bool:
-    """A value an axis can hold with its margins: finite and below ``LARGEST`` in magnitude."""
-    return math.isfinite(value) and abs(value) < LARGEST
+    """A value an axis can hold with its margins: 0, or a magnitude within ``[1/LARGEST, LARGEST]``."""
+    return value == 0 or 1 / LARGEST <= abs(value) <= LARGEST
 
 
 def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
+    drawn = False
     for s in panel.series:
         kw = {"marker": "o", "markersize": 4, "color": s.color, "label": plain(s.label)}
-        x, y = zip(*[(x, y) for x, y in zip(s.x, s.y) if drawable(x) and drawable(y)]) or ((), ())
+        pts = [(x, y) for x, y in zip(s.x, s.y) if drawable(x) and drawable(y)]
+        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        drawn = drawn or any(x > 0 and y > 0 for x, y in pts)
         if s.style == "points":
             ax.plot(x, y, linestyle="none", **kw)
         else:
             ax.plot(x, y, linewidth=1.6, **kw)
     for y, label in panel.hlines:
         ax.axhline(y, color=LIMIT_COLOR, linestyle="--", linewidth=1.1, label=plain(label))
-    _decorate(ax, panel)
+    _decorate(ax, panel, log=drawn)
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
-def _decorate(ax: Axes, panel: Panel) -> None:
-    """Slope guides, scales, ticks and labels of a panel."""
+def _decorate(ax: Axes, panel: Panel, log: bool) -> None:
+    """Slope guides, scales, ticks and labels of a panel; log scales only if ``log`` (a point with positive x
+    and y is drawn: an axis without a positive value cannot be log-scaled)."""
     firsts = [(s.x[0], s.y[0]) for s in panel.series if len(s.x) and drawable(s.y[0]) and s.y[0] > 0]
     if panel.slopes and firsts:
         x0, y0 = min(firsts, key=lambda p: p[1])
@@ -168,13 +172,11 @@ def _decorate(ax: Axes, panel: Panel) -> None:
             ax.plot(xs, y0 / 3 * (xs / x0) ** k, linestyle=dash, color="#8c959f", linewidth=1, label=f"slope {k:g}")
     if panel.xticklabels is not None:
         ax.set_xticks(range(len(panel.xticklabels)), [plain(t) for t in panel.xticklabels], rotation=30, ha="right")
-    if panel.logx:
+    if panel.logx and log:
         ax.set_xscale("log", base=2)
-    if panel.logy:
-        ax.set_yscale("log")
-    if panel.logx:
         plain_log_ticks(ax.xaxis, base=2)
-    if panel.logy:
+    if panel.logy and log:
+        ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     ax.set_title(plain(panel.title))
     ax.set_xlabel(plain(panel.xlabel))
@@ -194,16 +196,20 @@ def precision_chart(facets: list[tuple[float, list[Strip]]]) -> Markup:
     """Strip and box plots of err/ref_err per backend and dtype, one panel per tolerance multiplier.
 
     The dashed line is the multiplier; a case above it can still pass through the tolerance's absolute floor.
-    Ratios of 0 (an exact result) are drawn at the bottom of the axis.
+    Ratios of 0 (an exact result) are drawn at the bottom of the axis; ratios and multipliers are drawn
+    within ``[1/LARGEST, LARGEST]``.
     """
     rng = np.random.default_rng(0)
     with matplotlib.rc_context(STYLE):
         widest = max(len(strips) for _, strips in facets)
         fig, axes = _figure(len(facets), width=max(3.2, 0.9 * widest + 1.6), height=3.8)
         for ax, (mult, strips) in zip(axes, facets):
+            mult = min(mult, LARGEST)
             positive = [r for s in strips for r in s.ratios if r > 0]
-            floor = min([*positive, mult]) / 4
-            data = [np.maximum(np.asarray(s.ratios, dtype=float), floor) for s in strips]
+            floor = max(min([*positive, mult]) / 4, 1 / LARGEST)
+            data = [np.clip(np.asarray(s.ratios, dtype=float), floor, LARGEST) for s in strips]
+            ax.set_yscale("log")  # limits set before drawing: no autoscaling over the data's range
+            ax.set_ylim(min(float(d.min()) for d in data) / 1.6, max([mult, *(float(d.max()) for d in data)]) * 1.6)
             ax.boxplot(data, positions=range(len(strips)), widths=0.5, showfliers=False,
                        medianprops={"color": "#333333"}, boxprops={"color": "#777777"},
                        whiskerprops={"color": "#777777"}, capprops={"color": "#777777"})
@@ -215,10 +221,6 @@ def precision_chart(facets: list[tuple[float, list[Strip]]]) -> Markup:
             ax.axhline(mult, color=FAIL_COLOR, linestyle="--", linewidth=1.1)
             ax.text(0.01, mult, f"multiplier {mult:g}", transform=ax.get_yaxis_transform(), color=FAIL_COLOR,
                     fontsize=8, va="bottom")
-            ax.set_yscale("log")
-            low = min(float(d.min()) for d in data if len(d))
-            high = max([mult, *(float(d.max()) for d in data if len(d))])
-            ax.set_ylim(low / 1.6, min(high * 1.6, LARGEST))
             plain_log_ticks(ax.yaxis)
             ax.set_xticks(range(len(strips)), [plain(s.label) for s in strips], rotation=25, ha="right")
             ax.set_ylabel("err / ref_err")

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -400,3 +401,30 @@ def test_chart_text_is_plain_text() -> None:
     assert "\x00" not in svg and "\x1b" not in svg
     for text in ("t $\\frac{$", "$x$", "$c$", "_b"):
         assert text in svg, text
+
+
+@pytest.mark.parametrize("extreme", [1e308, 5e-324, 1e-300])
+def test_extreme_numbers_in_every_chart(tmp_path: Path, extreme: float) -> None:
+    """Finite numbers near the float limits in every drawn field: the site builds without a numeric warning."""
+    records = [run_record(), case("t", "ATT-1", "passed", 1, ratio=extreme, mult=2),
+               case("t", "ATT-1", "failed", 2, ratio=1.0, mult=extreme),
+               case("t", "WD-1", "passed", 3, metrics={"n": extreme, "W": extreme, "D": extreme})]
+    conf = write_jsonl(tmp_path / "c.jsonl", records)
+    data = bench_data(("t",))
+    data["records"][0].update(tflops=extreme, median_s=extreme, peak_extra_bytes=extreme)
+    data["memory_scaling"][0]["peak_extra_bytes"][1] = extreme
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps(data))
+    asv = write_asv(tmp_path / "asv")
+    first = next((asv / "results" / "ci-box").glob("aaaaaaaa-*.json"))
+    first.write_text(first.read_text().replace("[1.0, 4.0, 0.5, null]", f"[{extreme!r}, 4.0, 0.5, null]"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        build_site(result_sets([conf], [bench], []), tmp_path / "out", spec=SPEC, asv=load_asv(asv))
+    assert "<svg" in index_of(tmp_path / "out").split('id="history"')[1]
+
+
+def test_a_log_chart_without_a_positive_point_is_drawn_linear() -> None:
+    svg = charts.line_chart([charts.Panel("zeros", [charts.Series("d", [0, 0], [0, 0])], "n", "D", logx=True,
+                                          logy=True)])
+    assert "<svg" in svg
