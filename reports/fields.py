@@ -24,13 +24,14 @@ NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.
 Scalar = float | int | str | bool
 
 
-def describe(value: object) -> str:
-    """A short, one-line description of a wrong value for a problem line (its JSON, cut at 40 characters)."""
+def describe(value: object, limit: int = 40) -> str:
+    """A short, one-line description of a wrong value for a problem line (its JSON, cut at ``limit``
+    characters)."""
     try:
         text = json.dumps(value, allow_nan=True, default=repr)
     except (TypeError, ValueError):
         text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def as_number(value: object) -> float | None:

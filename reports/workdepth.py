@@ -149,7 +149,8 @@ def work_depth(rs: ResultSet, colors: dict[str, str]) -> WorkDepthView | None:
             try:
                 (w_line, d_line), sched = rebuilt_lines(row, kind, n_max, color)
             except ValueError as exc:
-                problems.append(f"{row}: schedule {describe(kind)} cannot be rebuilt ({exc})")
+                problems.append(f"{row}: schedule {describe(kind, 160)} is not rebuilt ({exc}); "
+                                "only the harness's points are drawn")
             else:
                 w_series.append(w_line)
                 d_series.append(d_line)
