@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +19,9 @@ from rich.console import Console
 from rich.text import Text
 
 from conformance.provenance import now
-from conformance.results import ORDER, Status
+from conformance.results import ORDER
 from conformance.supervisor import BackendRun, Outcome, RunProgress, read_records, run_backend
+from conformance.verdicts import print_verdicts
 
 if TYPE_CHECKING:
     from conformance.probe import Listing
@@ -34,12 +34,6 @@ REPORT_DIR = Path("reports") / "out"
 PROGRESS_INTERVAL_S = 10.0
 #: lines of a backend's log shown on the console when its run stopped outside any case
 LOG_TAIL_LINES = 15
-
-
-def _status_style(status: Status) -> str:
-    if status.bad:
-        return "bold magenta" if status in (Status.CRASHED, Status.TIMEOUT, Status.INTERRUPTED) else "bold red"
-    return {Status.PASSED: "green", Status.XFAIL: "yellow", Status.XPASS: "yellow"}.get(status, "dim")
 
 
 def _cuda() -> bool:
@@ -288,35 +282,6 @@ def _print_backend_summary(console: Console, label: str, run: BackendRun) -> Non
         console.print(Text(f"{label}: stopped before finishing: {run.problem}; the end of its log:", "red"))
         lines = run.log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         console.print(Text("\n".join("    " + ln for ln in lines)), soft_wrap=True)
-
-
-def print_verdicts(console: Console, records: list[dict[str, Any]]) -> None:
-    """The clause x backend verdict table: the worst status of each cell, with counts."""
-    from rich.table import Table
-
-    from conformance.spec import CLAUSES
-
-    cases = [r for r in records if r.get("kind") == "case" and Status.parse(r.get("status")) is not None]
-    columns = sorted({f"{r.get('backend')}@{r.get('device')}" for r in cases})
-    cells: dict[tuple[str, str], Counter[Status]] = defaultdict(Counter)
-    for r in cases:
-        cells[(r.get("clause"), f"{r.get('backend')}@{r.get('device')}")][Status(r["status"])] += 1
-    table = Table(title="verdicts (clause x backend)")
-    table.add_column("clause")
-    for c in columns:
-        table.add_column(Text(c), overflow="fold")
-    for cid, clause in CLAUSES.items():
-        row: list[Text] = []
-        for col in columns:
-            n = cells.get((cid, col))
-            if not n:
-                row.append(Text("-"))
-                continue
-            worst = next(s for s in ORDER if n[s])
-            row.append(Text(" ".join(f"{n[s]} {s}" for s in ORDER if n[s]), _status_style(worst)))
-        if any(cell.plain != "-" for cell in row):
-            table.add_row(Text(f"{cid} {clause.title}"), *row)
-    console.print(table)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -21,115 +21,32 @@ case, and the ``end`` record says how the run ended.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shlex
-import signal
 import threading
 import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from conformance import cases as casegen
+from conformance.deviations import BUILTIN_XFAILS, read_xfails
+from conformance.interrupts import SignalWatch, watch_signals
 from conformance.provenance import collect, now
+from conformance.records import ResultsWriter, done_ids, json_safe
 from conformance.results import Status
 from conformance.spec import CLAUSES, clause_of
 from conformance.trial import NotImplementedOperation, Trial, Unsupported
+from conformance.verdicts import verdict_table
 from implementations.base import dtype_name
 from implementations.registry import RegistryEntry, discover, select
 
-#: xfails shipped for the built-in backends (their known deviations, each with its finding), always read
-BUILTIN_XFAILS = sorted(Path(__file__).with_name("xfails").glob("*.txt"))
 TIMEOUT_EXIT = 3
-
-# ---------------------------------------------------------------------------------------------
-# Results file
-
-
-class ResultsWriter:
-    """Appends JSON lines, flushed one by one, so a crash loses at most the case in flight."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._fh = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
-            return
-        self._fh.write(json.dumps(record, default=_json_default, allow_nan=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def _json_default(x: object) -> object:
-    if isinstance(x, torch.dtype):
-        return dtype_name(x)
-    if isinstance(x, Path):
-        return str(x)
-    return repr(x)
-
-
-def _finite(x: Any) -> Any:
-    """JSON has no inf/nan: encode them as strings."""
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
-def done_ids(path: Path) -> set[str]:
-    """Ids that already have a final record in a results file (for ``--resume``)."""
-    ids: set[str] = set()
-    if not path.exists():
-        return ids
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if rec.get("kind") == "case":
-            ids.add(rec["id"])
-    return ids
-
-
-# ---------------------------------------------------------------------------------------------
-# xfails
-
-
-def read_xfails(paths: list[str]) -> dict[str, str]:
-    """``{id pattern: reason}`` from xfails files: one id per line (``*`` and ``?`` are wildcards),
-    ``# reason`` after it. A file that cannot be read is a usage error."""
-    patterns: dict[str, str] = {}
-    for p in paths:
-        try:
-            text = Path(p).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise pytest.UsageError(f"cannot read xfails file {p}: {exc}") from None
-        for n, line in enumerate(text.splitlines(), 1):
-            text, _, comment = line.partition("#")
-            if text.strip():
-                patterns[text.strip()] = comment.strip() or f"listed in {p}:{n}"
-    return patterns
-
 
 # ---------------------------------------------------------------------------------------------
 # pytest hooks
@@ -179,8 +96,8 @@ class _State:
     devices: list[str] | None
     timeout: float
     clauses: set[str]
-    #: the signal that stopped the run (SIGINT or SIGTERM), None while none came
-    stopped_by: str | None = None
+    #: the signal that stopped the run, if one did
+    signals: SignalWatch = field(default_factory=SignalWatch)
     records: list[dict[str, Any]] = field(default_factory=list)
     used_xfails: set[str] = field(default_factory=set)
     trial_by_node: dict[str, Trial] = field(default_factory=dict)
@@ -226,8 +143,8 @@ def pytest_configure(config: pytest.Config) -> None:
         clauses=clauses,
     )
     config.stash[_KEY] = state
-    _stop_on_signals(state)
-    state.writer.write(_finite({
+    state.signals = watch_signals(config)
+    state.writer.write(json_safe({
         "kind": "resume" if state.skip_ids else "run",
         "run_id": state.run_id,
         "started": config.getoption("--run-started") or now(),
@@ -242,45 +159,6 @@ def pytest_configure(config: pytest.Config) -> None:
             for e in chosen
         ],
     }))
-
-
-def _stop_on_signals(state: _State) -> None:
-    """SIGINT and SIGTERM interrupt the run and are remembered, so an interrupt is told from a backend that
-    raises ``KeyboardInterrupt`` itself."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        state.stopped_by = signal.Signals(signum).name
-        raise KeyboardInterrupt
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-
-
-class BackendRaisedInterrupt(Exception):
-    """The backend raised ``KeyboardInterrupt`` with no SIGINT or SIGTERM: its case fails, the run goes on."""
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
-    return (yield from _backend_interrupt_fails(item))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    return (yield from _backend_interrupt_fails(item))
-
-
-def _backend_interrupt_fails(item: pytest.Item) -> Generator[None, object, object]:
-    """Around a test's setup or call: turns a ``KeyboardInterrupt`` that no signal caused into a failure."""
-    state = _state(item.config)
-    try:
-        return (yield)
-    except KeyboardInterrupt:
-        if state is None or state.stopped_by is not None:
-            raise
-        raise BackendRaisedInterrupt("the backend raised KeyboardInterrupt (no SIGINT or SIGTERM came)") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -370,7 +248,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
         yield
         return
     repro = repro_command(item, t)
-    state.writer.write(_finite(_base_record(t) | {"kind": "start", "repro": repro}))
+    state.writer.write(json_safe(_base_record(t) | {"kind": "start", "repro": repro}))
     state.started[item.nodeid] = time.perf_counter()
     watchdog = threading.Timer(state.timeout, _on_timeout, args=(state, t, repro))
     watchdog.daemon = True
@@ -384,7 +262,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
 def _on_timeout(state: _State, t: Trial, repro: str) -> None:
     """A case ran past --case-timeout: record it and end the process (a hung kernel cannot be interrupted).
     A hang that holds the GIL stops this thread too; the supervisor's own deadline covers that."""
-    state.writer.write(_finite(_base_record(t) | {"status": Status.TIMEOUT.value, "duration": state.timeout,
+    state.writer.write(json_safe(_base_record(t) | {"status": Status.TIMEOUT.value, "duration": state.timeout,
                                                    "reason": f"no result after {state.timeout:g} s", "repro": repro}))
     state.writer.close()
     os._exit(TIMEOUT_EXIT)
@@ -460,7 +338,7 @@ def _finish(state: _State, item: pytest.Item) -> None:
     }
     if status.bad:
         record["repro"] = repro_command(item, t)
-    record = _finite(record)
+    record = json_safe(record)
     state.records.append(record)
     state.writer.write(record)
 
@@ -480,42 +358,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"results: {state.writer.path}")
 
 
-def verdict_table(records: list[dict[str, Any]]) -> list[str]:
-    """A plain-text clause x backend table: ``pass/total`` and the other statuses in short."""
-    backends = sorted({r["backend"] + "@" + r["device"] for r in records})
-    per: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    for r in records:
-        per[(r["clause"], r["backend"] + "@" + r["device"])][r["status"]] += 1
-    clauses = [c for c in CLAUSES if any((c, b) in per for b in backends)]
-    width = max(14, *(len(b) for b in backends))
-    lines = ["clause    " + "".join(b.ljust(width + 2) for b in backends)]
-    for c in clauses:
-        cells = []
-        for b in backends:
-            n = per.get((c, b))
-            cells.append((_cell(n) if n else "-").ljust(width + 2))
-        lines.append(c.ljust(10) + "".join(cells))
-    return lines
-
-
-def _cell(counts: Counter[str]) -> str:
-    """``FAIL 3/40`` when a case is bad, ``ok 37/40`` when some passed and none is bad, ``none 0/36`` when
-    nothing passed; then the unsupported/xfail counts."""
-    total = sum(counts.values())
-    bad = sum(n for s, n in counts.items() if Status(s).bad)
-    head = f"FAIL {bad}/{total}" if bad else f"{'ok' if counts['passed'] else 'none'} {counts['passed']}/{total}"
-    extra = [f"{counts[k]} {short}" for k, short in
-             (("unsupported", "uns"), ("not_implemented", "n/i"), ("xfail", "xf"), ("xpass", "xp")) if counts[k]]
-    return head + (" (" + ", ".join(extra) + ")" if extra else "")
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = _state(session.config)
     if state is None:
         return
     counts = Counter(r["status"] for r in state.records)
     completed = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED)
-    ended = "interrupted" if state.stopped_by else ("completed" if completed else "aborted")
+    stopped_by = state.signals.stopped_by
+    ended = "interrupted" if stopped_by else ("completed" if completed else "aborted")
     state.writer.write({"kind": "end", "run_id": state.run_id, "finished": now(), "ended": ended,
-                        "stopped_by": state.stopped_by, "exitstatus": int(exitstatus), "counts": dict(counts)})
+                        "stopped_by": stopped_by, "exitstatus": int(exitstatus), "counts": dict(counts)})
     state.writer.close()

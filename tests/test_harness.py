@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from conformance import oracle, spec
+from conformance.deviations import read_xfails
 from conformance.memory import loglog_slope
-from conformance.plugin import done_ids, read_xfails
+from conformance.records import done_ids
 from conformance.spec import CLAUSES, SPEC_PATH, parse_spec
 from conformance.supervisor import in_flight, read_records, run_backend
 from conformance.tolerance import compare, max_abs_err

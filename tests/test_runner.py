@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conformance.plugin import verdict_table
+from conformance.verdicts import verdict_table
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the cases of one backend in these tests: WD-0's sizes, one of which (n = 7) triggers the hostile act
