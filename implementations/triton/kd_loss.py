@@ -181,7 +181,8 @@ def kd_loss_kernel(S, T, LABELS, COUNT, DS, ROW_LOSS, PART, SYNC, stride_s, stri
         tl.store(ROW_LOSS + row, tl.where(coef > 0.0, loss * coef, 0.0))
 
     # pass 2, last block first: the most recently read columns are the likeliest still in L2
-    ls2, lt2, l1_2 = ms + tl.log2(zs), mt + tl.log2(zt), m1 + tl.log2(z1)
+    # z1 is 0 without the CE term (nothing was summed): log2 of 1 there, the value unused
+    ls2, lt2, l1_2 = ms + tl.log2(zs), mt + tl.log2(zt), m1 + tl.log2(tl.where(z1 > 0.0, z1, 1.0))
     c_kd, c_ce = coef * alpha * temp, coef * (1.0 - alpha)
     ds_row = DS + row * stride_ds
     lanes = tl.arange(0, BLOCK)
