@@ -154,7 +154,8 @@ def _draw_panel(ax: Axes, panel: Panel, legend: bool) -> None:
         else:
             ax.plot(x, y, linewidth=1.6, **kw)
     for y, label in panel.hlines:
-        ax.axhline(y, color=LIMIT_COLOR, linestyle="--", linewidth=1.1, label=plain(label))
+        if drawable(y):
+            ax.axhline(y, color=LIMIT_COLOR, linestyle="--", linewidth=1.1, label=plain(label))
     _decorate(ax, panel, log=drawn)
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))

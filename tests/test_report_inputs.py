@@ -412,6 +412,7 @@ def test_extreme_numbers_in_every_chart(tmp_path: Path, extreme: float) -> None:
     conf = write_jsonl(tmp_path / "c.jsonl", records)
     data = bench_data(("t",))
     data["records"][0].update(tflops=extreme, median_s=extreme, peak_extra_bytes=extreme)
+    data["ceilings"].update(matmul_tflops=extreme, copy_GBps=extreme)
     data["memory_scaling"][0]["peak_extra_bytes"][1] = extreme
     bench = tmp_path / "b.json"
     bench.write_text(json.dumps(data))
