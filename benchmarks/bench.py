@@ -271,6 +271,25 @@ def memory_table(rows: list[dict[str, Any]]) -> Table:
 # ------------------------------------------------------------------------------------------------
 
 
+def run_plan(plan: list[tuple[Workload, RegistryEntry]], args: argparse.Namespace, device: str,
+             doc: dict[str, Any], progress_console: Console) -> None:
+    """Gate and time each (workload, backend) of ``plan`` into ``doc["records"]``, rewriting ``args.output``
+    after every record so an interrupted run keeps what it measured."""
+    records, cache = doc["records"], ReferenceCache()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=progress_console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(plan))
+        for workload, entry in plan:
+            assert entry.backend is not None
+            progress.update(task, description=f"{workload.op} {entry.name} {workload.label}")
+            seed = seed_for(f"{workload.op}-{workload.label}-{dtype_name(workload.dtype)}", args.seed)
+            records.append(measure(entry.backend, workload, device, seed, quick=args.quick,
+                                   cuda_graph=args.cuda_graph, ceilings=doc["ceilings"], cache=cache))
+            add_speedups(records)
+            write_json(args.output, doc)
+            progress.advance(task)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; 0 when the run completed (``--strict``: and every gate passed or was
     unsupported), 2 on bad arguments, 130 when interrupted (the JSON holds what was measured)."""
@@ -307,20 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     plan = [] if args.no_timing else [(w, e) for op in ops for w in workloads(op, device, args.quick)
                                       for e in available if e.origin != BASELINE_ORIGIN or implements(e, op)]
-    cache = ReferenceCache()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=progress_console, transient=True) as progress:
-            task = progress.add_task("bench", total=len(plan))
-            for workload, entry in plan:
-                assert entry.backend is not None
-                progress.update(task, description=f"{workload.op} {entry.name} {workload.label}")
-                seed = seed_for(f"{workload.op}-{workload.label}-{dtype_name(workload.dtype)}", args.seed)
-                records.append(measure(entry.backend, workload, device, seed, quick=args.quick,
-                                       cuda_graph=args.cuda_graph, ceilings=ceilings, cache=cache))
-                add_speedups(records)
-                write_json(args.output, doc)
-                progress.advance(task)
+        run_plan(plan, args, device, doc, progress_console)
         if args.memory_scaling:
             doc["memory_scaling"] = memory_scaling(available, device)
             write_json(args.output, doc)
