@@ -78,6 +78,11 @@ def dtypes_for(dtypes: tuple[torch.dtype, ...], device: str) -> list[torch.dtype
     return sorted(dtypes, key=lambda d: (d != primary, str(d)))
 
 
+def primary_dtype(dtypes: tuple[torch.dtype, ...], device: str) -> torch.dtype:
+    """The first of :func:`dtypes_for`, or float32 (then reported unsupported) when none is declared."""
+    return (dtypes_for(dtypes, device) or [torch.float32])[0]
+
+
 def heads_for(Sq: int, Sk: int) -> tuple[int, int]:
     """(B, Hq) small enough that the float64 oracle stays cheap at the largest shapes."""
     return (1, 2) if Sq * Sk >= 1 << 20 else (2, 3)
@@ -119,7 +124,7 @@ def production_attention(backend: BackendLike, device: str, quick: bool, *,
     """ATT-1 / GRAD-1 cases at production sizes (``PRODUCTION_FORWARD`` / ``PRODUCTION_BACKWARD``), B 1, two
     heads, in the backend's primary dtype."""
     caps = backend.capabilities
-    dtype = (dtypes_for(caps.backward_dtypes if backward else caps.dtypes, device) or [torch.float32])[0]
+    dtype = primary_dtype(caps.backward_dtypes if backward else caps.dtypes, device)
     sizes = (PRODUCTION_BACKWARD if backward else PRODUCTION_FORWARD)[(device, quick)]
     return [AttentionCase(1, 2, 2, Sq, Sk, D, dtype, device) for Sq, Sk, D in sizes]
 
@@ -141,8 +146,8 @@ def small_attention(backend: BackendLike, device: str, quick: bool, *, backward:
 def causal_matrix(backend: BackendLike, device: str, quick: bool, backward: bool = False) -> list[AttentionCase]:
     """ATT-3: every shape of ATT-1 under both causal variants, at D 64 and the primary dtype."""
     seqs = QUICK_SEQ_PAIRS if quick else SEQ_PAIRS
-    dtypes = dtypes_for(backend.capabilities.backward_dtypes if backward else backend.capabilities.dtypes, device)
-    dtype = dtypes[0] if dtypes else torch.float32
+    caps = backend.capabilities
+    dtype = primary_dtype(caps.backward_dtypes if backward else caps.dtypes, device)
     cases = []
     for causal in CAUSAL_VARIANTS:
         for Sq, Sk in seqs:
@@ -195,7 +200,7 @@ def reach(backend: BackendLike, op: str, cases: list[Case],
 
 def production_rows(op: str, dtypes: tuple[torch.dtype, ...], device: str) -> list[RowsCase]:
     """The production-size ``[rows, cols]`` cases of ``op`` (``PRODUCTION_ROWS``) in the primary declared dtype."""
-    dtype = (dtypes_for(dtypes, device) or [torch.float32])[0]
+    dtype = primary_dtype(dtypes, device)
     return [RowsCase(r, c, dtype, device) for r, c in PRODUCTION_ROWS[op][device]]
 
 
@@ -220,7 +225,7 @@ def has_masked_rows(case: Case) -> bool:
 def memory_case(dtypes: tuple[torch.dtype, ...], device: str, S: int) -> list[AttentionCase]:
     """The one case of a memory-growth clause (ATT-10, GRAD-2): B 1, 4 heads, Sq = Sk = S (the largest of
     :func:`memory_lengths`), D 32 on the CPU and 64 on CUDA, in the primary declared dtype."""
-    dtype = (dtypes_for(dtypes, device) or [torch.float32])[0]
+    dtype = primary_dtype(dtypes, device)
     return [AttentionCase(1, 4, 4, S, S, 32 if device == "cpu" else 64, dtype, device, None)]
 
 
