@@ -21,6 +21,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
+from implementations.variants import ATTENTION_VARIANTS, BiasKind, DecodeCase, VarlenCase
+
 CausalVariant = Literal["top_left", "bottom_right"]
 CAUSAL_VARIANTS: tuple[CausalVariant, ...] = ("top_left", "bottom_right")
 
@@ -81,6 +83,16 @@ class Capabilities:
     #: reduction (WD); the kind of schedule it declares, or None when its order is not declared
     reduce_dtypes: tuple[torch.dtype, ...] = ()
     reduce_schedule: str | None = None
+    #: attention variants (SPEC VAR) supported by ``attention``, its backward and the varlen operations: a
+    #: subset of ``variants.ATTENTION_VARIANTS`` ("window", "softcap", "bias", "alibi")
+    attention_variants: frozenset[str] = frozenset()
+    #: packed variable-length attention (SPEC VLEN), forward and backward input dtypes
+    varlen_dtypes: tuple[torch.dtype, ...] = ()
+    varlen_backward_dtypes: tuple[torch.dtype, ...] = ()
+    #: paged-KV decode (SPEC DEC) input dtypes
+    decode_dtypes: tuple[torch.dtype, ...] = ()
+    #: fp8 forward (SPEC FP8) input dtypes (``torch.float8_e4m3fn``)
+    fp8_dtypes: tuple[torch.dtype, ...] = ()
     #: the kernels run in an emulator (Triton's interpreter): conformance samples each clause's cases for it
     #: unless asked for every case (``attnspec conformance --every-case``)
     emulated: bool = False
@@ -117,6 +129,11 @@ class Capabilities:
             "kd_fused": self.kd_fused,
             "reduce_dtypes": names(self.reduce_dtypes),
             "reduce_schedule": self.reduce_schedule,
+            "attention_variants": sorted(self.attention_variants),
+            "varlen_dtypes": names(self.varlen_dtypes),
+            "varlen_backward_dtypes": names(self.varlen_backward_dtypes),
+            "decode_dtypes": names(self.decode_dtypes),
+            "fp8_dtypes": names(self.fp8_dtypes),
             "emulated": self.emulated,
             "notes": list(self.notes),
         }
@@ -128,7 +145,8 @@ class AttentionCase:
 
     ``layout`` is how the inputs lie in memory: ``"bhsd"`` contiguous ``[B, H, S, D]``, or ``"bshd"``: storage
     ``[B, S, H, D]`` (the layout projections produce) seen through a transposed, non-contiguous
-    ``[B, H, S, D]`` view, as real callers pass it.
+    ``[B, H, S, D]`` view, as real callers pass it. ``window``, ``softcap``, ``bias`` (its kind) and ``alibi``
+    are the variant arguments of SPEC VAR the case passes.
     """
 
     B: int
@@ -142,15 +160,31 @@ class AttentionCase:
     causal: CausalVariant | None = None
     tiles: tuple[int, int] | None = None
     layout: Literal["bhsd", "bshd"] = "bhsd"
+    window: tuple[int, int] | None = None
+    softcap: float | None = None
+    bias: BiasKind | None = None
+    alibi: bool = False
+
+    @property
+    def variants(self) -> frozenset[str]:
+        """The attention variants the case uses (``Capabilities.attention_variants`` names)."""
+        used = {"window": self.window is not None, "softcap": self.softcap is not None,
+                "bias": self.bias is not None, "alibi": self.alibi}
+        return frozenset(name for name, on in used.items() if on)
 
     @property
     def label(self) -> str:
-        """The shape part of a test id, e.g. ``B2H4-113x203-D59-causal_br`` (``-bshd`` for strided inputs)."""
+        """The shape part of a test id, e.g. ``B2H4-113x203-D59-causal_br`` (``-bshd`` for strided inputs),
+        then the variants: ``-w64.0`` (window), ``-cap30`` (softcap), ``-bias_additive``, ``-alibi``."""
         heads = f"H{self.Hq}" if self.Hk == self.Hq else f"H{self.Hq}k{self.Hk}"
         causal = {None: "", "top_left": "-causal_tl", "bottom_right": "-causal_br"}[self.causal]
         tiles = f"-tile{self.tiles[0]}x{self.tiles[1]}" if self.tiles else ""
         layout = "" if self.layout == "bhsd" else f"-{self.layout}"
-        return f"B{self.B}{heads}-{self.Sq}x{self.Sk}-D{self.D}{causal}{tiles}{layout}"
+        window = f"-w{self.window[0]}.{self.window[1]}" if self.window else ""
+        cap = f"-cap{self.softcap:g}" if self.softcap else ""
+        bias = f"-bias_{self.bias}" if self.bias else ""
+        alibi = "-alibi" if self.alibi else ""
+        return f"B{self.B}{heads}-{self.Sq}x{self.Sk}-D{self.D}{causal}{tiles}{layout}{window}{cap}{bias}{alibi}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +201,7 @@ class RowsCase:
         return f"{self.rows}x{self.cols}"
 
 
-Case = AttentionCase | RowsCase
+Case = AttentionCase | RowsCase | VarlenCase | DecodeCase
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -253,32 +287,57 @@ def generic_not_supported_reasons(backend: BackendLike, op: str, case: Case) -> 
     if case.dtype not in dtypes:
         reasons.append(f"dtype {dtype_name(case.dtype)} not supported for {op} (declared: "
                        f"{[dtype_name(d) for d in dtypes]})")
+    if isinstance(case, AttentionCase | VarlenCase | DecodeCase):
+        reasons += _head_reasons(caps, case)
+    if isinstance(case, AttentionCase | VarlenCase):
+        reasons += _variant_reasons(caps, case)
     if isinstance(case, AttentionCase):
-        lo, hi = caps.head_dims
-        if not lo <= case.D <= hi:
-            reasons.append(f"head dim {case.D} outside the declared range {lo}..{hi}")
-        elif case.D % caps.head_dim_multiple:
-            reasons.append(f"head dim {case.D} is not a multiple of {caps.head_dim_multiple}")
-        elif caps.head_dim_set and case.D not in caps.head_dim_set:
-            reasons.append(f"head dim {case.D} is not one of the declared {list(caps.head_dim_set)}")
-        if caps.max_seq_len is not None and max(case.Sq, case.Sk) > caps.max_seq_len:
-            reasons.append(f"sequence length {max(case.Sq, case.Sk)} above the declared maximum "
-                           f"{caps.max_seq_len}")
-        if case.Sq % caps.seq_len_multiple or case.Sk % caps.seq_len_multiple:
-            reasons.append(f"sequence lengths {case.Sq}x{case.Sk} are not multiples of the declared "
-                           f"{caps.seq_len_multiple}")
-        if caps.equal_seq_lens and case.Sq != case.Sk:
-            reasons.append(f"Sq={case.Sq} != Sk={case.Sk} (declared: equal lengths only)")
-        if caps.max_batch is not None and case.B > caps.max_batch:
-            reasons.append(f"batch {case.B} above the declared maximum {caps.max_batch}")
-        if caps.contiguous_only and case.layout != "bhsd":
-            reasons.append(f"{case.layout} (non-contiguous) inputs not supported (declared contiguous_only)")
-        if case.causal is not None and case.causal not in caps.causal:
-            reasons.append(f"causal variant {case.causal} not supported (declared: {list(caps.causal)})")
-        if case.Hk != case.Hq and not caps.gqa:
-            reasons.append("GQA/MQA (Hk < Hq) not supported")
-        if case.tiles is not None and case.tiles not in caps.tiles:
-            reasons.append(f"tile sizes {case.tiles} not exposed (declared: {list(caps.tiles)})")
+        reasons += _shape_reasons(caps, case)
+    return reasons
+
+
+def _head_reasons(caps: Capabilities, case: AttentionCase | VarlenCase | DecodeCase) -> list[str]:
+    """The declared head dims and GQA support."""
+    reasons = []
+    lo, hi = caps.head_dims
+    if not lo <= case.D <= hi:
+        reasons.append(f"head dim {case.D} outside the declared range {lo}..{hi}")
+    elif case.D % caps.head_dim_multiple:
+        reasons.append(f"head dim {case.D} is not a multiple of {caps.head_dim_multiple}")
+    elif caps.head_dim_set and case.D not in caps.head_dim_set:
+        reasons.append(f"head dim {case.D} is not one of the declared {list(caps.head_dim_set)}")
+    if case.Hk != case.Hq and not caps.gqa:
+        reasons.append("GQA/MQA (Hk < Hq) not supported")
+    return reasons
+
+
+def _variant_reasons(caps: Capabilities, case: AttentionCase | VarlenCase) -> list[str]:
+    """The declared causal variants and attention variants (SPEC VAR)."""
+    reasons = []
+    if case.causal is not None and case.causal not in caps.causal:
+        reasons.append(f"causal variant {case.causal} not supported (declared: {list(caps.causal)})")
+    reasons += [f"attention variant {name} not supported (declared: {sorted(caps.attention_variants)})"
+                for name in ATTENTION_VARIANTS if name in case.variants - caps.attention_variants]
+    return reasons
+
+
+def _shape_reasons(caps: Capabilities, case: AttentionCase) -> list[str]:
+    """The declared limits on dense attention shapes, layouts and tiles."""
+    reasons = []
+    if caps.max_seq_len is not None and max(case.Sq, case.Sk) > caps.max_seq_len:
+        reasons.append(f"sequence length {max(case.Sq, case.Sk)} above the declared maximum "
+                       f"{caps.max_seq_len}")
+    if case.Sq % caps.seq_len_multiple or case.Sk % caps.seq_len_multiple:
+        reasons.append(f"sequence lengths {case.Sq}x{case.Sk} are not multiples of the declared "
+                       f"{caps.seq_len_multiple}")
+    if caps.equal_seq_lens and case.Sq != case.Sk:
+        reasons.append(f"Sq={case.Sq} != Sk={case.Sk} (declared: equal lengths only)")
+    if caps.max_batch is not None and case.B > caps.max_batch:
+        reasons.append(f"batch {case.B} above the declared maximum {caps.max_batch}")
+    if caps.contiguous_only and case.layout != "bhsd":
+        reasons.append(f"{case.layout} (non-contiguous) inputs not supported (declared contiguous_only)")
+    if case.tiles is not None and case.tiles not in caps.tiles:
+        reasons.append(f"tile sizes {case.tiles} not exposed (declared: {list(caps.tiles)})")
     return reasons
 
 

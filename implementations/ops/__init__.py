@@ -11,7 +11,11 @@ from __future__ import annotations
 from implementations.ops import (
     attention,
     attention_backward,
+    attention_decode_paged,
     attention_delta,
+    attention_fp8,
+    attention_varlen,
+    attention_varlen_backward,
     kd_loss,
     prefix_sum,
     reduce_sum,
@@ -20,7 +24,11 @@ from implementations.ops import (
 )
 from implementations.ops.attention import AttentionInputs
 from implementations.ops.attention_backward import BackwardInputs
+from implementations.ops.attention_decode_paged import DecodeInputs
 from implementations.ops.attention_delta import DeltaInputs
+from implementations.ops.attention_fp8 import Fp8Inputs
+from implementations.ops.attention_varlen import VarlenInputs
+from implementations.ops.attention_varlen_backward import VarlenBackwardInputs
 from implementations.ops.kd_loss import KDInputs
 from implementations.ops.reduce_sum import ReduceInputs
 from implementations.ops.softmax_merge import MergeInputs
@@ -29,7 +37,8 @@ from implementations.ops.spec import Expected, OpSpec
 
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     attention.SPEC, attention_backward.SPEC, attention_delta.SPEC, softmax_stats.SPEC, softmax_merge.SPEC,
-    kd_loss.SPEC, reduce_sum.SPEC, prefix_sum.SPEC)}
+    kd_loss.SPEC, reduce_sum.SPEC, prefix_sum.SPEC, attention_varlen.SPEC, attention_varlen_backward.SPEC,
+    attention_decode_paged.SPEC, attention_fp8.SPEC)}
 
 
 
@@ -39,5 +48,6 @@ def implementation(op: str):  # noqa: ANN201 - a decorator
     return OPS[op].implementation
 
 
-__all__ = ["OPS", "AttentionInputs", "BackwardInputs", "DeltaInputs", "Expected", "KDInputs", "MergeInputs",
-           "OpSpec", "ReduceInputs", "StatsInputs", "implementation"]
+__all__ = ["OPS", "AttentionInputs", "BackwardInputs", "DecodeInputs", "DeltaInputs", "Expected", "Fp8Inputs",
+           "KDInputs", "MergeInputs", "OpSpec", "ReduceInputs", "StatsInputs", "VarlenBackwardInputs", "VarlenInputs",
+           "implementation"]
