@@ -175,7 +175,8 @@ class AttentionCase:
     @property
     def label(self) -> str:
         """The shape part of a test id, e.g. ``B2H4-113x203-D59-causal_br`` (``-bshd`` for strided inputs),
-        then the variants: ``-w64.0`` (window), ``-cap30`` (softcap), ``-bias_additive``, ``-alibi``."""
+        then the variants: ``-w64.0`` (window), ``-cap30`` (softcap), ``-bias_Hqk`` (its shape, or ``mask``),
+        ``-alibi``."""
         heads = f"H{self.Hq}" if self.Hk == self.Hq else f"H{self.Hq}k{self.Hk}"
         causal = {None: "", "top_left": "-causal_tl", "bottom_right": "-causal_br"}[self.causal]
         tiles = f"-tile{self.tiles[0]}x{self.tiles[1]}" if self.tiles else ""

@@ -23,6 +23,7 @@ from implementations._numpy import (
 )
 from implementations.base import Backend, Capabilities, CausalVariant, causal_offset, new_output, wide_dtype
 from implementations.ops import implementation
+from implementations.variants import ATTENTION_VARIANTS, PLAIN, Variants
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 F64 = torch.float64
@@ -45,6 +46,11 @@ class ReferenceBackend(Backend):
         kd_dtypes=(torch.float32, torch.float64),
         reduce_dtypes=(torch.float32,),
         reduce_schedule="sequential",
+        attention_variants=frozenset(ATTENTION_VARIANTS),
+        varlen_dtypes=ALL_DTYPES,
+        varlen_backward_dtypes=ALL_DTYPES,
+        decode_dtypes=ALL_DTYPES,
+        fp8_dtypes=(torch.float8_e4m3fn,),
         notes=(
             "computes in float64 whatever the input dtype",
             "backward recomputes P from q, k in float64; out and lse are checked, not used",
@@ -55,50 +61,83 @@ class ReferenceBackend(Backend):
 
     @implementation("attention")
     def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """ATT-1..4: ``out = softmax(scale · Q Kᵀ, masked) V`` and ``lse = logsumexp(scale · Q Kᵀ, masked)``."""
-        q, k, v = inp.q, inp.k, inp.v
-        Hq = q.shape[1]
-        scores = _scores(as_numpy(q, F64), _per_query_head(as_numpy(k, F64), Hq), inp.causal, inp.scale)
-        p, lse = _softmax(scores)
+        """ATT-1..4, VAR: ``out = softmax(S) V`` and ``lse = logsumexp(S)`` with ``S`` of :func:`_scores`."""
+        q = inp.q
+        out64, lse64 = _forward(as_numpy(q, F64), as_numpy(inp.k, F64), as_numpy(inp.v, F64), inp.causal,
+                                inp.scale, inp.variants)
         out = new_output(q.shape, q.dtype, q.device)
-        write(out, p @ _per_query_head(as_numpy(v, F64), Hq))
-        lse_out = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
-        write(lse_out, lse)
-        return out, lse_out
+        write(out, out64)
+        lse = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
+        write(lse, lse64)
+        return out, lse
 
     @implementation("attention_backward")
     def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GRAD-1/4/5: the analytic gradients of attention.
-
-        ``P = softmax(S)``, ``dV = Pᵀ dO``, ``dP = dO Vᵀ``, ``dS = P ∘ (dP - delta)`` with
-        ``delta = rowsum(P ∘ dP)`` (GRAD-3), ``dQ = scale · dS K``, ``dK = scale · dSᵀ Q``; with GQA the
-        ``dK``, ``dV`` of the query heads sharing a KV head are summed (GRAD-4).
+        """GRAD-1/4/5, VAR: the analytic gradients of attention (:func:`_backward`).
 
         ``P`` is recomputed from ``q, k`` in float64 rather than read from ``lse``, and ``delta`` from
         ``P``, ``dP`` rather than from ``out``: the result is the gradient of the exact function whatever
         precision ``out`` and ``lse`` were computed in. ``out`` and ``lse`` are checked, not used.
         """
-        q, k, v, dout, variant, scale = inp.q, inp.k, inp.v, inp.dout, inp.causal, inp.scale
-        B, Hq, Sq, D = q.shape
-        Hk, Sk = k.shape[1], k.shape[2]
-        q64, do64 = as_numpy(q, F64), as_numpy(dout, F64)
-        k64, v64 = _per_query_head(as_numpy(k, F64), Hq), _per_query_head(as_numpy(v, F64), Hq)
+        q, k, v = inp.q, inp.k, inp.v
+        grads = _backward(as_numpy(q, F64), as_numpy(k, F64), as_numpy(v, F64), as_numpy(inp.dout, F64),
+                          inp.causal, inp.scale, inp.variants)
+        return _write_grads(q, k, v, grads)
 
-        p, _ = _softmax(_scores(q64, k64, variant, scale))
-        dp = do64 @ v64.swapaxes(-1, -2)
-        delta = np.sum(p * dp, axis=-1, keepdims=True)
-        ds = p * (dp - delta)
-        dq64 = scale * ds @ k64
-        dk64 = scale * ds.swapaxes(-1, -2) @ q64
-        dv64 = p.swapaxes(-1, -2) @ do64
+    # -- attention variants: packed sequences, paged decode, fp8 ----------------------------------------
 
-        dq = new_output(q.shape, q.dtype, q.device)
-        dk = new_output(k.shape, k.dtype, k.device)
-        dv = new_output(v.shape, v.dtype, v.device)
-        write(dq, dq64)
-        write(dk, dk64.reshape(B, Hk, Hq // Hk, Sk, D).sum(axis=2))  # GRAD-4: sum over each group
-        write(dv, dv64.reshape(B, Hk, Hq // Hk, Sk, D).sum(axis=2))
+    @implementation("attention_varlen")
+    def attention_varlen(self, inp: ops.VarlenInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """VLEN-1: each sequence's rows attended on their own, as dense attention of a batch of one."""
+        q = inp.q
+        out = new_output(q.shape, q.dtype, q.device)
+        lse = new_output((q.shape[1], q.shape[0]), wide_dtype(q.dtype), q.device)
+        for rows, keys in inp.sequences:
+            o64, l64 = _forward(*(_dense(x) for x in (q[rows], inp.k[keys], inp.v[keys])), inp.causal, inp.scale,
+                                inp.variants)
+            write(out[rows], o64[0].swapaxes(0, 1))
+            write(lse[:, rows], l64[0])
+        return out, lse
+
+    @implementation("attention_varlen_backward")
+    def attention_varlen_backward(self, inp: ops.VarlenBackwardInputs) -> tuple[torch.Tensor, ...]:
+        """VLEN-4: each sequence's gradients are its own dense attention's (:func:`_backward`)."""
+        q, k, v = inp.q, inp.k, inp.v
+        dq, dk, dv = (new_output(x.shape, x.dtype, x.device) for x in (q, k, v))
+        for rows, keys in inp.sequences:
+            grads = _backward(*(_dense(x) for x in (q[rows], k[keys], v[keys], inp.dout[rows])), inp.causal,
+                              inp.scale, inp.variants)
+            for dst, g in zip((dq[rows], dk[keys], dv[keys]), grads):
+                write(dst, g[0].swapaxes(0, 1))
         return dq, dk, dv
+
+    @implementation("attention_decode_paged")
+    def attention_decode_paged(self, inp: ops.DecodeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DEC-1: each sequence's keys gathered from its pages, then dense bottom-right causal attention
+        (query ``i`` of ``Sq`` sees keys ``j <= kv_len - Sq + i``); ``num_splits`` is accepted and ignored."""
+        q = inp.q
+        out = new_output(q.shape, q.dtype, q.device)
+        lse = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
+        for b, length in enumerate(inp.lengths):
+            pages = inp.block_table[b, : -(-length // inp.page_size)].long()
+            k, v = (x[pages].flatten(0, 1)[:length] for x in (inp.k_pages, inp.v_pages))
+            o64, l64 = _forward(as_numpy(q[b:b + 1], F64), _dense(k), _dense(v), "bottom_right", inp.scale)
+            write(out[b], o64[0])
+            write(lse[b], l64[0])
+        return out, lse
+
+    @implementation("attention_fp8")
+    def attention_fp8(self, inp: ops.Fp8Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """FP8-1: attention on the dequantized inputs ``descale · x`` in float64; out bfloat16, lse float32."""
+        q = inp.q
+        q64, k64, v64 = (as_numpy(x, F64) * float(d) for x, d in ((q, inp.q_descale), (inp.k, inp.k_descale),
+                                                                   (inp.v, inp.v_descale)))
+        out64, lse64 = _forward(q64, k64, v64, inp.causal, inp.scale)
+        out = new_output(q.shape, torch.bfloat16, q.device)
+        write(out, out64)
+        lse = new_output(q.shape[:3], torch.float32, q.device)
+        write(lse, lse64)
+        return out, lse
 
     @implementation("attention_delta")
     def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
@@ -202,19 +241,91 @@ def _per_query_head(kv: np.ndarray, Hq: int) -> np.ndarray:
     return np.repeat(kv, Hq // kv.shape[1], axis=1)
 
 
-def _scores(q: np.ndarray, k: np.ndarray, causal: CausalVariant | None, scale: float) -> np.ndarray:
-    """``S = scale · Q Kᵀ`` ``[B, Hq, Sq, Sk]``, with ``-inf`` where key j is invisible to query i (ATT-3)."""
-    scores = scale * (q @ k.swapaxes(-1, -2))
+def _dense(x: torch.Tensor) -> np.ndarray:
+    """One sequence's packed rows ``[S, H, D]`` as a float64 batch of one, ``[1, H, S, D]``."""
+    return as_numpy(x, F64).swapaxes(0, 1)[None]
+
+
+def _logits(q: np.ndarray, k: np.ndarray, scale: float, variants: Variants) -> tuple[np.ndarray, np.ndarray | None]:
+    """``s = scale · Q Kᵀ`` capped (``cap · tanh(s / cap)``), plus bias and ALiBi (SPEC VAR), ``[B, Hq, Sq, Sk]``;
+    and ``ds_final / ds`` of the cap, ``1 - tanh²(s / cap)`` (None without a cap)."""
+    s = scale * (q @ k.swapaxes(-1, -2))
+    slope = None
+    if variants.softcap is not None:
+        t = np.tanh(s / variants.softcap)
+        s, slope = variants.softcap * t, 1.0 - t * t
+    if variants.bias is not None:
+        bias = variants.bias.detach().cpu()
+        s = s + (np.where(bias.numpy(), 0.0, -np.inf) if bias.dtype == torch.bool else as_numpy(bias, F64))
+    if variants.alibi_slopes is not None:
+        Sq, Sk = s.shape[-2:]
+        distance = np.abs(np.arange(Sq)[:, None] + Sk - Sq - np.arange(Sk)[None, :])
+        s = s - as_numpy(variants.alibi_slopes.cpu(), F64)[:, None, None] * distance
+    return s, slope
+
+
+def _scores(q: np.ndarray, k: np.ndarray, causal: CausalVariant | None, scale: float,
+            variants: Variants) -> tuple[np.ndarray, np.ndarray | None]:
+    """The logits of :func:`_logits` with ``-inf`` where key j is invisible to query i: causal (ATT-3) and
+    window ``i + Sk - Sq - left <= j <= i + Sk - Sq + right`` (VAR-1); and the cap's derivative."""
+    scores, slope = _logits(q, k, scale, variants)
     Sq, Sk = scores.shape[-2:]
+    i, j = np.arange(Sq)[:, None], np.arange(Sk)[None, :]
+    hidden = np.zeros((Sq, Sk), dtype=bool)
     offset = causal_offset(causal, Sq, Sk)
     if offset is not None:
-        scores[..., ~visible(np.arange(Sq), np.arange(Sk), offset)] = -np.inf
-    return scores
+        hidden |= ~visible(np.arange(Sq), np.arange(Sk), offset)
+    left, right = variants.window or (-1, -1)
+    if left >= 0:
+        hidden |= j < i + Sk - Sq - left
+    if right >= 0:
+        hidden |= j > i + Sk - Sq + right
+    scores[..., hidden] = -np.inf
+    return scores, slope
+
+
+def _forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: CausalVariant | None, scale: float,
+             variants: Variants = PLAIN) -> tuple[np.ndarray, np.ndarray]:
+    """``out = softmax(S) V``, ``lse = logsumexp(S)`` in float64, ``S`` of :func:`_scores` (GQA: ATT-6)."""
+    Hq = q.shape[1]
+    scores, _ = _scores(q, _per_query_head(k, Hq), causal, scale, variants)
+    p, lse = _softmax(scores)
+    return p @ _per_query_head(v, Hq), lse
+
+
+def _backward(q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarray, causal: CausalVariant | None,
+              scale: float, variants: Variants) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The analytic gradients in float64: ``P = softmax(S)``, ``dV = Pᵀ dO``, ``dP = dO Vᵀ``,
+    ``dS = P ∘ (dP - delta)`` with ``delta = rowsum(P ∘ dP)`` (GRAD-3), times ``1 - tanh²(s / cap)`` under a
+    softcap (VAR-2); ``dQ = scale · dS K``, ``dK = scale · dSᵀ Q``; with GQA the ``dK``, ``dV`` of the query
+    heads sharing a KV head are summed (GRAD-4). The bias and ALiBi are constants."""
+    B, Hq, Sq, D = q.shape
+    Hk, Sk = k.shape[1], k.shape[2]
+    k64, v64 = _per_query_head(k, Hq), _per_query_head(v, Hq)
+    scores, slope = _scores(q, k64, causal, scale, variants)
+    p, _ = _softmax(scores)
+    dp = dout @ v64.swapaxes(-1, -2)
+    ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
+    if slope is not None:
+        ds = ds * slope
+    dk = (scale * ds.swapaxes(-1, -2) @ q).reshape(B, Hk, Hq // Hk, Sk, D).sum(axis=2)
+    dv = (p.swapaxes(-1, -2) @ dout).reshape(B, Hk, Hq // Hk, Sk, D).sum(axis=2)
+    return scale * ds @ k64, dk, dv
+
+
+def _write_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 grads: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dq, dk, dv`` as outputs shaped and typed like ``q, k, v``."""
+    outs = tuple(new_output(x.shape, x.dtype, x.device) for x in (q, k, v))
+    for dst, g in zip(outs, grads):
+        write(dst, g)
+    return outs  # type: ignore[return-value]
 
 
 def _softmax(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row softmax ``P`` and ``lse`` of ``scores``; a fully masked row gives ``P = 0``, ``lse = -inf`` (ATT-4)."""
-    m = scores.max(axis=-1, keepdims=True)
+    """Row softmax ``P`` and ``lse`` of ``scores``; a fully masked row, or one with no key at all (a sequence
+    of zero keys, VLEN-3), gives ``P = 0``, ``lse = -inf`` (ATT-4)."""
+    m = scores.max(axis=-1, keepdims=True, initial=-np.inf)
     e = np.exp(scores - finite_or_zero(m))
     l = e.sum(axis=-1, keepdims=True)
     p = np.divide(e, l, out=np.zeros_like(e), where=l > 0)

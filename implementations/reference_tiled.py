@@ -2,21 +2,19 @@
 
 Every operation works on blocks and never holds an ``Sq x Sk`` (or ``[N, V]``) buffer (ATT-10, KD-7):
 
-- ``attention``: FlashAttention-2's forward (Dao 2023, Algorithm 1). For each block of ``block_m`` query
-  rows, walk the key blocks of ``block_n`` columns keeping a running row max ``m``, a running sum ``l`` and an
-  unnormalised output accumulator, rescaled by ``exp(m_old - m_new)`` whenever the max grows; divide by
-  ``l`` at the end and keep ``lse = m + log l``. Key blocks that causality hides entirely are skipped.
-- ``attention_backward``: recomputation from ``lse`` (GRAD-2): ``delta = rowsum(dO ∘ O)`` in its own pass,
-  then for each key block, over the query blocks that see it: ``P = exp(S - lse)``, ``dV += Pᵀ dO``,
-  ``dP = dO Vᵀ``, ``dS = P ∘ (dP - delta)``, ``dK += dSᵀ Q``, ``dQ += dS K`` (both times ``scale``).
+- ``attention``, ``attention_backward``: FlashAttention-2's forward (Dao 2023, Algorithm 1) and its backward by
+  recomputation from ``lse`` (GRAD-2), in :mod:`implementations.tiled_attention`; key blocks that causality or
+  the window hides from a whole query block are skipped, and the variants (SPEC VAR) act on each tile.
+- ``attention_varlen`` and its backward: the same per sequence, on views of the packed tensors (SPEC VLEN).
+- ``attention_decode_paged``: split-KV over the pages merged with the softmax-statistics algebra (SPEC DEC),
+  in :mod:`implementations.tiled_decode`.
+- ``attention_fp8``: the forward on the dequantized inputs (SPEC FP8).
 - ``softmax_stats``: the online softmax over blocks of the row, merged with SMX-2.
 - ``kd_loss``: chunked over the vocabulary, two passes (online logsumexp, then loss and gradient chunk by chunk).
 - ``reduce_sum``: the pairwise tree of ``schedule.pairwise_tree(n)``, one vectorised round at a time.
 
 Arithmetic is float32 for float16 / bfloat16 / float32 inputs (accumulation in float32, as on tensor cores)
-and float64 for float64 inputs. Each tile step works on all batches and heads at once: blocks are
-``[B, Hk, G·rows, D]`` arrays, the ``G = Hq / Hk`` query heads of a KV head stacked as extra rows, so that
-GQA reads each K, V block once without copying K, V per query head.
+and float64 for float64 inputs.
 """
 
 from __future__ import annotations
@@ -33,12 +31,14 @@ from implementations._numpy import (
     log_or_neg_inf,
     merge_stats,
     numpy_dtype,
-    visible,
     write,
 )
-from implementations.base import Backend, InvalidInputError, causal_offset, new_output, wide_dtype
+from implementations.base import Backend, InvalidInputError, new_output, wide_dtype
 from implementations.ops import implementation
 from implementations.reference import ReferenceBackend
+from implementations.tiled_attention import Grads, backward_into, forward_into, row_delta
+from implementations.tiled_decode import decode_into
+from implementations.variants import PLAIN
 
 TILES = ((16, 16), (32, 64), (64, 32), (64, 64), (128, 128))
 
@@ -75,113 +75,76 @@ class TiledReferenceBackend(Backend):
 
     @implementation("attention")
     def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """ATT-1..4, 10: FlashAttention-2 forward (Algorithm 1), ``O(block)`` memory per step.
-
-        Per query block, for each visible key block ``S = scale · Q_i K_jᵀ``:
-        ``m_new = max(m, rowmax S)``, ``P = exp(S - m_new)``, ``l = e^(m - m_new) l + rowsum P``,
-        ``acc = e^(m - m_new) acc + P V_j``. Then ``out = acc / l`` and ``lse = m + log l``; a row that sees
-        no key keeps ``m = -inf``, ``l = 0`` and gets ``out = 0``, ``lse = -inf`` (ATT-4).
-        """
-        q, k, v, variant, scale = inp.q, inp.k, inp.v, inp.causal, inp.scale
-        block_m, block_n = inp.tiles or self.tiles
-        B, Hq, Sq, D = q.shape
-        Hk, Sk = k.shape[1], k.shape[2]
-        G = Hq // Hk
-        dtype = wide_dtype(q.dtype)
-        offset = causal_offset(variant, Sq, Sk)
-
+        """ATT-1..4, 10, VAR: FlashAttention-2 forward (``tiled_attention.forward_into``), ``O(block)`` memory
+        per step; key blocks no query of a block sees (causal, window) are skipped."""
+        q = inp.q
         out = new_output(q.shape, q.dtype, q.device)
         lse = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
-        q5, out5, lse4 = _grouped(q, Hk), _grouped(out, Hk), _grouped(lse, Hk)
-        for i0 in range(0, Sq, block_m):
-            i1 = min(i0 + block_m, Sq)
-            q_i = _query_rows(q5, i0, i1, dtype)
-            m = np.full(q_i.shape[:-1], -np.inf, dtype=q_i.dtype)
-            l = np.zeros_like(m)
-            acc = np.zeros_like(q_i)
-            for j0 in range(0, _visible_key_end(i1, Sk, offset), block_n):
-                j1 = min(j0 + block_n, Sk)
-                s = _scores(q_i, as_numpy(k[:, :, j0:j1], dtype), scale, G, (i0, i1), (j0, j1), offset)
-                m_new = np.maximum(m, s.max(axis=-1))
-                ref = finite_or_zero(m_new)
-                p = np.exp(s - ref[..., None])
-                rescale = np.exp(m - ref)
-                l = rescale * l + p.sum(axis=-1)
-                acc = rescale[..., None] * acc + p @ as_numpy(v[:, :, j0:j1], dtype)
-                m = m_new
-            o_i = np.divide(acc, l[..., None], out=np.zeros_like(acc), where=l[..., None] > 0)
-            write(out5[:, :, :, i0:i1], o_i.reshape(B, Hk, G, i1 - i0, D))
-            write(lse4[:, :, :, i0:i1], (m + log_or_neg_inf(l)).reshape(B, Hk, G, i1 - i0))
+        forward_into(out, lse, q, inp.k, inp.v, inp.causal, inp.scale, inp.variants, inp.tiles or self.tiles)
         return out, lse
 
     @implementation("attention_backward")
     def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GRAD-1..5: FlashAttention-2 backward, recomputing ``P = exp(S - lse)`` tile by tile.
-
-        ``delta = rowsum(dO ∘ O)`` first (GRAD-3); then for each key block ``j``, over the query blocks
-        ``i`` that see it: ``dV_j += P_ijᵀ dO_i``, ``dP = dO_i V_jᵀ``, ``dS = P_ij ∘ (dP - delta_i)``,
-        ``dK_j += dSᵀ Q_i``, ``dQ_i += dS K_j``; ``dK`` and ``dQ`` are multiplied by ``scale`` once at the end.
-        ``dQ`` is accumulated in a ``[B, Hq, Sq, D]`` buffer of the arithmetic dtype (linear in S). With GQA
-        the group's query heads are rows of the same block, so ``dK_j``, ``dV_j`` sum over them (GRAD-4).
-        A row with ``lse = -inf`` sees no key: its ``P`` is 0 and its ``dQ`` row 0 (GRAD-5).
-        """
-        q, k, v, out, lse, dout = inp.q, inp.k, inp.v, inp.out, inp.lse, inp.dout
-        variant, scale = inp.causal, inp.scale
-        block_m, block_n = inp.tiles or self.tiles
-        B, Hq, Sq, D = q.shape
-        Hk, Sk = k.shape[1], k.shape[2]
-        G = Hq // Hk
-        dtype = wide_dtype(q.dtype)
-        offset = causal_offset(variant, Sq, Sk)
-
-        delta4 = _grouped(torch.from_numpy(self._delta(out, dout, block_m)), Hk)
-        q5, dout5, lse4 = _grouped(q, Hk), _grouped(dout, Hk), _grouped(lse, Hk)
-        dq_acc = np.zeros((B, Hk, G, Sq, D), dtype=numpy_dtype(dtype))
-        dk = new_output(k.shape, k.dtype, k.device)
-        dv = new_output(v.shape, v.dtype, v.device)
-        for j0 in range(0, Sk, block_n):
-            j1 = min(j0 + block_n, Sk)
-            k_j, v_j = as_numpy(k[:, :, j0:j1], dtype), as_numpy(v[:, :, j0:j1], dtype)
-            dk_j = np.zeros(k_j.shape, dtype=k_j.dtype)
-            dv_j = np.zeros_like(dk_j)
-            for i0 in range(_first_visible_query_block(j0, offset, block_m), Sq, block_m):
-                i1 = min(i0 + block_m, Sq)
-                q_i, do_i = _query_rows(q5, i0, i1, dtype), _query_rows(dout5, i0, i1, dtype)
-                # lse = -inf marks a row without visible keys; +inf there makes exp(S - lse) = 0, not NaN.
-                lse_i = _query_rows(lse4, i0, i1, dtype)
-                lse_i = np.where(np.isneginf(lse_i), np.inf, lse_i)
-                s = _scores(q_i, k_j, scale, G, (i0, i1), (j0, j1), offset)
-                p = np.exp(s - lse_i[..., None])
-                dv_j += p.swapaxes(-1, -2) @ do_i
-                dp = do_i @ v_j.swapaxes(-1, -2)
-                ds = p * (dp - _query_rows(delta4, i0, i1, dtype)[..., None])
-                dk_j += ds.swapaxes(-1, -2) @ q_i
-                dq_acc[:, :, :, i0:i1] += (ds @ k_j).reshape(B, Hk, G, i1 - i0, D)
-            write(dk[:, :, j0:j1], scale * dk_j)
-            write(dv[:, :, j0:j1], dv_j)
-        dq = new_output(q.shape, q.dtype, q.device)
-        dq_acc *= scale
-        write(dq, dq_acc.reshape(B, Hq, Sq, D))
-        return dq, dk, dv
+        """GRAD-1..5, VAR: FlashAttention-2 backward recomputing ``P = exp(S - lse)`` tile by tile
+        (``tiled_attention.backward_into``); ``dQ`` is accumulated in a ``[B, Hq, Sq, D]`` buffer of the
+        arithmetic dtype (linear in S)."""
+        grads = Grads(*(new_output(x.shape, x.dtype, x.device) for x in (inp.q, inp.k, inp.v)))
+        backward_into(grads, inp.q, inp.k, inp.v, inp.out, inp.lse, inp.dout, inp.causal, inp.scale, inp.variants,
+                      inp.tiles or self.tiles)
+        return grads.dq, grads.dk, grads.dv
 
     @implementation("attention_delta")
     def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
         """GRAD-3: ``delta = rowsum(dout ∘ out)``, the backward's first pass, exposed."""
         out, dout = inp.out, inp.dout
         delta = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
-        write(delta, self._delta(out, dout, self.tiles[0]))
+        write(delta, row_delta(out, dout, self.tiles[0]))
         return delta
 
-    def _delta(self, out: torch.Tensor, dout: torch.Tensor, block_m: int) -> np.ndarray:
-        """``rowsum(dout ∘ out)`` ``[B, Hq, Sq]`` in the arithmetic dtype, by blocks of ``block_m`` rows."""
-        dtype = wide_dtype(out.dtype)
-        Sq = out.shape[2]
-        delta = np.empty(out.shape[:3], dtype=numpy_dtype(dtype))
-        for i0 in range(0, Sq, block_m):
-            i1 = min(i0 + block_m, Sq)
-            o_i, do_i = as_numpy(out[:, :, i0:i1], dtype), as_numpy(dout[:, :, i0:i1], dtype)
-            delta[:, :, i0:i1] = np.sum(do_i * o_i, axis=-1)
-        return delta
+    # -- attention variants: packed sequences, paged decode, fp8 ----------------------------------------
+
+    @implementation("attention_varlen")
+    def attention_varlen(self, inp: ops.VarlenInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """VLEN-1: the tiled forward per sequence, on ``[1, H, S_b, D]`` views of the packed tensors, so no
+        tile ever spans two sequences (the tiles of other sequences are never visited)."""
+        q = inp.q
+        out = new_output(q.shape, q.dtype, q.device)
+        lse = new_output((q.shape[1], q.shape[0]), wide_dtype(q.dtype), q.device)
+        for rows, keys in inp.sequences:
+            forward_into(_dense(out[rows]), lse[:, rows][None], _dense(q[rows]), _dense(inp.k[keys]),
+                         _dense(inp.v[keys]), inp.causal, inp.scale, inp.variants, self.tiles)
+        return out, lse
+
+    @implementation("attention_varlen_backward")
+    def attention_varlen_backward(self, inp: ops.VarlenBackwardInputs) -> tuple[torch.Tensor, ...]:
+        """VLEN-4: the tiled backward per sequence, on views of the packed tensors."""
+        dq, dk, dv = (new_output(x.shape, x.dtype, x.device) for x in (inp.q, inp.k, inp.v))
+        for rows, keys in inp.sequences:
+            grads = Grads(_dense(dq[rows]), _dense(dk[keys]), _dense(dv[keys]))
+            backward_into(grads, _dense(inp.q[rows]), _dense(inp.k[keys]), _dense(inp.v[keys]), _dense(inp.out[rows]),
+                          inp.lse[:, rows][None], _dense(inp.dout[rows]), inp.causal, inp.scale, inp.variants,
+                          self.tiles)
+        return dq, dk, dv
+
+    @implementation("attention_decode_paged")
+    def attention_decode_paged(self, inp: ops.DecodeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DEC-1..3: split-KV over the pages, partials merged by the softmax-statistics algebra
+        (``tiled_decode``); ``num_splits=None`` takes ``min(4, pages)`` splits."""
+        q = inp.q
+        out = new_output(q.shape, q.dtype, q.device)
+        lse = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
+        decode_into(out, lse, inp)
+        return out, lse
+
+    @implementation("attention_fp8")
+    def attention_fp8(self, inp: ops.Fp8Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """FP8-1: the tiled forward in float32 on ``descale · x`` (each input dequantized once); out bfloat16."""
+        q, k, v = (x.to(torch.float32) * d for x, d in ((inp.q, inp.q_descale), (inp.k, inp.k_descale),
+                                                         (inp.v, inp.v_descale)))
+        out = new_output(q.shape, torch.bfloat16, q.device)
+        lse = new_output(q.shape[:3], torch.float32, q.device)
+        forward_into(out, lse, q, k, v, inp.causal, inp.scale, PLAIN, self.tiles)
+        return out, lse
 
     # -- softmax statistics -----------------------------------------------------------------------
 
@@ -304,51 +267,9 @@ class TiledReferenceBackend(Backend):
         return y, schedule.hillis_steele_scan(n)
 
 
-def _grouped(x: torch.Tensor, Hk: int) -> torch.Tensor:
-    """View ``[B, Hq, ...]`` as ``[B, Hk, G, ...]``: query head ``h`` is KV head ``h // G``'s member ``h % G``."""
-    return x.unflatten(1, (Hk, x.shape[1] // Hk))
-
-
-def _query_rows(x: torch.Tensor, i0: int, i1: int, dtype: torch.dtype) -> np.ndarray:
-    """Rows ``i0:i1`` of a grouped ``[B, Hk, G, S, ...]`` tensor as a ``[B, Hk, G·(i1-i0), ...]`` array.
-
-    A copy, except where NumPy can reshape the slice in place (``G = 1``, dtype unchanged): read-only use.
-    """
-    rows = as_numpy(x[:, :, :, i0:i1], dtype)
-    return rows.reshape(rows.shape[0], rows.shape[1], -1, *rows.shape[4:])
-
-
-def _visible_key_end(i1: int, Sk: int, offset: int | None) -> int:
-    """One past the last key any of the queries ``< i1`` sees (ATT-3); key blocks from there on are skipped."""
-    return Sk if offset is None else max(0, min(Sk, i1 + offset))
-
-
-def _first_visible_query_block(j0: int, offset: int | None, block_m: int) -> int:
-    """Start of the first query block with a query that sees key ``j0`` or a later one (``i + offset >= j0``)."""
-    return 0 if offset is None else max(0, j0 - offset) // block_m * block_m
-
-
-def _scores(
-    q_i: np.ndarray,
-    k_j: np.ndarray,
-    scale: float,
-    G: int,
-    rows: tuple[int, int],
-    cols: tuple[int, int],
-    offset: int | None,
-) -> np.ndarray:
-    """One tile ``S = scale · Q_i K_jᵀ`` ``[B, Hk, G·m, n]``; ``-inf`` where causality hides the key (ATT-3).
-
-    Only tiles crossed by the causal boundary (last key of the tile after the first query's last visible
-    key) are masked; a tile entirely hidden is never computed.
-    """
-    s = q_i @ k_j.swapaxes(-1, -2)
-    s *= scale
-    (i0, i1), (j0, j1) = rows, cols
-    if offset is not None and j1 - 1 > i0 + offset:
-        hidden = ~visible(np.arange(i0, i1), np.arange(j0, j1), offset)
-        s.reshape(*s.shape[:2], G, i1 - i0, j1 - j0)[..., hidden] = -np.inf
-    return s
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """One sequence's packed rows ``[S, H, D]`` seen as a batch of one, ``[1, H, S, D]`` (a view)."""
+    return x.transpose(0, 1)[None]
 
 
 def _online_stats(x: torch.Tensor, width: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:

@@ -25,8 +25,9 @@ import torch
 #: the variant names a backend may declare in ``Capabilities.attention_variants``
 ATTENTION_VARIANTS: tuple[str, ...] = ("window", "softcap", "bias", "alibi")
 
-#: how a case passes ``bias``: an additive float tensor or a boolean mask (True = visible)
-BiasKind = Literal["additive", "mask"]
+#: how a case passes ``bias``: a float tensor broadcast from the named shape ([B, Hq, Sq, Sk], [Hq, Sq, Sk],
+#: [Sq, Sk], [B, 1, Sq, Sk]), or a boolean mask [B, 1, Sq, Sk] (True = visible)
+BiasKind = Literal["BHqk", "Hqk", "qk", "B1qk", "mask"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Variants:
         used = {"window": self.window is not None, "softcap": self.softcap is not None,
                 "bias": self.bias is not None, "alibi": self.alibi_slopes is not None}
         return frozenset(name for name, on in used.items() if on)
+
+
+#: no variant: plain attention
+PLAIN = Variants()
 
 
 def window_key_range(rows: np.ndarray, Sq: int, Sk: int, causal_offset: int | None,
