@@ -11,7 +11,8 @@ batch*KV head) looping over the query blocks of every query head of its group (G
 GRAD-4: no atomics, so results are bit-reproducible, GRAD-6); ``dQ`` with one program per (query block,
 batch*query head) looping over key blocks. ``P`` is recomputed as ``exp2(s*log2(e) - lse*log2(e))``. A row
 with ``lse = -inf`` (no visible key) is masked everywhere it appears, so it contributes nothing and gets
-``dQ = 0`` (GRAD-5). Block ranges, masking and the two ways of loading the streamed tiles (pointers or
+``dQ = 0`` (GRAD-5). With a softcap ``dS`` is multiplied by the tanh derivative ``1 - tanh^2`` (the logits
+are ``cap * tanh(s / cap)``); ALiBi and the window change ``P`` only. Block ranges, masking and the two ways of loading the streamed tiles (pointers or
 tensor descriptors) follow the forward (``attention_fwd``).
 """
 
@@ -25,7 +26,6 @@ import triton
 import triton.language as tl
 
 from ..base import new_output
-from .attention_fwd import causal_offset
 from .common import (
     LOG2E,
     LOG2E_K,
@@ -34,12 +34,15 @@ from .common import (
     dot_precision,
     fit_stages,
     has_tensor_descriptors,
+    kv_sources,
+    launch_strides,
     mma,
     provide_descriptor_memory,
     row_tile,
     tma_eligible,
     upcast_dots,
 )
+from .variants import Variants, band, key_blocks, locate, logits, query_blocks, visible, visible_t
 
 
 @dataclass(frozen=True)
@@ -112,10 +115,12 @@ def attention_delta_kernel(O, DO, DELTA,
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base,
                  stride_qm, stride_qd, stride_dm, stride_dd,
-                 offs_n, offs_d, lo, hi, Sq, D, off, qk_scale,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                 offs_n, offs_d, lo, hi, Sq, D, shift, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LO: tl.constexpr,
+                 HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                  EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
-    """Add query blocks ``[lo, hi)`` of one head to ``dk, dv`` (transposed: rows are keys)."""
+    """Add query blocks ``[lo, hi)`` of one head to ``dk, dv`` (transposed: rows are keys); with a softcap
+    ``dS`` carries the tanh derivative."""
     offs_m0 = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
@@ -129,177 +134,190 @@ def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base,
             lse2 = tl.load(lse_base + offs_m) * LOG2E_K
             delta = tl.load(delta_base + offs_m)
         st = mma(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST)
-        pt = tl.exp2(st * qk_scale - lse2[None, :])
+        st, dcap = logits(st, offs_n, offs_m, -shift, qk_scale, cap_in, cap_out, slope2, SOFTCAP, ALIBI)
+        pt = tl.exp2(st - lse2[None, :])
         if MASKED:
-            visible = offs_m[None, :] < Sq
-            if CAUSAL:
-                visible = visible & (offs_n[:, None] <= offs_m[None, :] + off)
-            pt = tl.where(visible, pt, 0.0)
+            pt = tl.where(visible_t(offs_n, offs_m, Sq, lo_off, hi_off, HAS_LO, HAS_HI), pt, 0.0)
         dv = mma(pt.to(do.dtype), do, dv, PREC, UPCAST)
         dpt = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PREC, UPCAST)
         dst = pt * (dpt - delta[None, :])
+        if SOFTCAP:
+            dst = dst * dcap
         dk = mma(dst.to(q.dtype), q, dk, PREC, UPCAST)
     return dk, dv
 
 
 @triton.jit
+def _dkdv_head(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_qd, stride_dm, stride_dd,
+               n0, offs_n, offs_d, Sq, Sk, D, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_LO: tl.constexpr,
+               HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+               EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
+    """Add one query head's contribution to the key block at ``n0``: the masked query blocks at the band's
+    edges, the unmasked middle (:func:`~.variants.query_blocks`); a key block past ``Sk`` visits none."""
+    if TMA:
+        q_src = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[stride_qm, 1],
+                                          block_shape=[BLOCK_M, BLOCK_D])
+        do_src = tl.make_tensor_descriptor(do_base, shape=[Sq, D], strides=[stride_dm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+    else:
+        q_src = q_base
+        do_src = do_base
+    a, b_masked, b, c, d = query_blocks(n0, tl.where(n0 < Sk, Sq, 0), lo_off, hi_off,
+                                        BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+    shift = Sk - Sq
+    dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_qd, stride_dm,
+                          stride_dd, offs_n, offs_d, a, b_masked, Sq, D, shift, lo_off, hi_off, qk_scale, cap_in,
+                          cap_out, slope2, BLOCK_M, BLOCK_N, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
+                          EVEN_D, PREC, UPCAST, TMA)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_qd, stride_dm,
+                          stride_dd, offs_n, offs_d, b, c, Sq, D, shift, lo_off, hi_off, qk_scale, cap_in,
+                          cap_out, slope2, BLOCK_M, BLOCK_N, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
+                          EVEN_D, PREC, UPCAST, TMA)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_qd, stride_dm,
+                          stride_dd, offs_n, offs_d, c, d, Sq, D, shift, lo_off, hi_off, qk_scale, cap_in,
+                          cap_out, slope2, BLOCK_M, BLOCK_N, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
+                          EVEN_D, PREC, UPCAST, TMA)
+    return dk, dv
+
+
+@triton.jit
 def attention_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
+    Q, K, V, DO, LSE, DELTA, DK, DV, SLOPES, CU_Q, CU_K,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
-    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    Hq, Hk, GROUP, Sq, Sk, D, off, qk_scale, scale,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd, stride_lb, stride_lh,
+    Hk, GROUP, Sq, Sk, D, qk_scale, scale, cap_in, cap_out, win_left, win_right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    TMA: tl.constexpr,
+    CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WIN_LO: tl.constexpr, WIN_HI: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+    EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Grid ``(cdiv(Sk, BLOCK_N), B*Hk)``; ``LSE``, ``DELTA`` contiguous float32 ``[B, Hq, Sq]``.
-
-    ``TMA``: the streamed Q and dO tiles come through tensor descriptors of each query head.
-    """
-    bhk = tl.program_id(1)
-    b = (bhk // Hk).to(tl.int64)
-    hk = (bhk % Hk).to(tl.int64)
+    """Grid ``(cdiv(Sk, BLOCK_N), B*Hk)`` (varlen: ``(cdiv(max_seqlen_k, BLOCK_N), num_seqs*Hk)``); ``LSE``,
+    ``DELTA`` float32 with strides ``(stride_lb, stride_lh, 1)``. ``TMA``: the streamed Q and dO tiles come
+    through tensor descriptors of each query head."""
+    seq, hk, _, q_start, k_start, Sq, Sk = locate(tl.program_id(1), Hk, 1, Sq, Sk, CU_Q, CU_K, VARLEN)
     n0 = tl.program_id(0) * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_n < Sk)[:, None] & (offs_d < D)[None, :]
-    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+    k_rows = offs_n[:, None] + k_start
+    k = tl.load(K + seq * stride_kb + hk * stride_kh + k_rows * stride_kn + offs_d[None, :] * stride_kd,
                 mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+    v = tl.load(V + seq * stride_vb + hk * stride_vh + k_rows * stride_vn + offs_d[None, :] * stride_vd,
                 mask=kv_mask, other=0.0)
-
-    if CAUSAL:
-        lo = (tl.maximum(n0 - off, 0) // BLOCK_M) * BLOCK_M  # first query that sees key n0
-        # first query block whose every row sees every key of this block
-        mid = tl.maximum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - off, 0), BLOCK_M) * BLOCK_M, lo)
-    else:
-        lo = 0
-        mid = 0
-    q_floor = (Sq // BLOCK_M) * BLOCK_M
-    q_ceil = tl.cdiv(Sq, BLOCK_M) * BLOCK_M
-
+    lo_off, hi_off = band(Sq, Sk, win_left, win_right, CAUSAL, BOTTOM_RIGHT, WIN_LO, WIN_HI)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = DO + b * stride_db + h * stride_dh
-        if TMA:
-            q_src = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[stride_qm, 1],
-                                              block_shape=[BLOCK_M, BLOCK_D])
-            do_src = tl.make_tensor_descriptor(do_base, shape=[Sq, D], strides=[stride_dm, 1],
-                                               block_shape=[BLOCK_M, BLOCK_D])
-        else:
-            q_src = q_base
-            do_src = do_base
-        row = (b * Hq + h) * Sq
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, LSE + row, DELTA + row,
-                              stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
-                              lo, tl.minimum(mid, q_ceil), Sq, D, off, qk_scale,
-                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, LSE + row, DELTA + row,
-                              stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
-                              mid, q_floor, Sq, D, off, qk_scale,
-                              BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, LSE + row, DELTA + row,
-                              stride_qm, stride_qd, stride_dm, stride_dd, offs_n, offs_d,
-                              tl.maximum(mid, q_floor), q_ceil, Sq, D, off, qk_scale,
-                              BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
-    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+        slope2 = tl.load(SLOPES + h) * LOG2E_K if ALIBI else 0.0
+        row = seq * stride_lb + h * stride_lh + q_start
+        dk, dv = _dkdv_head(
+            dk, dv, k, v, Q + seq * stride_qb + h * stride_qh + q_start * stride_qm,
+            DO + seq * stride_db + h * stride_dh + q_start * stride_dm, LSE + row, DELTA + row,
+            stride_qm, stride_qd, stride_dm, stride_dd, n0, offs_n, offs_d, Sq, Sk, D, lo_off, hi_off,
+            qk_scale, cap_in, cap_out, slope2, BLOCK_M, BLOCK_N, BLOCK_D, WIN_LO, CAUSAL or WIN_HI, SOFTCAP, ALIBI,
+            EVEN_D, PREC, UPCAST, TMA)
+    tl.store(DK + seq * stride_dkb + hk * stride_dkh + k_rows * stride_dkn + offs_d[None, :] * stride_dkd,
              (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+    tl.store(DV + seq * stride_dvb + hk * stride_dvh + k_rows * stride_dvn + offs_d[None, :] * stride_dvd,
              dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
 def _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-               offs_m, offs_d, lo, hi, Sk, D, off, qk_scale,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               offs_m, offs_d, lo, hi, Sk, D, shift, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LO: tl.constexpr,
+               HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
-    """Add key blocks ``[lo, hi)`` to ``dq`` (unscaled)."""
+    """Add key blocks ``[lo, hi)`` to ``dq`` (unscaled); with a softcap ``dS`` carries the tanh derivative."""
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         k = row_tile(k_src, start_n, offs_d, stride_kn, stride_kd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
         v = row_tile(v_src, start_n, offs_d, stride_vn, stride_vd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
         s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
-        p = tl.exp2(s * qk_scale - lse2[:, None])
+        s, dcap = logits(s, offs_m, offs_n, shift, qk_scale, cap_in, cap_out, slope2, SOFTCAP, ALIBI)
+        p = tl.exp2(s - lse2[:, None])
         if MASKED:
-            visible = offs_n[None, :] < Sk
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None] + off)
-            p = tl.where(visible, p, 0.0)
+            p = tl.where(visible(offs_m, offs_n, Sk, lo_off, hi_off, HAS_LO, HAS_HI), p, 0.0)
         dp = mma(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * dcap
         dq = mma(ds.to(k.dtype), k, dq, PREC, UPCAST)
     return dq
 
 
 @triton.jit
+def _dq_band(q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd, m0, offs_m, offs_d,
+             Sq, Sk, D, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_LO: tl.constexpr,
+             HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+             EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
+    """``dq`` (unscaled) of the query rows at ``m0`` over the key blocks of the band, as the forward visits them."""
+    a, b_masked, b, c, d = key_blocks(m0, tl.where(m0 < Sq, Sk, 0), lo_off, hi_off,
+                                      BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+    shift = Sk - Sq
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m, offs_d, a, b_masked, Sk, D, shift, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+                    BLOCK_M, BLOCK_N, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, EVEN_D, PREC, UPCAST, TMA)
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m, offs_d, b, c, Sk, D, shift, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+                    BLOCK_M, BLOCK_N, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, EVEN_D, PREC, UPCAST, TMA)
+    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m, offs_d, c, d, Sk, D, shift, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2,
+                    BLOCK_M, BLOCK_N, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, EVEN_D, PREC, UPCAST, TMA)
+    return dq
+
+
+@triton.jit
 def attention_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
+    Q, K, V, DO, LSE, DELTA, DQ, SLOPES, CU_Q, CU_K,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_db, stride_dh, stride_dm, stride_dd,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    Hq, GROUP, Sq, Sk, D, off, qk_scale, scale,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd, stride_lb, stride_lh,
+    Hq, GROUP, Sq, Sk, D, qk_scale, scale, cap_in, cap_out, win_left, win_right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    TMA: tl.constexpr,
+    CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WIN_LO: tl.constexpr, WIN_HI: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+    EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Grid ``(cdiv(Sq, BLOCK_M), B*Hq)``, query blocks last-first as in the forward.
+    """Grid ``(cdiv(Sq, BLOCK_M), B*Hq)`` (varlen: per sequence as the forward), query blocks last-first.
 
     ``TMA``: the streamed K and V tiles come through tensor descriptors of the KV head.
     """
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    hk = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
+    seq, h, hk, q_start, k_start, Sq, Sk = locate(tl.program_id(1), Hq, GROUP, Sq, Sk, CU_Q, CU_K, VARLEN)
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Sq
     mask = m_ok[:, None] & (offs_d < D)[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+    q_rows = offs_m[:, None] + q_start
+    q = tl.load(Q + seq * stride_qb + h * stride_qh + q_rows * stride_qm + offs_d[None, :] * stride_qd,
                 mask=mask, other=0.0)
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd,
+    do = tl.load(DO + seq * stride_db + h * stride_dh + q_rows * stride_dm + offs_d[None, :] * stride_dd,
                  mask=mask, other=0.0)
-    row = bh.to(tl.int64) * Sq
-    lse2 = tl.load(LSE + row + offs_m, mask=m_ok, other=0.0) * LOG2E_K
-    delta = tl.load(DELTA + row + offs_m, mask=m_ok, other=0.0)
-
-    if CAUSAL:
-        hi = tl.maximum(tl.minimum(m0 + BLOCK_M + off, Sk), 0)
-        full = tl.maximum(tl.minimum(m0 + off + 1, Sk), 0)
-    else:
-        hi = Sk
-        full = Sk
-    full = (full // BLOCK_N) * BLOCK_N
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
-    if TMA:
-        k_src = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[stride_kn, 1],
-                                          block_shape=[BLOCK_N, BLOCK_D])
-        v_src = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[stride_vn, 1],
-                                          block_shape=[BLOCK_N, BLOCK_D])
-    else:
-        k_src = k_base
-        v_src = v_base
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m, offs_d, 0, full, Sk, D, off, qk_scale,
-                    BLOCK_M, BLOCK_N, False, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
-    dq = _dq_blocks(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m, offs_d, full, hi, Sk, D, off, qk_scale,
-                    BLOCK_M, BLOCK_N, True, CAUSAL, EVEN_D, PREC, UPCAST, TMA)
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+    row = seq * stride_lb + h * stride_lh + q_start + offs_m
+    lse2 = tl.load(LSE + row, mask=m_ok, other=0.0) * LOG2E_K
+    delta = tl.load(DELTA + row, mask=m_ok, other=0.0)
+    k_src, v_src = kv_sources(K + seq * stride_kb + hk * stride_kh + k_start * stride_kn,
+                               V + seq * stride_vb + hk * stride_vh + k_start * stride_vn,
+                               stride_kn, stride_vn, Sk, D, BLOCK_N, BLOCK_D, TMA)
+    slope2 = tl.load(SLOPES + h) * LOG2E_K if ALIBI else 0.0
+    lo_off, hi_off = band(Sq, Sk, win_left, win_right, CAUSAL, BOTTOM_RIGHT, WIN_LO, WIN_HI)
+    dq = _dq_band(q, do, lse2, delta, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd, m0, offs_m,
+                  offs_d, Sq, Sk, D, lo_off, hi_off, qk_scale, cap_in, cap_out, slope2, BLOCK_M, BLOCK_N, BLOCK_D,
+                  WIN_LO, CAUSAL or WIN_HI, SOFTCAP, ALIBI, EVEN_D, PREC, UPCAST, TMA)
+    tl.store(DQ + seq * stride_dqb + h * stride_dqh + q_rows * stride_dqm + offs_d[None, :] * stride_dqd,
              (dq * scale).to(DQ.dtype.element_ty), mask=mask)
 
 
@@ -314,41 +332,54 @@ def attention_delta(out: torch.Tensor, dout: torch.Tensor, *, into: torch.Tensor
     return delta
 
 
-def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                       dout: torch.Tensor, causal: str | None, scale: float,
-                       config: BackwardConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` of validated inputs (any strides); ``causal`` a variant name or None."""
+def launch_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                    dout: torch.Tensor, grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor], variants: Variants,
+                    scale: float, config: BackwardConfig, *,
+                    cu_seqlens: tuple[torch.Tensor, torch.Tensor, int, int] | None = None) -> None:
+    """Fill ``grads = (dq, dk, dv)`` from ``[B, H, S, D]`` views (``lse`` contiguous ``[B, Hq, S]``);
+    ``cu_seqlens = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)`` for packed sequences (``B = 1``)."""
     B, Hq, Sq, D = q.shape
     Hk, Sk = k.shape[1], k.shape[2]
-    lse = lse.contiguous()
-    delta = attention_delta(out, dout, into=torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device))
-    dq = new_output(q.shape, q.dtype, q.device)
-    dk = new_output(k.shape, k.dtype, k.device)
-    dv = new_output(v.shape, v.dtype, v.device)
+    dq, dk, dv = grads
+    delta = attention_delta(out, dout, into=torch.empty_like(lse))
+    varlen = cu_seqlens is not None
+    cu_q, cu_k, Sq, Sk = cu_seqlens if varlen else (lse, lse, Sq, Sk)  # lse: a pointer the kernels never read
+    programs = cu_q.numel() - 1 if varlen else B
     bd = block_d(D)
-    off = causal_offset(causal, Sq, Sk)
-    flags = dict(BLOCK_D=bd, CAUSAL=causal is not None, EVEN_D=bd == D, PREC=dot_precision(q.dtype),
+    common = (scale * LOG2E, scale, *variants.scalars(scale))
+    flags = dict(BLOCK_D=bd, **variants.flags(), VARLEN=varlen, EVEN_D=bd == D, PREC=dot_precision(q.dtype),
                  UPCAST=upcast_dots(q.device))
+    slopes = variants.slopes(q.device)
     cfg = config.dkdv
-    tma = cfg.tma and tma_eligible(q, dout)
+    tma = cfg.tma and not varlen and tma_eligible(q, dout)
     if tma:
         provide_descriptor_memory(q.device)
-    attention_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), B * Hk)](
-        q, k, v, dout, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-        Hq, Hk, Hq // Hk, Sq, Sk, D, off, scale * LOG2E, scale,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=tma,
+    attention_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), programs * Hk)](
+        q, k, v, dout, lse, delta, dk, dv, slopes, cu_q, cu_k,
+        *(st for t in (q, k, v, dout, dk, dv) for st in launch_strides(t, varlen)), *launch_strides(lse, varlen)[:2],
+        Hk, Hq // Hk, Sq, Sk, D, *common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
     )
     cfg = config.dq
-    tma = cfg.tma and tma_eligible(k, v)
+    tma = cfg.tma and not varlen and tma_eligible(k, v)
     if tma:
         provide_descriptor_memory(q.device)
-    attention_dq_kernel[(triton.cdiv(Sq, cfg.block_m), B * Hq)](
-        q, k, v, dout, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-        Hq, Hq // Hk, Sq, Sk, D, off, scale * LOG2E, scale,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=tma,
+    attention_dq_kernel[(triton.cdiv(Sq, cfg.block_m), programs * Hq)](
+        q, k, v, dout, lse, delta, dq, slopes, cu_q, cu_k,
+        *(st for t in (q, k, v, dout, dq) for st in launch_strides(t, varlen)), *launch_strides(lse, varlen)[:2],
+        Hq, Hq // Hk, Sq, Sk, D, *common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
     )
-    return dq, dk, dv
+
+
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                       dout: torch.Tensor, causal: str | None, scale: float, config: BackwardConfig, *,
+                       window: tuple[int, int] | None = None, softcap: float | None = None,
+                       alibi_slopes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` of validated ``[B, H, S, D]`` inputs (any strides); ``causal`` a variant name or None;
+    ``window``, ``softcap``, ``alibi_slopes`` as in the forward."""
+    grads = (new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device),
+             new_output(v.shape, v.dtype, v.device))
+    launch_backward(q, k, v, out, lse.contiguous(), dout, grads, Variants(causal, window, softcap, alibi_slopes),
+                    scale, config)
+    return grads

@@ -91,6 +91,11 @@ def tma_eligible(*tensors: torch.Tensor) -> bool:
                and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
+def launch_strides(t: torch.Tensor, varlen: bool) -> tuple[int, ...]:
+    """``t``'s strides for a kernel launch; the batch stride is 0 for a varlen view (one packed batch entry)."""
+    return (0, *t.stride()[1:]) if varlen else tuple(t.stride())
+
+
 def provide_descriptor_memory(device: torch.device) -> None:
     """Give Triton the allocator through which a launch gets the global memory its in-kernel tensor
     descriptors are written to (``tl.make_tensor_descriptor``); the buffers come from torch's caching allocator."""
@@ -139,6 +144,21 @@ def row_tile(src, row0, offs_d, stride_row, stride_d, n_rows, D,
         rows = row0 + tl.arange(0, ROWS)
         ptrs = src + rows[:, None] * stride_row + offs_d[None, :] * stride_d
         return load_tile(ptrs, rows < n_rows, offs_d < D, MASKED, EVEN_D)
+
+
+@triton.jit
+def kv_sources(k_base, v_base, stride_kn, stride_vn, Sk, D,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """Where the streamed K and V tiles come from: tensor descriptors of the KV head (``TMA``) or pointers."""
+    if TMA:
+        k_src = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[stride_kn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[stride_vn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+    else:
+        k_src = k_base
+        v_src = v_base
+    return k_src, v_src
 
 
 @triton.jit
