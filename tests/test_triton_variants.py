@@ -21,7 +21,7 @@ from implementations.triton.attention_bwd import BackwardConfig, attention_backw
 from implementations.triton.attention_fwd import attention_forward, attention_fp8  # noqa: E402
 from implementations.triton.common import LaunchConfig  # noqa: E402
 from implementations.triton.decode_paged import attention_decode_paged  # noqa: E402
-from implementations.triton.variants import Variants  # noqa: E402
+from implementations.triton.variants import KernelVariants  # noqa: E402
 from implementations.triton.varlen import attention_varlen_backward, attention_varlen_forward  # noqa: E402
 
 TILE = LaunchConfig(16, 16)
@@ -145,7 +145,7 @@ def test_varlen_matches_each_sequence(causal, window, softcap) -> None:
     lens_q, lens_k = [5, 0, 37, 16, 3], [9, 4, 21, 16, 0]
     cu_q, cu_k, q, k, v = varlen_inputs(lens_q, lens_k, 2, 1, 20)
     dout = draw(q.shape, 30)
-    variants = Variants(causal, window, softcap)
+    variants = KernelVariants(causal, window, softcap)
     out, lse = attention_varlen_forward(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), variants, 0.35, TILE)
     grads = attention_varlen_backward(q, k, v, out, lse, dout, cu_q, cu_k, max(lens_q), max(lens_k), variants,
                                       0.35, BWD)
@@ -174,8 +174,9 @@ def test_varlen_does_not_leak() -> None:
         dout2 = draw(q.shape, seed + 5)
         for fresh, base in ((q2, q), (k2, k), (v2, v), (dout2, dout)):
             fresh[own] = base[own]
-        out, lse = attention_varlen_forward(q2, k2, v2, cu, cu, 26, 26, Variants("top_left"), 0.3, TILE)
-        grads = attention_varlen_backward(q2, k2, v2, out, lse, dout2, cu, cu, 26, 26, Variants("top_left"), 0.3, BWD)
+        variants = KernelVariants("top_left")
+        out, lse = attention_varlen_forward(q2, k2, v2, cu, cu, 26, 26, variants, 0.3, TILE)
+        grads = attention_varlen_backward(q2, k2, v2, out, lse, dout2, cu, cu, 26, 26, variants, 0.3, BWD)
         results.append((out[own], lse[:, own], *(g[own] for g in grads)))
     for a, b in zip(*results):
         assert torch.equal(a, b)
@@ -238,3 +239,24 @@ def test_fp8_forward_matches_dequantized(causal: str | None) -> None:
     ref_out, ref_lse, _ = oracle(*deq, 0.2, causal)
     close(lse, ref_lse, 2e-5)
     close(out, ref_out, 2e-2)  # bfloat16 output and P
+
+
+# ------------------------------------------------------------------------------------------------ the backend
+
+def test_backend_declares_and_runs_the_variants() -> None:
+    """Through the contract: declared variants and ops run and match the oracle; an undeclared bias is refused."""
+    from implementations.base import InvalidInputError
+    from implementations.triton import backends
+
+    backend = backends()
+    caps = backend.capabilities
+    assert caps.attention_variants == {"window", "softcap", "alibi"}
+    assert caps.fp8_dtypes == (torch.float8_e4m3fn,) and F32 in caps.varlen_dtypes and F32 in caps.decode_dtypes
+    q, k, v = draw((1, 2, 24, 16), 110), draw((1, 1, 40, 16), 111), draw((1, 1, 40, 16), 112)
+    slopes = torch.tensor([0.5, 0.25])
+    out, lse = backend.attention(q, k, v, causal="bottom_right", window=(6, 1), softcap=2.0, alibi_slopes=slopes)
+    ref_out, ref_lse, _ = oracle(q, k, v, 0.25, "bottom_right", (6, 1), 2.0, slopes)
+    close(out, ref_out, 2e-5)
+    close(lse, ref_lse, 2e-5)
+    with pytest.raises(InvalidInputError, match="bias"):
+        backend.attention(q, k, v, bias=torch.zeros(1, 2, 24, 40))

@@ -12,8 +12,8 @@ GRAD-4: no atomics, so results are bit-reproducible, GRAD-6); ``dQ`` with one pr
 batch*query head) looping over key blocks. ``P`` is recomputed as ``exp2(s*log2(e) - lse*log2(e))``. A row
 with ``lse = -inf`` (no visible key) is masked everywhere it appears, so it contributes nothing and gets
 ``dQ = 0`` (GRAD-5). With a softcap ``dS`` is multiplied by the tanh derivative ``1 - tanh^2`` (the logits
-are ``cap * tanh(s / cap)``); ALiBi and the window change ``P`` only. Block ranges, masking and the two ways of loading the streamed tiles (pointers or
-tensor descriptors) follow the forward (``attention_fwd``).
+are ``cap * tanh(s / cap)``); ALiBi and the window change ``P`` only. Block ranges, masking and the two
+ways of loading the streamed tiles (pointers or tensor descriptors) follow the forward (``attention_fwd``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .common import (
     tma_eligible,
     upcast_dots,
 )
-from .variants import Variants, band, key_blocks, locate, logits, query_blocks, visible, visible_t
+from .variants import KernelVariants, band, key_blocks, locate, logits, query_blocks, visible, visible_t
 
 
 @dataclass(frozen=True)
@@ -333,8 +333,8 @@ def attention_delta(out: torch.Tensor, dout: torch.Tensor, *, into: torch.Tensor
 
 
 def launch_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                    dout: torch.Tensor, grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor], variants: Variants,
-                    scale: float, config: BackwardConfig, *,
+                    dout: torch.Tensor, grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                    variants: KernelVariants, scale: float, config: BackwardConfig, *,
                     cu_seqlens: tuple[torch.Tensor, torch.Tensor, int, int] | None = None) -> None:
     """Fill ``grads = (dq, dk, dv)`` from ``[B, H, S, D]`` views (``lse`` contiguous ``[B, Hq, S]``);
     ``cu_seqlens = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)`` for packed sequences (``B = 1``)."""
@@ -380,6 +380,6 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     ``window``, ``softcap``, ``alibi_slopes`` as in the forward."""
     grads = (new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device),
              new_output(v.shape, v.dtype, v.device))
-    launch_backward(q, k, v, out, lse.contiguous(), dout, grads, Variants(causal, window, softcap, alibi_slopes),
-                    scale, config)
+    variants = KernelVariants(causal, window, softcap, alibi_slopes)
+    launch_backward(q, k, v, out, lse.contiguous(), dout, grads, variants, scale, config)
     return grads

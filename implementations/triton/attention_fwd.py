@@ -52,7 +52,7 @@ from .common import (
     tma_eligible,
     upcast_dots,
 )
-from .variants import Variants, band, key_blocks, locate, logits, visible
+from .variants import KernelVariants, band, key_blocks, locate, logits, visible
 
 #: GPU configs for 16-bit inputs by head-dim tile, used as listed. D=128 streams K and V through tensor
 #: descriptors in 128-key blocks, three stages deep (225 KiB of shared memory); at D=64 the pointer loads of
@@ -248,7 +248,7 @@ def attention_forward_kernel(
 
 
 def launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                   variants: Variants, scale: float, config: LaunchConfig, *,
+                   variants: KernelVariants, scale: float, config: LaunchConfig, *,
                    cu_seqlens: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
                    descale: torch.Tensor | None = None) -> None:
     """Run the forward kernel on ``[B, H, S, D]`` views (``lse`` ``[B, Hq, S]``, unit last stride).
@@ -283,7 +283,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     ``window``, ``softcap``, ``alibi_slopes`` as in SPEC's variant clauses."""
     out = new_output(q.shape, q.dtype, q.device)
     lse = new_output(q.shape[:3], torch.float32, q.device)
-    launch_forward(q, k, v, out, lse, Variants(causal, window, softcap, alibi_slopes), scale, config)
+    launch_forward(q, k, v, out, lse, KernelVariants(causal, window, softcap, alibi_slopes), scale, config)
     return out, lse
 
 
@@ -295,5 +295,5 @@ def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, descales: t
     out = new_output(q.shape, torch.bfloat16, q.device)
     lse = new_output(q.shape[:3], torch.float32, q.device)
     descale = torch.stack([d.reshape(()) for d in descales]).to(device=q.device, dtype=torch.float32)
-    launch_forward(q, k, v, out, lse, Variants(causal), scale, config, descale=descale)
+    launch_forward(q, k, v, out, lse, KernelVariants(causal), scale, config, descale=descale)
     return out, lse

@@ -13,15 +13,20 @@ from ..base import AttentionCase, Backend, Capabilities, Case, InvalidInputError
 from ..ops import implementation
 from ..schedule import Schedule
 from .attention_bwd import attention_backward, attention_delta, backward_config
-from .attention_fwd import attention_forward, forward_config
+from .attention_fwd import attention_forward, attention_fp8, forward_config
+from .decode_paged import attention_decode_paged
 from .kd_loss import kd_loss
 from .reduce import SCHEDULE_KIND, sum_with_schedule
 from .softmax_stats import softmax_merge, softmax_stats
+from .variants import KernelVariants
+from .varlen import attention_varlen_backward, attention_varlen_forward
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 GPU_TILES: tuple[tuple[int, int], ...] = ((64, 32), (64, 64), (128, 32), (128, 64))
 INTERPRETER_TILES: tuple[tuple[int, int], ...] = ((16, 16), (32, 64), (64, 32), (64, 64))
 INTERPRETER_MAX_SEQ_LEN = 256
+#: SPEC VAR variants the attention kernels take (an additive bias tensor is not implemented)
+VARIANTS = frozenset({"window", "softcap", "alibi"})
 
 
 def triton_capabilities(interpreter: bool) -> Capabilities:
@@ -41,13 +46,20 @@ def triton_capabilities(interpreter: bool) -> Capabilities:
         kd_fused=True,
         reduce_dtypes=(torch.float32,),
         reduce_schedule=SCHEDULE_KIND,
+        attention_variants=VARIANTS,
+        varlen_dtypes=FLOAT_DTYPES,
+        varlen_backward_dtypes=FLOAT_DTYPES,
+        decode_dtypes=FLOAT_DTYPES,
+        fp8_dtypes=(torch.float8_e4m3fn,),
         emulated=interpreter,
         notes=(
-            "kernels: attention_forward_kernel (online softmax, exp2, causal blocks skipped), "
+            "kernels: attention_forward_kernel (online softmax, exp2; causal and window bands: blocks outside "
+            "skipped, edges masked; softcap, ALiBi; packed varlen sequences; e4m3 with descales), "
             "attention_delta_kernel + attention_dkdv_kernel + attention_dq_kernel (recompute from lse, "
             "no atomics), softmax_stats_kernel, softmax_merge_kernel, kd_loss_kernel (rows cut into "
             "parts that meet through a per-row counter; two passes over each part, the second from L2), "
-            "strided_block_sum_kernel (rows into lanes, pairwise tree over the lanes)",
+            "strided_block_sum_kernel (rows into lanes, pairwise tree over the lanes), decode_split_kernel + "
+            "decode_merge_kernel (paged KV, split-KV partials merged with the softmax-statistics algebra)",
             "lse: natural log, float32, written by the forward kernel",
             "float32 products use tl.dot input_precision='ieee' (exact, no TF32; FMA units, small fixed tiles)",
             "Triton interpreter on CPU" if interpreter else "compiled for the CUDA device",
@@ -87,7 +99,9 @@ class TritonBackend(Backend):
         q = inp.q
         _require(self.tile_problem(q.dtype, inp.tiles) is None, str(self.tile_problem(q.dtype, inp.tiles)))
         config = forward_config(q.shape[-1], q.dtype, q.device, inp.tiles)
-        return attention_forward(q, inp.k, inp.v, inp.causal, inp.scale, config)
+        var = inp.variants
+        return attention_forward(q, inp.k, inp.v, inp.causal, inp.scale, config, window=var.window,
+                                 softcap=var.softcap, alibi_slopes=var.alibi_slopes)
 
     @implementation("attention_backward")
     def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,7 +110,42 @@ class TritonBackend(Backend):
         _require(inp.lse.dtype == torch.float32, f"lse must be float32, got {dtype_name(inp.lse.dtype)}")
         _require(self.tile_problem(q.dtype, inp.tiles) is None, str(self.tile_problem(q.dtype, inp.tiles)))
         config = backward_config(q.shape[-1], q.dtype, q.device, inp.tiles)
-        return attention_backward(q, inp.k, inp.v, inp.out, inp.lse, inp.dout, inp.causal, inp.scale, config)
+        var = inp.variants
+        return attention_backward(q, inp.k, inp.v, inp.out, inp.lse, inp.dout, inp.causal, inp.scale, config,
+                                  window=var.window, softcap=var.softcap, alibi_slopes=var.alibi_slopes)
+
+    @implementation("attention_varlen")
+    def attention_varlen(self, inp: ops.VarlenInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """VLEN: packed sequences, one program per query block of one sequence (``varlen``)."""
+        q = inp.q
+        return attention_varlen_forward(
+            q, inp.k, inp.v, inp.cu_seqlens_q, inp.cu_seqlens_k, inp.max_seqlen_q, inp.max_seqlen_k,
+            KernelVariants(inp.causal, inp.variants.window, inp.variants.softcap), inp.scale,
+            forward_config(q.shape[-1], q.dtype, q.device))
+
+    @implementation("attention_varlen_backward")
+    def attention_varlen_backward(self, inp: ops.VarlenBackwardInputs
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """VLEN backward: ``(dq, dk, dv)`` of the packed sequences, recomputed from ``lse [Hq, total_q]``."""
+        q = inp.q
+        _require(inp.lse.dtype == torch.float32, f"lse must be float32, got {dtype_name(inp.lse.dtype)}")
+        return attention_varlen_backward(
+            q, inp.k, inp.v, inp.out, inp.lse, inp.dout, inp.cu_seqlens_q, inp.cu_seqlens_k, inp.max_seqlen_q,
+            inp.max_seqlen_k, KernelVariants(inp.causal, inp.variants.window, inp.variants.softcap), inp.scale,
+            backward_config(q.shape[-1], q.dtype, q.device))
+
+    @implementation("attention_decode_paged")
+    def attention_decode_paged(self, inp: ops.DecodeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DEC: split-KV over the pages, partials merged with the softmax-statistics algebra."""
+        return attention_decode_paged(inp.q, inp.k_pages, inp.v_pages, inp.block_table, inp.kv_lens, inp.scale,
+                                      inp.num_splits)
+
+    @implementation("attention_fp8")
+    def attention_fp8(self, inp: ops.Fp8Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """FP8: e4m3 products, ``P V`` in bfloat16, descales folded into the logit scale and the output."""
+        q = inp.q
+        return attention_fp8(q, inp.k, inp.v, (inp.q_descale, inp.k_descale, inp.v_descale), inp.causal,
+                             inp.scale, forward_config(q.shape[-1], q.dtype, q.device))
 
     @implementation("attention_delta")
     def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .common import LOG2E, LOG2E_K
 
 
 @dataclass(frozen=True)
-class Variants:
+class KernelVariants:
     """The variants of one attention call (the interface of SPEC's variant clauses).
 
     ``causal``: None, ``"top_left"`` or ``"bottom_right"``; ``window``: ``(left, right)``, -1 unbounded;

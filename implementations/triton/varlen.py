@@ -16,7 +16,7 @@ from ..base import new_output
 from .attention_bwd import BackwardConfig, launch_backward
 from .attention_fwd import launch_forward
 from .common import LaunchConfig
-from .variants import Variants
+from .variants import KernelVariants
 
 
 def packed(t: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def packed(t: torch.Tensor) -> torch.Tensor:
 
 def attention_varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                              cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
-                             variants: Variants, scale: float, config: LaunchConfig
+                             variants: KernelVariants, scale: float, config: LaunchConfig
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [total_q, Hq, D], lse float32 [Hq, total_q])`` of validated packed inputs; ``cu_seqlens_*``
     int32 on the inputs' device."""
@@ -41,7 +41,7 @@ def attention_varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 def attention_varlen_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                               lse: torch.Tensor, dout: torch.Tensor, cu_seqlens_q: torch.Tensor,
                               cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
-                              variants: Variants, scale: float, config: BackwardConfig
+                              variants: KernelVariants, scale: float, config: BackwardConfig
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` shaped like the packed ``q, k, v``, recomputed from ``lse [Hq, total_q]``."""
     grads = (new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device),
