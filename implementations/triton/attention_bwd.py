@@ -34,11 +34,11 @@ from .common import (
     dot_precision,
     fit_stages,
     has_tensor_descriptors,
-    kv_sources,
     launch_strides,
     mma,
     provide_descriptor_memory,
     row_tile,
+    tile_sources,
     tma_eligible,
     upcast_dots,
 )
@@ -155,14 +155,7 @@ def _dkdv_head(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, s
                EVEN_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
     """Add one query head's contribution to the key block at ``n0``: the masked query blocks at the band's
     edges, the unmasked middle (:func:`~.variants.query_blocks`); a key block past ``Sk`` visits none."""
-    if TMA:
-        q_src = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[stride_qm, 1],
-                                          block_shape=[BLOCK_M, BLOCK_D])
-        do_src = tl.make_tensor_descriptor(do_base, shape=[Sq, D], strides=[stride_dm, 1],
-                                           block_shape=[BLOCK_M, BLOCK_D])
-    else:
-        q_src = q_base
-        do_src = do_base
+    q_src, do_src = tile_sources(q_base, do_base, stride_qm, stride_dm, Sq, D, BLOCK_M, BLOCK_D, TMA)
     a, b_masked, b, c, d = query_blocks(n0, tl.where(n0 < Sk, Sq, 0), lo_off, hi_off,
                                         BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     shift = Sk - Sq
@@ -309,7 +302,7 @@ def attention_dq_kernel(
     row = seq * stride_lb + h * stride_lh + q_start + offs_m
     lse2 = tl.load(LSE + row, mask=m_ok, other=0.0) * LOG2E_K
     delta = tl.load(DELTA + row, mask=m_ok, other=0.0)
-    k_src, v_src = kv_sources(K + seq * stride_kb + hk * stride_kh + k_start * stride_kn,
+    k_src, v_src = tile_sources(K + seq * stride_kb + hk * stride_kh + k_start * stride_kn,
                                V + seq * stride_vb + hk * stride_vh + k_start * stride_vn,
                                stride_kn, stride_vn, Sk, D, BLOCK_N, BLOCK_D, TMA)
     slope2 = tl.load(SLOPES + h) * LOG2E_K if ALIBI else 0.0

@@ -44,11 +44,11 @@ from .common import (
     dot_precision,
     fit_stages,
     has_tensor_descriptors,
-    kv_sources,
     launch_strides,
     mma,
     provide_descriptor_memory,
     row_tile,
+    tile_sources,
     tma_eligible,
     upcast_dots,
 )
@@ -199,7 +199,7 @@ def _query_and_sources(q_base, k_base, v_base, stride_qm, stride_qd, stride_kn, 
     else:
         q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                     mask=(offs_m < Sq)[:, None] & (offs_d < D)[None, :], other=0.0)
-    k_src, v_src = kv_sources(k_base, v_base, stride_kn, stride_vn, Sk, D, BLOCK_N, BLOCK_D, TMA)
+    k_src, v_src = tile_sources(k_base, v_base, stride_kn, stride_vn, Sk, D, BLOCK_N, BLOCK_D, TMA)
     return q, k_src, v_src
 
 

@@ -147,18 +147,19 @@ def row_tile(src, row0, offs_d, stride_row, stride_d, n_rows, D,
 
 
 @triton.jit
-def kv_sources(k_base, v_base, stride_kn, stride_vn, Sk, D,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
-    """Where the streamed K and V tiles come from: tensor descriptors of the KV head (``TMA``) or pointers."""
+def tile_sources(a_base, b_base, stride_a, stride_b, n_rows, D,
+                 ROWS: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """Where the streamed ``[ROWS, BLOCK_D]`` tiles of two heads of ``n_rows x D`` (K and V, or Q and dO) come
+    from: tensor descriptors of each head (``TMA``, for :func:`row_tile`) or the heads' row-0 pointers."""
     if TMA:
-        k_src = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[stride_kn, 1],
-                                          block_shape=[BLOCK_N, BLOCK_D])
-        v_src = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[stride_vn, 1],
-                                          block_shape=[BLOCK_N, BLOCK_D])
+        a_src = tl.make_tensor_descriptor(a_base, shape=[n_rows, D], strides=[stride_a, 1],
+                                          block_shape=[ROWS, BLOCK_D])
+        b_src = tl.make_tensor_descriptor(b_base, shape=[n_rows, D], strides=[stride_b, 1],
+                                          block_shape=[ROWS, BLOCK_D])
     else:
-        k_src = k_base
-        v_src = v_base
-    return k_src, v_src
+        a_src = a_base
+        b_src = b_base
+    return a_src, b_src
 
 
 @triton.jit
