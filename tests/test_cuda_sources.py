@@ -41,7 +41,8 @@ def _nvcc() -> str | None:
 
 def test_sources_exist() -> None:
     names = {p.name for p in CU_FILES}
-    assert {"attention_fwd.cu", "attention_bwd.cu", "softmax_stats.cu", "kd_loss.cu", "reduce_sum.cu"} <= names
+    assert {"attention_fwd.cu", "attention_bwd.cu", "softmax_stats.cu", "kd_loss.cu", "reduce_sum.cu",
+            "decode_paged.cu"} <= names
 
 
 def test_cu_files_compile_for_sm90(tmp_path: Path) -> None:

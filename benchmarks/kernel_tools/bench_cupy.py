@@ -76,7 +76,7 @@ def bench_fwd(be: CupyBackend, rows: list[dict]) -> None:
 
 def bench_sweep(be: CupyBackend, rows: list[dict]) -> None:
     """Forward tilings at D = 128 (the backend's default is FwdConfig(2, 64))."""
-    from implementations.cupy.backend import FwdConfig, attention_forward
+    from implementations.cupy.attention import FwdConfig, attention_forward
 
     q, k, v, _ = _attn_inputs(4096)
     scale = 1 / math.sqrt(128)

@@ -17,8 +17,13 @@
 // straight into A fragments (registers only). Shared tiles have a row stride of DP + 8 elements, which
 // makes the eight 16-byte rows of every ldmatrix phase fall into distinct banks.
 //
-// Masking: key j is visible to query i iff j < Sk and (not causal or j <= i + causal_off), with
-// causal_off = 0 (top-left) or Sk - Sq (bottom-right). Head dims d <= DP are zero-padded in shared
+// Masking: key j is visible to query i iff j < Sk and i + band.lo <= j <= i + band.hi (each bound where
+// present, `make_band`): causal 1 (top-left, j <= i) or 2 (bottom-right, j <= i + Sk - Sq), and the sliding
+// window (left, right), -1 unbounded: i + Sk - Sq - left <= j <= i + Sk - Sq + right. Key blocks outside
+// the band are never loaded. Varlen (cu_q != nullptr): blockIdx.y's batch index is a sequence whose rows
+// start at cu_q[b] / cu_k[b] along the row strides (the batch strides are 0), with its own Sq, Sk and band;
+// query blocks past its end return at once. Output and lse are addressed through their strides
+// (lse's rows are contiguous). Head dims d <= DP are zero-padded in shared
 // memory (zero columns add nothing to q.k and produce columns that are not stored). GQA: query head h
 // reads KV head h / (Hq / Hk).
 #include "common.cuh"
@@ -26,8 +31,9 @@
 template <class T, int DP, int MT, int BC, bool VEC>
 __global__ void __launch_bounds__(128) attn_fwd(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
-    float* __restrict__ lse, int Hq, int Hk, int Sq, int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb,
-    i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss, float scale_log2, int causal, int causal_off) {
+    float* __restrict__ lse, const int* __restrict__ cu_q, const int* __restrict__ cu_k, int Hq, int Hk, int Sq,
+    int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss,
+    i64 o_sb, i64 o_sh, i64 o_ss, i64 l_sb, i64 l_sh, float scale_log2, int causal, int win_left, int win_right) {
     constexpr int NW = 4, NT = 32 * NW, BR = 16 * MT * NW, LD = DP + 8;
     constexpr int NTILE = BC / 8, DTILE = DP / 8;
     static_assert(DP % 16 == 0 && BC % 16 == 0, "tile sizes must be multiples of 16");
@@ -38,25 +44,35 @@ __global__ void __launch_bounds__(128) attn_fwd(
     T* sV = sK + 2 * BC * LD;   // two buffers of BC x LD
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    // Causal grids run the longest row blocks first.
-    const int qblock = causal ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
     const int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
-    const int i0 = qblock * BR;
-    const T* qg = q + b * q_sb + h * q_sh;
-    const T* kg = k + b * k_sb + hk * k_sh;
-    const T* vg = v + b * v_sb + hk * v_sh;
-
-    // Key blocks this row block needs: all of them, or those up to the last visible key.
-    int nblocks = (Sk + BC - 1) / BC;
-    if (causal) {
-        const int last_key = min(i0 + BR - 1, Sq - 1) + causal_off;
-        nblocks = last_key < 0 ? 0 : min(nblocks, last_key / BC + 1);
+    i64 q0 = 0, k0 = 0;
+    if (cu_q != nullptr) {
+        q0 = cu_q[b];
+        k0 = cu_k[b];
+        Sq = cu_q[b + 1] - cu_q[b];
+        Sk = cu_k[b + 1] - cu_k[b];
     }
+    const Band band = make_band(Sq, Sk, causal, win_left, win_right);
+    // Causal grids run the longest row blocks first.
+    const int qblock = band.has_hi ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
+    const int i0 = qblock * BR;
+    if (i0 >= Sq) return;  // varlen: a query block past this sequence's end
+    const T* qg = q + b * q_sb + h * q_sh + q0 * q_ss;
+    const T* kg = k + b * k_sb + hk * k_sh + k0 * k_ss;
+    const T* vg = v + b * v_sb + hk * v_sh + k0 * v_ss;
+
+    // Key blocks this row block needs: [jb_lo, jb_hi), from the first to the last key any of its rows sees.
+    int jb_lo = 0, jb_hi = (Sk + BC - 1) / BC;
+    if (band.has_hi) {
+        const int last_key = min(i0 + BR - 1, Sq - 1) + band.hi;
+        jb_hi = last_key < 0 ? 0 : min(jb_hi, last_key / BC + 1);
+    }
+    if (band.has_lo) jb_lo = max(i0 + band.lo, 0) / BC;
 
     load_tile<T, BR, DP, LD, NT, VEC>(sQ, qg, q_ss, i0, Sq, d);
-    if (nblocks > 0) {
-        load_tile<T, BC, DP, LD, NT, VEC>(sK, kg, k_ss, 0, Sk, d);
-        load_tile<T, BC, DP, LD, NT, VEC>(sV, vg, v_ss, 0, Sk, d);
+    if (jb_lo < jb_hi) {
+        load_tile<T, BC, DP, LD, NT, VEC>(sK, kg, k_ss, jb_lo * BC, Sk, d);
+        load_tile<T, BC, DP, LD, NT, VEC>(sV, vg, v_ss, jb_lo * BC, Sk, d);
     }
     cp_async_commit();
 
@@ -82,9 +98,9 @@ __global__ void __launch_bounds__(128) attn_fwd(
     const u32 k_lane = smem_addr(sK) + 2 * (b_row * LD + b_col);
     const u32 v_lane = smem_addr(sV) + 2 * (a_row * LD + a_col);
 
-    for (int jb = 0; jb < nblocks; ++jb) {
-        const int buf = jb & 1;
-        if (jb + 1 < nblocks) {
+    for (int jb = jb_lo; jb < jb_hi; ++jb) {
+        const int buf = (jb - jb_lo) & 1;
+        if (jb + 1 < jb_hi) {
             load_tile<T, BC, DP, LD, NT, VEC>(sK + (buf ^ 1) * BC * LD, kg, k_ss, (jb + 1) * BC, Sk, d);
             load_tile<T, BC, DP, LD, NT, VEC>(sV + (buf ^ 1) * BC * LD, vg, v_ss, (jb + 1) * BC, Sk, d);
         }
@@ -122,7 +138,8 @@ __global__ void __launch_bounds__(128) attn_fwd(
 
         // Scale to base-2 logits and mask (only blocks that hold a masked pair pay for the test).
         const int j0 = jb * BC;
-        const bool need_mask = (j0 + BC > Sk) || (causal && j0 + BC - 1 > i0 + causal_off);
+        const bool need_mask = (j0 + BC > Sk) || (band.has_hi && j0 + BC - 1 > i0 + band.hi) ||
+                               (band.has_lo && j0 < i0 + BR - 1 + band.lo);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -133,7 +150,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
                     if (need_mask) {
                         const int i = i0 + wrow0 + mt * 16 + g + 8 * (e / 2);
                         const int j = j0 + nt * 8 + 2 * t + (e % 2);
-                        if (j >= Sk || (causal && j > i + causal_off)) x = -ATTNSPEC_INF;
+                        if (j >= Sk || !band.sees(i, j)) x = -ATTNSPEC_INF;
                     }
                     s[mt][nt][e] = x;
                 }
@@ -197,7 +214,6 @@ __global__ void __launch_bounds__(128) attn_fwd(
     cp_async_wait<0>();
 
     // Epilogue: l is a per-thread partial sum until here.
-    const i64 row_base = (i64)bh * Sq;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -208,7 +224,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
             const float inv = l > 0.f ? 1.f / l : 0.f;
             const int i = i0 + wrow0 + mt * 16 + g + 8 * hr;
             if (i >= Sq) continue;
-            T* orow = out + (row_base + i) * d;
+            T* orow = out + b * o_sb + h * o_sh + (q0 + i) * o_ss;
 #pragma unroll
             for (int dt = 0; dt < DTILE; ++dt) {
                 const int col = dt * 8 + 2 * t;
@@ -220,7 +236,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
                     if (col + 1 < d) orow[col + 1] = from_f32<T>(o1);
                 }
             }
-            if (t == 0) lse[row_base + i] = l > 0.f ? (m_run[mt][hr] + log2f(l)) * ATTNSPEC_LN2 : -ATTNSPEC_INF;
+            if (t == 0) lse[b * l_sb + h * l_sh + q0 + i] = l > 0.f ? (m_run[mt][hr] + log2f(l)) * ATTNSPEC_LN2 : -ATTNSPEC_INF;
         }
     }
 }
@@ -228,8 +244,8 @@ __global__ void __launch_bounds__(128) attn_fwd(
 #ifdef ATTNSPEC_INSTANTIATE
 // Representative instantiations for nvcc checks and resource reports (Python instantiates on demand).
 #define ATTNSPEC_FWD_ARGS(T)                                                                                   \
-    const T*, const T*, const T*, T*, float*, int, int, int, int, int, i64, i64, i64, i64, i64, i64, i64, i64, \
-        i64, float, int, int
+    const T*, const T*, const T*, T*, float*, const int*, const int*, int, int, int, int, int, i64, i64, i64, \
+        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int, int
 template __global__ void attn_fwd<bf16_t, 64, 2, 64, true>(ATTNSPEC_FWD_ARGS(bf16_t));
 template __global__ void attn_fwd<bf16_t, 128, 2, 64, true>(ATTNSPEC_FWD_ARGS(bf16_t));
 template __global__ void attn_fwd<bf16_t, 128, 2, 32, true>(ATTNSPEC_FWD_ARGS(bf16_t));

@@ -7,9 +7,6 @@ to CuPy through DLPack, never copied. See ``KERNELS.md`` for the kernels' design
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from implementations import ops
@@ -24,14 +21,15 @@ from implementations.base import (
     new_output,
 )
 from implementations.cupy import _kernels as K
+from implementations.cupy.attention import ATTN_WARPS, attention_forward, padded_head_dim, vec_ok
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
+from implementations.cupy.variant_ops import WINDOW_BACKWARD, VariantOps
 from implementations.ops import implementation
 from implementations.schedule import DeferredSchedule
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_GRID_Y = 65535
-ATTN_WARPS = 4
 REDUCE_THREADS = 512
 ROW_THREADS = 512
 #: kd_part defaults: columns per part of a row and threads per CTA. A part's s and t are 64 KB in float32; at
@@ -58,44 +56,6 @@ def kd_split(V: int, N: int, sms: int, part: int = KD_PART) -> tuple[int, int]:
     return -(-V // cols), cols
 
 
-@dataclass(frozen=True)
-class FwdConfig:
-    """Forward tiling: ``mt`` 16-row MMA tiles per warp (4 warps, BR = 64 * mt rows), ``bc`` keys per block."""
-
-    mt: int
-    bc: int
-
-    @property
-    def block_m(self) -> int:
-        return 16 * self.mt * ATTN_WARPS
-
-
-def padded_head_dim(d: int) -> int:
-    """The head dim the kernels compute with: d rounded up to 16 (to 32 above 128, so that dK/dV can split
-    the columns in halves of a multiple of 16); the extra columns are zeros in shared memory."""
-    step = 16 if d <= 128 else 32
-    return -(-d // step) * step
-
-
-def fwd_config(dp: int) -> FwdConfig:
-    """Forward tiles per padded head dim: 128 x 64 up to dp = 128 (32 rows per warp halve the shared-memory
-    traffic per MMA), 64 x 32 above (the 16 x dp accumulators fill the registers)."""
-    return FwdConfig(2, 64) if dp <= 128 else FwdConfig(1, 32)
-
-
-def _vec_ok(d: int, *tensors: torch.Tensor) -> bool:
-    """16-byte loads are legal: d % 8 == 0, every stride of a dim longer than 1 a multiple of 8 elements,
-    and 16-byte aligned base pointers."""
-    if d % 8:
-        return False
-    for t in tensors:
-        if t.data_ptr() % 16:
-            return False
-        if any(st % 8 for size, st in zip(t.shape[:-1], t.stride()[:-1]) if size > 1):
-            return False
-    return True
-
-
 def _unit_last_stride(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.shape[-1] > 1 and t.stride(-1) != 1:
@@ -107,41 +67,16 @@ def _check_grid(B: int, H: int, what: str) -> None:
         raise InvalidInputError(f"B*{what} = {B * H} exceeds the CUDA grid limit {MAX_GRID_Y} of these kernels")
 
 
-def _strides(t: torch.Tensor) -> tuple:
-    return tuple(K.i64(s) for s in t.stride()[:3])
-
-
 def _causal_args(variant: CausalVariant | None, Sq: int, Sk: int) -> tuple:
     off = 0 if variant in (None, "top_left") else Sk - Sq
     return K.i32(int(variant is not None)), K.i32(off)
 
 
-def attention_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    variant: CausalVariant | None,
-    scale: float,
-    config: FwdConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch ``attn_fwd`` on checked inputs; ``config`` overrides the tiling (benchmarks compare them)."""
-    B, Hq, Sq, D = q.shape
-    Hk, Sk = k.shape[1], k.shape[2]
-    dp = padded_head_dim(D)
-    cfg = config or fwd_config(dp)
-    vec = _vec_ok(D, q, k, v)
-    out = new_output((B, Hq, Sq, D), q.dtype, q.device)
-    lse = new_output((B, Hq, Sq), torch.float32, q.device)
-    expr = f"attn_fwd<{K.CXX_TYPE[q.dtype]}, {dp}, {cfg.mt}, {cfg.bc}, {K.cxx_bool(vec)}>"
-    smem = (cfg.block_m + 4 * cfg.bc) * (dp + 8) * 2
-    grid = (-(-Sq // cfg.block_m), B * Hq)
-    args = (q, k, v, out, lse, K.i32(Hq), K.i32(Hk), K.i32(Sq), K.i32(Sk), K.i32(D), *_strides(q), *_strides(k),
-            *_strides(v), K.f32(scale * math.log2(math.e)), *_causal_args(variant, Sq, Sk))
-    K.launch(K.kernel("attention_fwd", expr, q.device), grid, (32 * ATTN_WARPS,), args, q.device, smem)
-    return out, lse
+def _strides(t: torch.Tensor) -> tuple:
+    return tuple(K.i64(s) for s in t.stride()[:3])
 
 
-class CupyBackend(Backend):
+class CupyBackend(VariantOps, Backend):
     """Tensor-core attention (mma.sync), online-softmax statistics, fused KD loss and a scheduled reduction."""
 
     name = "cupy"
@@ -159,6 +94,9 @@ class CupyBackend(Backend):
         kd_fused=True,
         reduce_dtypes=(torch.float32,),
         reduce_schedule="strided sequential per thread, shfl_down warp tree, CTA tree, second launch over CTAs",
+        attention_variants=frozenset({"window"}),
+        varlen_dtypes=HALF_DTYPES,
+        decode_dtypes=ROW_DTYPES,
         notes=(
             "attention: mma.sync.m16n8k16 bf16/fp16 with float32 accumulation; any D <= 256 is zero-padded "
             "to a multiple of 16 (32 above 128) in shared memory; 16-byte cp.async loads when D % 8 == 0 and "
@@ -168,6 +106,8 @@ class CupyBackend(Backend):
             "in a separate kernel; no atomics, so gradients are deterministic",
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
+            "window and varlen: forward only (attn_fwd skips key blocks outside each sequence's band); "
+            "decode: decode_split (one warp per query row, the KV head's rows sharing its CTA) + decode_merge",
             "kd_loss: each row cut into parts of 8192 columns, one 256-thread CTA per part taking (row, part) from a "
             "start-order ticket; a part streams its columns (statistics), meets the row's other parts through "
             "global memory, and streams them again from L2 writing ds (parts <= SMs, so the wait cannot "
@@ -179,6 +119,8 @@ class CupyBackend(Backend):
         reasons = super().not_supported_reasons(op, case)
         if isinstance(case, AttentionCase) and case.B * case.Hq > MAX_GRID_Y:
             reasons.append(f"B*Hq = {case.B * case.Hq} exceeds the grid limit {MAX_GRID_Y} of these kernels")
+        if isinstance(case, AttentionCase) and op == "attention_backward" and case.window is not None:
+            reasons.append(WINDOW_BACKWARD)
         return reasons
 
     # -- attention --------------------------------------------------------------------------------
@@ -189,7 +131,7 @@ class CupyBackend(Backend):
         q, k, v = inp.q, inp.k, inp.v
         _unit_last_stride(q=q, k=k, v=v)
         _check_grid(q.shape[0], q.shape[1], "Hq")
-        return attention_forward(q, k, v, inp.causal, inp.scale)
+        return attention_forward(q, k, v, inp.causal, inp.scale, window=inp.variants.window)
 
     @implementation("attention_delta")
     def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
@@ -215,6 +157,8 @@ class CupyBackend(Backend):
         variant, scale = inp.causal, inp.scale
         if lse.dtype != torch.float32:
             raise InvalidInputError(f"lse must be float32, got {dtype_name(lse.dtype)}")
+        if inp.variants.window is not None:
+            raise InvalidInputError(WINDOW_BACKWARD)
         _unit_last_stride(q=q, k=k, v=v, out=out, dout=dout)
         B, Hq, Sq, D = q.shape
         Hk, Sk = k.shape[1], k.shape[2]
@@ -224,7 +168,7 @@ class CupyBackend(Backend):
         self._delta_into(out, dout, delta)
 
         dp = padded_head_dim(D)
-        vec = _vec_ok(D, q, k, v, dout)
+        vec = vec_ok(D, q, k, v, dout)
         T, VEC = K.CXX_TYPE[q.dtype], K.cxx_bool(vec)
         dq = new_output(q.shape, q.dtype, q.device)
         dk = new_output(k.shape, k.dtype, k.device)

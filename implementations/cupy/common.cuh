@@ -148,3 +148,25 @@ __device__ __forceinline__ void merge_ml(float& m, float& l, float m2, float l2)
     m = mn;
     l = a + b;
 }
+
+// The visibility band of one (Sq, Sk) attention: key j is visible to query i iff i + lo <= j (when has_lo)
+// and j <= i + hi (when has_hi). causal: 0 none, 1 top-left (j <= i), 2 bottom-right (j <= i + Sk - Sq);
+// window (left, right), -1 unbounded: i + Sk - Sq - left <= j <= i + Sk - Sq + right, AND-ed with causal.
+struct Band {
+    bool has_lo, has_hi;
+    int lo, hi;
+    __device__ __forceinline__ bool sees(int i, int j) const {
+        return (!has_hi || j <= i + hi) && (!has_lo || j >= i + lo);
+    }
+};
+
+__device__ __forceinline__ Band make_band(int Sq, int Sk, int causal, int win_left, int win_right) {
+    const int shift = Sk - Sq;
+    Band band;
+    band.has_lo = win_left >= 0;
+    band.lo = shift - win_left;
+    band.has_hi = causal != 0 || win_right >= 0;
+    band.hi = causal == 2 ? shift : (causal == 1 ? 0 : shift + win_right);
+    if (causal != 0 && win_right >= 0) band.hi = min(band.hi, shift + win_right);
+    return band;
+}

@@ -1,0 +1,93 @@
+"""The CuPy backend's attention variants: packed variable-length sequences and the sliding window through
+``attn_fwd`` (:mod:`.attention`), and paged-KV decode with split-KV (``decode_paged.cu``).
+
+Forward only: the backward kernels (``attention_bwd.cu``) take neither a window nor packed sequences, so the
+backend refuses ``attention_backward`` with a window (``window_backward_reason``) and implements no
+``attention_varlen_backward``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from implementations import ops
+from implementations.base import InvalidInputError, new_output
+from implementations.cupy import _kernels as K
+from implementations.cupy.attention import launch_forward
+from implementations.ops import implementation
+
+#: why a backward call with a window is refused
+WINDOW_BACKWARD = "attention_backward with a window is not implemented by the cupy kernels (forward only)"
+DECODE_WARPS = 8  # query rows per CTA of decode_split
+
+
+def packed(t: torch.Tensor) -> torch.Tensor:
+    """``[total, H, D]`` as the kernel's ``[1, H, total, D]`` view (same storage)."""
+    return t.permute(1, 0, 2).unsqueeze(0)
+
+
+def _unit_last(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise InvalidInputError(f"{name} must have unit stride in its last dimension (got strides {t.stride()})")
+
+
+def decode_splits(batch_kv_heads: int, max_keys: int, device: torch.device) -> int:
+    """Splits per sequence when the caller leaves it open: enough CTAs for two per SM, none shorter than 512
+    keys."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(-(-2 * sms // batch_kv_heads), -(-max_keys // 512)))
+
+
+def decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
+                 kv_lens: torch.Tensor, scale: float, num_splits: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, Hq, Sq, D], lse [B, Hq, Sq])``: ``decode_split`` writes float32 partials per split,
+    ``decode_merge`` merges them (see ``decode_paged.cu``)."""
+    B, Hq, Sq, D = q.shape
+    page, Hk = k_pages.shape[1], k_pages.shape[2]
+    _unit_last(q=q, k_pages=k_pages, v_pages=v_pages)
+    table, lens = block_table.contiguous(), kv_lens.contiguous()
+    max_keys = table.shape[1] * page
+    splits = num_splits or decode_splits(B * Hk, max_keys, q.device)
+    keys_per_split = -(-max_keys // splits)
+    out_p = torch.empty((B, Hq, Sq, splits, D), dtype=torch.float32, device=q.device)
+    lse_p = torch.empty((B, Hq, Sq, splits), dtype=torch.float32, device=q.device)
+    T = K.CXX_TYPE[q.dtype]
+    rows_per_head = Hq // Hk * Sq
+    args = (q, k_pages, v_pages, table, lens, out_p, lse_p, K.i32(Hq), K.i32(Hk), K.i32(Sq), K.i32(D), K.i32(page),
+            K.i32(table.stride(0)), K.i32(keys_per_split), *(K.i64(s) for s in q.stride()[:3]),
+            *(K.i64(s) for s in k_pages.stride()[:3]), *(K.i64(s) for s in v_pages.stride()[:3]),
+            K.f32(scale * math.log2(math.e)))
+    K.launch(K.kernel("decode_paged", f"decode_split<{T}, {-(-D // 32)}>", q.device),
+             (splits, B * Hk, -(-rows_per_head // DECODE_WARPS)), (32 * DECODE_WARPS,), args, q.device)
+    out = new_output(q.shape, q.dtype, q.device)
+    lse = new_output((B, Hq, Sq), torch.float32, q.device)
+    rows = B * Hq * Sq
+    args = (out_p, lse_p, out, lse, K.i32(Hq), K.i32(Sq), K.i32(D), K.i32(splits),
+            *(K.i64(s) for s in out.stride()[:3]), K.i64(rows))
+    K.launch(K.kernel("decode_paged", f"decode_merge<{T}>", q.device), (-(-rows // 8),), (256,), args, q.device)
+    return out, lse
+
+
+class VariantOps:
+    """The variant operations of :class:`~.backend.CupyBackend` (mixed into it)."""
+
+    @implementation("attention_varlen")
+    def attention_varlen(self, inp: ops.VarlenInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """VLEN: one CTA per query block of one sequence; ``lse [Hq, total_q]``."""
+        q, k, v = inp.q, inp.k, inp.v
+        _unit_last(q=q, k=k, v=v)
+        out = new_output(q.shape, q.dtype, q.device)
+        lse = new_output((q.shape[1], q.shape[0]), torch.float32, q.device)
+        seqs = (inp.cu_seqlens_q.contiguous(), inp.cu_seqlens_k.contiguous(), inp.max_seqlen_q)
+        launch_forward(packed(q), packed(k), packed(v), packed(out), lse.unsqueeze(0), inp.causal,
+                       inp.variants.window, inp.scale, cu_seqlens=seqs)
+        return out, lse
+
+    @implementation("attention_decode_paged")
+    def attention_decode_paged(self, inp: ops.DecodeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DEC: split-KV partials merged with the softmax-statistics algebra."""
+        return decode_paged(inp.q, inp.k_pages, inp.v_pages, inp.block_table, inp.kv_lens, inp.scale,
+                            inp.num_splits)
