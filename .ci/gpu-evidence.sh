@@ -21,8 +21,8 @@
 # tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
 # the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
 # afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
-# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels" is opt-in), so the
-# evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
+# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels" and "variants" are
+# opt-in), so the evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
 # benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv
 # parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
 set -uo pipefail
@@ -108,6 +108,32 @@ if wants kernels; then
         --out "$out/kernels/bench_triton.json"
     step kernels-cupy "${ATTNSPEC_KERNELS_SECONDS:-240}" "$python" -m benchmarks.kernel_tools.bench_cupy \
         --out "$out/kernels/bench_cupy.json"
+fi
+# Variants (opt-in): the attention-variant chapters' conformance for the kernel backends (ATTNSPEC_VARIANT_BACKENDS,
+# default "triton cupy"; ATTNSPEC_VARIANT_CHAPTERS) into variants-conformance.jsonl, then the variant benchmarks
+# of benchmarks/kernel_tools/bench_variants.py (decode KV bytes/s against the copy rate, varlen against padding,
+# window 4096 at S = 32k against dense causal, fp8 against bf16) into kernels/bench_variants.json.
+if wants variants; then
+    echo "== variants conformance (limit ${ATTNSPEC_VARIANT_CONFORMANCE_SECONDS:-170}s)"
+    variant_runs=()
+    for b in ${ATTNSPEC_VARIANT_BACKENDS:-triton cupy}; do
+        for c in ${ATTNSPEC_VARIANT_CHAPTERS:-test_variants test_varlen test_decode test_fp8}; do
+            variant_runs+=("$b-$c")
+            OMP_NUM_THREADS="${ATTNSPEC_CONFORMANCE_THREADS:-1}" timeout --signal=INT --kill-after=20 \
+                "${ATTNSPEC_VARIANT_CONFORMANCE_SECONDS:-170}" "$python" -m conformance.cli conformance --quick \
+                --device "${ATTNSPEC_DEVICE:-cuda}" --case-timeout 120 --backend "$b" -k "$c" \
+                --results "$logs/variants-$b-$c.jsonl" > "$logs/variants-$b-$c.log" 2>&1 &
+        done
+    done
+    wait
+    : > "$out/variants-conformance.jsonl"
+    for run in "${variant_runs[@]}"; do
+        cat "$logs/variants-$run.jsonl" >> "$out/variants-conformance.jsonl" 2>/dev/null && rm -f "$logs/variants-$run.jsonl"
+        echo "-- variants $run: $(grep -E '^\[1/1\].* log: ' "$logs/variants-$run.log" | head -1)"
+    done
+    mkdir -p "$out/kernels"
+    step kernels-variants "${ATTNSPEC_VARIANT_BENCH_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.bench_variants \
+        --out "$out/kernels/bench_variants.json"
 fi
 "$python" .ci/pack_evidence.py "$out"
 report_inputs=()
