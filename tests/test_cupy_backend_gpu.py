@@ -361,11 +361,16 @@ def test_window_forward(causal, window) -> None:
     _close(lse, ref_lse, 1e-2)
 
 
-def test_window_backward_is_refused() -> None:
-    q, k, v, dout = _att_inputs((1, 2, 2, 64, 64, 64, torch.bfloat16, None, None), 32)
-    out, lse = BACKEND.attention(q, k, v, window=(8, 8))
-    with pytest.raises(Exception, match="window"):
-        BACKEND.attention_backward(q, k, v, out, lse, dout, window=(8, 8))
+def test_window_backward() -> None:
+    q, k, v, dout = _att_inputs((1, 4, 2, 200, 260, 64, torch.bfloat16, None, None), 32)
+    for causal, window in ((None, (40, 3)), ("bottom_right", (70, -1)), ("top_left", (-1, 5))):
+        out, lse = BACKEND.attention(q, k, v, causal=causal, window=window)
+        with poisoned_outputs():
+            grads = BACKEND.attention_backward(q, k, v, out, lse, dout, causal=causal, window=window)
+        ref = _reference().attention_backward(*(x.cpu().double() for x in (q, k, v, out, lse, dout)), causal=causal,
+                                              window=window)
+        for got, want in zip(grads, ref):
+            _close(got, want, 3e-2)
 
 
 def test_varlen_forward() -> None:

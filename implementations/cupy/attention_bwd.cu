@@ -19,6 +19,9 @@
 // Each output element is accumulated by one thread in a fixed order, so the gradients are bit-identical
 // from run to run (no atomics). Masked pairs get P = 0 directly; rows with lse = -inf (no visible key)
 // and padding rows get lse = +inf in shared memory, so their P is exactly 0 and their dQ is 0.
+// Visibility is the forward's band (common.cuh make_band: causal mode 0 none / 1 top-left / 2 bottom-right
+// and the sliding window (left, right), -1 unbounded): dK/dV visit only the query blocks that see a key of
+// their block, dQ only the key blocks its rows see; blocks crossing a band edge are masked.
 #include "common.cuh"
 
 // delta[r] = sum_d dout[r, d] * out[r, d] in float32; one warp per row r of [B*Hq*Sq].
@@ -46,7 +49,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv, int Hq,
     int Hk, int Sq, int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh,
-    i64 v_ss, i64 g_sb, i64 g_sh, i64 g_ss, float scale, int causal, int causal_off) {
+    i64 v_ss, i64 g_sb, i64 g_sh, i64 g_ss, float scale, int causal, int win_left, int win_right) {
     constexpr int NW = 4, NT = 32 * NW, BK = 16 * NW, LD = DP + 8;
     constexpr int QTILE = BQ / 8, OTILE = DO / 8;
     static_assert(DP % 16 == 0 && BQ % 16 == 0 && DO % 16 == 0 && DP % DO == 0, "tile sizes must be multiples of 16");
@@ -64,10 +67,12 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
     const int j0 = blockIdx.x * BK;
     const float scale_log2 = scale * ATTNSPEC_LOG2E;
 
-    // Query blocks that see any key of this block: i >= j0 - causal_off when causal.
-    const int i_min = causal ? max(0, j0 - causal_off) : 0;
+    // Query blocks that see any key of this block: j0 - hi <= i <= j0 + BK - 1 - lo.
+    const Band band = make_band(Sq, Sk, causal, win_left, win_right);
+    const int i_min = band.has_hi ? max(0, j0 - band.hi) : 0;
+    const int i_end = band.has_lo ? min(Sq, j0 + BK - band.lo) : Sq;
     const int qb0 = i_min / BQ;
-    const int nqb = i_min >= Sq ? 0 : (Sq + BQ - 1) / BQ - qb0;
+    const int nqb = i_min >= i_end ? 0 : (i_end + BQ - 1) / BQ - qb0;
     const int iters = nqb * G;
 
     load_tile<T, BK, DP, LD, NT, VEC>(sK, k + b * k_sb + hk * k_sh, k_ss, j0, Sk, d);
@@ -142,7 +147,8 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
 
         // P^T and dS^T in place; element e of tile nt: key j = j0 + wkey0 + g + 8 (e / 2),
         // query i = i0 + 8 nt + 2t + e % 2.
-        const bool need_mask = causal && i0 < j0 + BK - 1 - causal_off;
+        const bool need_mask = (band.has_hi && i0 < j0 + BK - 1 - band.hi) ||
+                               (band.has_lo && i0 + BQ - 1 > j0 - band.lo);
 #pragma unroll
         for (int nt = 0; nt < QTILE; ++nt)
 #pragma unroll
@@ -151,7 +157,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
                 float p = exp2f(st[nt][e] * scale_log2 - ls[ci]);
                 if (need_mask) {
                     const int j = j0 + wkey0 + g + 8 * (e / 2);
-                    if (j > i0 + ci + causal_off) p = 0.f;
+                    if (!band.sees(i0 + ci, j)) p = 0.f;
                 }
                 st[nt][e] = p;
                 dpt[nt][e] = p * (dpt[nt][e] - ds[ci]);
@@ -217,7 +223,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dq, int Hq, int Hk, int Sq,
     int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss,
-    i64 g_sb, i64 g_sh, i64 g_ss, float scale, int causal, int causal_off) {
+    i64 g_sb, i64 g_sh, i64 g_ss, float scale, int causal, int win_left, int win_right) {
     constexpr int NW = 4, NT = 32 * NW, BR = 16 * NW, LD = DP + 8;
     constexpr int NTILE = BC / 8, DTILE = DP / 8;
     static_assert(DP % 16 == 0 && BC % 16 == 0, "tile sizes must be multiples of 16");
@@ -229,7 +235,8 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     T* sV = sK + 2 * BC * LD;   // two buffers of BC x LD
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int qblock = causal ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
+    const Band band = make_band(Sq, Sk, causal, win_left, win_right);
+    const int qblock = band.has_hi ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
     const int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
     const int i0 = qblock * BR;
     const T* kg = k + b * k_sb + hk * k_sh;
@@ -237,17 +244,19 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     const float scale_log2 = scale * ATTNSPEC_LOG2E;
     const int wrow0 = warp * 16;
 
-    int nblocks = (Sk + BC - 1) / BC;
-    if (causal) {
-        const int last_key = min(i0 + BR - 1, Sq - 1) + causal_off;
-        nblocks = last_key < 0 ? 0 : min(nblocks, last_key / BC + 1);
+    // Key blocks [jb_lo, jb_hi): from the first to the last key some row of this block sees.
+    int jb_lo = 0, jb_hi = (Sk + BC - 1) / BC;
+    if (band.has_hi) {
+        const int last_key = min(i0 + BR - 1, Sq - 1) + band.hi;
+        jb_hi = last_key < 0 ? 0 : min(jb_hi, last_key / BC + 1);
     }
+    if (band.has_lo) jb_lo = max(i0 + band.lo, 0) / BC;
 
     load_tile<T, BR, DP, LD, NT, VEC>(sQ, q + b * q_sb + h * q_sh, q_ss, i0, Sq, d);
     load_tile<T, BR, DP, LD, NT, VEC>(sG, dout + b * g_sb + h * g_sh, g_ss, i0, Sq, d);
-    if (nblocks > 0) {
-        load_tile<T, BC, DP, LD, NT, VEC>(sK, kg, k_ss, 0, Sk, d);
-        load_tile<T, BC, DP, LD, NT, VEC>(sV, vg, v_ss, 0, Sk, d);
+    if (jb_lo < jb_hi) {
+        load_tile<T, BC, DP, LD, NT, VEC>(sK, kg, k_ss, jb_lo * BC, Sk, d);
+        load_tile<T, BC, DP, LD, NT, VEC>(sV, vg, v_ss, jb_lo * BC, Sk, d);
     }
     cp_async_commit();
 
@@ -275,9 +284,9 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     const u32 kb_lane = smem_addr(sK) + 2 * (b_row * LD + b_col), ka_lane = smem_addr(sK) + 2 * (a_row * LD + a_col);
     const u32 vb_lane = smem_addr(sV) + 2 * (b_row * LD + b_col);
 
-    for (int jb = 0; jb < nblocks; ++jb) {
-        const int buf = jb & 1;
-        if (jb + 1 < nblocks) {
+    for (int jb = jb_lo; jb < jb_hi; ++jb) {
+        const int buf = (jb - jb_lo) & 1;
+        if (jb + 1 < jb_hi) {
             load_tile<T, BC, DP, LD, NT, VEC>(sK + (buf ^ 1) * BC * LD, kg, k_ss, (jb + 1) * BC, Sk, d);
             load_tile<T, BC, DP, LD, NT, VEC>(sV + (buf ^ 1) * BC * LD, vg, v_ss, (jb + 1) * BC, Sk, d);
         }
@@ -311,7 +320,8 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
 
         // dS = P o (dP - delta), masked pairs P = 0.
         const int j0 = jb * BC;
-        const bool need_mask = (j0 + BC > Sk) || (causal && j0 + BC - 1 > i0 + causal_off);
+        const bool need_mask = (j0 + BC > Sk) || (band.has_hi && j0 + BC - 1 > i0 + band.hi) ||
+                               (band.has_lo && j0 < i0 + BR - 1 + band.lo);
 #pragma unroll
         for (int nt = 0; nt < NTILE; ++nt)
 #pragma unroll
@@ -321,7 +331,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
                 if (need_mask) {
                     const int i = i0 + wrow0 + g + 8 * hr;
                     const int j = j0 + nt * 8 + 2 * t + (e % 2);
-                    if (j >= Sk || (causal && j > i + causal_off)) p = 0.f;
+                    if (j >= Sk || !band.sees(i, j)) p = 0.f;
                 }
                 dp[nt][e] = p * (dp[nt][e] - dl[hr]);
             }
@@ -369,10 +379,10 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
 // Representative instantiations for nvcc checks and resource reports (Python instantiates on demand).
 #define ATTNSPEC_DKDV_ARGS(T)                                                                                  \
     const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, int, int, int, int, int, i64, \
-        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int
+        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int, int
 #define ATTNSPEC_DQ_ARGS(T)                                                                                     \
     const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int, int, int, i64, i64, \
-        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int
+        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int, int
 template __global__ void attn_delta<bf16_t>(const bf16_t*, const bf16_t*, float*, int, int, int, i64, i64, i64, i64,
                                             i64, i64, i64);
 template __global__ void attn_bwd_dkdv<bf16_t, 64, 64, 64, true>(ATTNSPEC_DKDV_ARGS(bf16_t));

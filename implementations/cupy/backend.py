@@ -21,9 +21,9 @@ from implementations.base import (
     new_output,
 )
 from implementations.cupy import _kernels as K
-from implementations.cupy.attention import ATTN_WARPS, attention_forward, padded_head_dim, vec_ok
+from implementations.cupy.attention import ATTN_WARPS, CAUSAL_MODE, attention_forward, padded_head_dim, vec_ok
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
-from implementations.cupy.variant_ops import WINDOW_BACKWARD, VariantOps
+from implementations.cupy.variant_ops import VariantOps
 from implementations.ops import implementation
 from implementations.schedule import DeferredSchedule
 
@@ -67,9 +67,10 @@ def _check_grid(B: int, H: int, what: str) -> None:
         raise InvalidInputError(f"B*{what} = {B * H} exceeds the CUDA grid limit {MAX_GRID_Y} of these kernels")
 
 
-def _causal_args(variant: CausalVariant | None, Sq: int, Sk: int) -> tuple:
-    off = 0 if variant in (None, "top_left") else Sk - Sq
-    return K.i32(int(variant is not None)), K.i32(off)
+def _band_args(variant: CausalVariant | None, window: tuple[int, int] | None) -> tuple:
+    """The kernels' causal mode and window ``(left, right)`` (-1 unbounded)."""
+    left, right = window if window is not None else (-1, -1)
+    return K.i32(CAUSAL_MODE[variant]), K.i32(left), K.i32(right)
 
 
 def _strides(t: torch.Tensor) -> tuple:
@@ -106,7 +107,7 @@ class CupyBackend(VariantOps, Backend):
             "in a separate kernel; no atomics, so gradients are deterministic",
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
-            "window and varlen: forward only (attn_fwd skips key blocks outside each sequence's band); "
+            "window: forward and backward skip key/query blocks outside the band; varlen: forward only; "
             "decode: decode_split (one warp per query row, the KV head's rows sharing its CTA) + decode_merge",
             "kd_loss: each row cut into parts of 8192 columns, one 256-thread CTA per part taking (row, part) from a "
             "start-order ticket; a part streams its columns (statistics), meets the row's other parts through "
@@ -119,8 +120,6 @@ class CupyBackend(VariantOps, Backend):
         reasons = super().not_supported_reasons(op, case)
         if isinstance(case, AttentionCase) and case.B * case.Hq > MAX_GRID_Y:
             reasons.append(f"B*Hq = {case.B * case.Hq} exceeds the grid limit {MAX_GRID_Y} of these kernels")
-        if isinstance(case, AttentionCase) and op == "attention_backward" and case.window is not None:
-            reasons.append(WINDOW_BACKWARD)
         return reasons
 
     # -- attention --------------------------------------------------------------------------------
@@ -157,8 +156,6 @@ class CupyBackend(VariantOps, Backend):
         variant, scale = inp.causal, inp.scale
         if lse.dtype != torch.float32:
             raise InvalidInputError(f"lse must be float32, got {dtype_name(lse.dtype)}")
-        if inp.variants.window is not None:
-            raise InvalidInputError(WINDOW_BACKWARD)
         _unit_last_stride(q=q, k=k, v=v, out=out, dout=dout)
         B, Hq, Sq, D = q.shape
         Hk, Sk = k.shape[1], k.shape[2]
@@ -174,7 +171,7 @@ class CupyBackend(VariantOps, Backend):
         dk = new_output(k.shape, k.dtype, k.device)
         dv = new_output(v.shape, v.dtype, v.device)
         common = (K.i32(Hq), K.i32(Hk), K.i32(Sq), K.i32(Sk), K.i32(D), *_strides(q), *_strides(k), *_strides(v),
-                  *_strides(dout), K.f32(scale), *_causal_args(variant, Sq, Sk))
+                  *_strides(dout), K.f32(scale), *_band_args(variant, inp.variants.window))
         threads = (32 * ATTN_WARPS,)
         keys = 16 * ATTN_WARPS
 

@@ -1,9 +1,8 @@
 """The CuPy backend's attention variants: packed variable-length sequences and the sliding window through
 ``attn_fwd`` (:mod:`.attention`), and paged-KV decode with split-KV (``decode_paged.cu``).
 
-Forward only: the backward kernels (``attention_bwd.cu``) take neither a window nor packed sequences, so the
-backend refuses ``attention_backward`` with a window (``window_backward_reason``) and implements no
-``attention_varlen_backward``.
+The backward kernels (``attention_bwd.cu``) take the window but not packed sequences: the backend implements
+no ``attention_varlen_backward``.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from implementations.cupy import _kernels as K
 from implementations.cupy.attention import launch_forward
 from implementations.ops import implementation
 
-#: why a backward call with a window is refused
-WINDOW_BACKWARD = "attention_backward with a window is not implemented by the cupy kernels (forward only)"
 DECODE_WARPS = 8  # query rows per CTA of decode_split
 
 
