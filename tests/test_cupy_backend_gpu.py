@@ -389,6 +389,24 @@ def test_varlen_forward() -> None:
         _close(lse, ref[1], 1e-2)
 
 
+def test_varlen_backward() -> None:
+    lens_q, lens_k = [70, 0, 129, 3], [65, 8, 200, 0]
+    cu_q = torch.tensor([0, *np.cumsum(lens_q)], dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0, *np.cumsum(lens_k)], dtype=torch.int32, device=DEV)
+    g = torch.Generator(device=DEV).manual_seed(35)
+    q, dout = (torch.randn(sum(lens_q), 4, 64, device=DEV, generator=g).to(torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(sum(lens_k), 2, 64, device=DEV, generator=g).to(torch.bfloat16) for _ in range(2))
+    for causal, window in ((None, None), ("bottom_right", (40, -1))):
+        out, lse = BACKEND.attention_varlen(q, k, v, cu_q, cu_k, 129, 200, causal=causal, window=window)
+        with poisoned_outputs():
+            grads = BACKEND.attention_varlen_backward(q, k, v, out, lse, dout, cu_q, cu_k, 129, 200, causal=causal,
+                                                      window=window)
+        ref = _reference().attention_varlen_backward(*(x.cpu().double() for x in (q, k, v, out, lse, dout)),
+                                                     cu_q.cpu(), cu_k.cpu(), 129, 200, causal=causal, window=window)
+        for got, want in zip(grads, ref):
+            _close(got, want, 3e-2)
+
+
 @pytest.mark.parametrize("sq, page, splits", [(1, 16, None), (4, 64, 3), (16, 16, 1)], ids=str)
 def test_decode_paged(sq: int, page: int, splits: int | None) -> None:
     lens = [1000, 17, 4096, 333]

@@ -100,3 +100,46 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant
     lse = new_output(q.shape[:3], torch.float32, q.device)
     launch_forward(q, k, v, out, lse, variant, window, scale, config=config)
     return out, lse
+
+
+def launch_delta(out: torch.Tensor, dout: torch.Tensor, delta: torch.Tensor) -> None:
+    """``delta = rowsum(dout * out)`` into the contiguous float32 ``delta [B, Hq, S]`` (``attn_delta``)."""
+    B, Hq, Sq, D = out.shape
+    rows = B * Hq * Sq
+    args = (out, dout, delta, K.i32(Hq), K.i32(Sq), K.i32(D), *_strides(out, 3, False), *_strides(dout, 3, False),
+            K.i64(rows))
+    K.launch(K.kernel("attention_bwd", f"attn_delta<{K.CXX_TYPE[out.dtype]}>", out.device), (-(-rows // 8),),
+             (256,), args, out.device)
+
+
+def launch_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                    dout: torch.Tensor, grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                    causal: CausalVariant | None, window: tuple[int, int] | None, scale: float, *,
+                    cu_seqlens: tuple[torch.Tensor, torch.Tensor, int, int] | None = None) -> None:
+    """Fill ``grads = (dq, dk, dv)`` (``attn_bwd_dkdv``, ``attn_bwd_dq``) from ``[B, H, S, D]`` views, ``lse``
+    contiguous ``[B, Hq, S]``; ``cu_seqlens = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)`` for a packed batch."""
+    B, Hq, Sq, D = q.shape
+    Hk, Sk = k.shape[1], k.shape[2]
+    dq, dk, dv = grads
+    delta = torch.empty_like(lse)
+    launch_delta(out, dout, delta)
+    varlen = cu_seqlens is not None
+    cu_q, cu_k, rows_q, rows_k = cu_seqlens if varlen else (K.null_pointer(), K.null_pointer(), Sq, Sk)
+    programs = cu_seqlens[0].numel() - 1 if varlen else B
+    dp = padded_head_dim(D)
+    T, VEC = K.CXX_TYPE[q.dtype], K.cxx_bool(vec_ok(D, q, k, v, dout, dq, dk))
+    left, right = window if window is not None else (-1, -1)
+    inputs = (K.i32(Hq), K.i32(Hk), K.i32(Sq), K.i32(Sk), K.i32(D),
+              *(st for t in (q, k, v, dout) for st in _strides(t, 3, varlen)))
+    tail = (*_strides(lse, 2, varlen), K.f32(scale), K.i32(CAUSAL_MODE[causal]), K.i32(left), K.i32(right))
+    threads, rows_per_cta = (32 * ATTN_WARPS,), 16 * ATTN_WARPS
+    bq, cols = (64, dp) if dp <= 128 else (32, dp // 2)
+    smem = (2 * rows_per_cta + 4 * bq) * (dp + 8) * 2 + 4 * bq * 4
+    K.launch(K.kernel("attention_bwd", f"attn_bwd_dkdv<{T}, {dp}, {bq}, {cols}, {VEC}>", q.device),
+             (max(1, -(-rows_k // rows_per_cta)), programs * Hk, dp // cols), threads,
+             (q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, *inputs, *_strides(dk, 3, varlen), *tail), q.device, smem)
+    bc = 64 if dp <= 128 else 32
+    smem = (2 * rows_per_cta + 4 * bc) * (dp + 8) * 2
+    K.launch(K.kernel("attention_bwd", f"attn_bwd_dq<{T}, {dp}, {bc}, {VEC}>", q.device),
+             (max(1, -(-rows_q // rows_per_cta)), programs * Hq), threads,
+             (q, k, v, dout, lse, delta, dq, cu_q, cu_k, *inputs, *_strides(dq, 3, varlen), *tail), q.device, smem)

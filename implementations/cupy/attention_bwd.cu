@@ -47,9 +47,10 @@ __global__ void __launch_bounds__(256) attn_delta(const T* __restrict__ out, con
 template <class T, int DP, int BQ, int DO, bool VEC>
 __global__ void __launch_bounds__(128) attn_bwd_dkdv(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
-    const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv, int Hq,
-    int Hk, int Sq, int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh,
-    i64 v_ss, i64 g_sb, i64 g_sh, i64 g_ss, float scale, int causal, int win_left, int win_right) {
+    const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
+    const int* __restrict__ cu_q, const int* __restrict__ cu_k, int Hq, int Hk, int Sq, int Sk, int d, i64 q_sb,
+    i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss, i64 g_sb, i64 g_sh, i64 g_ss,
+    i64 o_sb, i64 o_sh, i64 o_ss, i64 l_sb, i64 l_sh, float scale, int causal, int win_left, int win_right) {
     constexpr int NW = 4, NT = 32 * NW, BK = 16 * NW, LD = DP + 8;
     constexpr int QTILE = BQ / 8, OTILE = DO / 8;
     static_assert(DP % 16 == 0 && BQ % 16 == 0 && DO % 16 == 0 && DP % DO == 0, "tile sizes must be multiples of 16");
@@ -66,6 +67,9 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
     const int bh = blockIdx.y, b = bh / Hk, hk = bh % Hk, G = Hq / Hk;
     const int j0 = blockIdx.x * BK;
     const float scale_log2 = scale * ATTNSPEC_LOG2E;
+    i64 q0, k0;
+    locate_sequence(cu_q, cu_k, b, q0, k0, Sq, Sk);
+    if (j0 >= Sk) return;  // varlen: a key block past this sequence's end
 
     // Query blocks that see any key of this block: j0 - hi <= i <= j0 + BK - 1 - lo.
     const Band band = make_band(Sq, Sk, causal, win_left, win_right);
@@ -75,15 +79,16 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
     const int nqb = i_min >= i_end ? 0 : (i_end + BQ - 1) / BQ - qb0;
     const int iters = nqb * G;
 
-    load_tile<T, BK, DP, LD, NT, VEC>(sK, k + b * k_sb + hk * k_sh, k_ss, j0, Sk, d);
-    load_tile<T, BK, DP, LD, NT, VEC>(sV, v + b * v_sb + hk * v_sh, v_ss, j0, Sk, d);
+    load_tile<T, BK, DP, LD, NT, VEC>(sK, k + b * k_sb + hk * k_sh + k0 * k_ss, k_ss, j0, Sk, d);
+    load_tile<T, BK, DP, LD, NT, VEC>(sV, v + b * v_sb + hk * v_sh + k0 * v_ss, v_ss, j0, Sk, d);
 
     // Stage the query-side tiles of iteration `it` (query head hk*G + it / nqb, block qb0 + it % nqb).
     auto stage = [&](int it, int buf) {
         const int h = hk * G + it / nqb, i0 = (qb0 + it % nqb) * BQ;
-        load_tile<T, BQ, DP, LD, NT, VEC>(sQ + buf * BQ * LD, q + b * q_sb + h * q_sh, q_ss, i0, Sq, d);
-        load_tile<T, BQ, DP, LD, NT, VEC>(sG + buf * BQ * LD, dout + b * g_sb + h * g_sh, g_ss, i0, Sq, d);
-        const i64 row = ((i64)b * Hq + h) * Sq;
+        load_tile<T, BQ, DP, LD, NT, VEC>(sQ + buf * BQ * LD, q + b * q_sb + h * q_sh + q0 * q_ss, q_ss, i0, Sq, d);
+        load_tile<T, BQ, DP, LD, NT, VEC>(sG + buf * BQ * LD, dout + b * g_sb + h * g_sh + q0 * g_ss, g_ss, i0, Sq,
+                                          d);
+        const i64 row = b * l_sb + h * l_sh + q0;
         for (int r = threadIdx.x; r < BQ; r += NT) {
             const int i = i0 + r;
             const float l = i < Sq ? lse[row + i] : -ATTNSPEC_INF;
@@ -190,28 +195,28 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
     }
     cp_async_wait<0>();
 
-    // dk, dv are contiguous [B, Hk, Sk, d].
+    // dk, dv share the strides o_* (fresh outputs of one shape).
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
         const int j = j0 + wkey0 + g + 8 * hr;
         if (j >= Sk) continue;
-        const i64 base = (((i64)b * Hk + hk) * Sk + j) * d;
+        const i64 base = b * o_sb + hk * o_sh + (k0 + j) * o_ss;
 #pragma unroll
         for (int dt = 0; dt < OTILE; ++dt) {
             const int col = dcol0 + dt * 8 + 2 * t;
-            const float k0 = acc_dk[dt][2 * hr] * scale, k1 = acc_dk[dt][2 * hr + 1] * scale;
-            const float v0 = acc_dv[dt][2 * hr], v1 = acc_dv[dt][2 * hr + 1];
+            const float dk0 = acc_dk[dt][2 * hr] * scale, dk1 = acc_dk[dt][2 * hr + 1] * scale;
+            const float dv0 = acc_dv[dt][2 * hr], dv1 = acc_dv[dt][2 * hr + 1];
             if (VEC && col < d) {
-                *reinterpret_cast<u32*>(dk + base + col) = pack2<T>(k0, k1);
-                *reinterpret_cast<u32*>(dv + base + col) = pack2<T>(v0, v1);
+                *reinterpret_cast<u32*>(dk + base + col) = pack2<T>(dk0, dk1);
+                *reinterpret_cast<u32*>(dv + base + col) = pack2<T>(dv0, dv1);
             } else {
                 if (col < d) {
-                    dk[base + col] = from_f32<T>(k0);
-                    dv[base + col] = from_f32<T>(v0);
+                    dk[base + col] = from_f32<T>(dk0);
+                    dv[base + col] = from_f32<T>(dv0);
                 }
                 if (col + 1 < d) {
-                    dk[base + col + 1] = from_f32<T>(k1);
-                    dv[base + col + 1] = from_f32<T>(v1);
+                    dk[base + col + 1] = from_f32<T>(dk1);
+                    dv[base + col + 1] = from_f32<T>(dv1);
                 }
             }
         }
@@ -221,9 +226,10 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
 template <class T, int DP, int BC, bool VEC>
 __global__ void __launch_bounds__(128) attn_bwd_dq(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
-    const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dq, int Hq, int Hk, int Sq,
-    int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss,
-    i64 g_sb, i64 g_sh, i64 g_ss, float scale, int causal, int win_left, int win_right) {
+    const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dq, const int* __restrict__ cu_q,
+    const int* __restrict__ cu_k, int Hq, int Hk, int Sq, int Sk, int d, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb,
+    i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss, i64 g_sb, i64 g_sh, i64 g_ss, i64 o_sb, i64 o_sh, i64 o_ss,
+    i64 l_sb, i64 l_sh, float scale, int causal, int win_left, int win_right) {
     constexpr int NW = 4, NT = 32 * NW, BR = 16 * NW, LD = DP + 8;
     constexpr int NTILE = BC / 8, DTILE = DP / 8;
     static_assert(DP % 16 == 0 && BC % 16 == 0, "tile sizes must be multiples of 16");
@@ -235,12 +241,15 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     T* sV = sK + 2 * BC * LD;   // two buffers of BC x LD
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
+    i64 q0, k0;
+    locate_sequence(cu_q, cu_k, b, q0, k0, Sq, Sk);
     const Band band = make_band(Sq, Sk, causal, win_left, win_right);
     const int qblock = band.has_hi ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
-    const int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
     const int i0 = qblock * BR;
-    const T* kg = k + b * k_sb + hk * k_sh;
-    const T* vg = v + b * v_sb + hk * v_sh;
+    if (i0 >= Sq) return;  // varlen: a query block past this sequence's end
+    const T* kg = k + b * k_sb + hk * k_sh + k0 * k_ss;
+    const T* vg = v + b * v_sb + hk * v_sh + k0 * v_ss;
     const float scale_log2 = scale * ATTNSPEC_LOG2E;
     const int wrow0 = warp * 16;
 
@@ -252,8 +261,8 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     }
     if (band.has_lo) jb_lo = max(i0 + band.lo, 0) / BC;
 
-    load_tile<T, BR, DP, LD, NT, VEC>(sQ, q + b * q_sb + h * q_sh, q_ss, i0, Sq, d);
-    load_tile<T, BR, DP, LD, NT, VEC>(sG, dout + b * g_sb + h * g_sh, g_ss, i0, Sq, d);
+    load_tile<T, BR, DP, LD, NT, VEC>(sQ, q + b * q_sb + h * q_sh + q0 * q_ss, q_ss, i0, Sq, d);
+    load_tile<T, BR, DP, LD, NT, VEC>(sG, dout + b * g_sb + h * g_sh + q0 * g_ss, g_ss, i0, Sq, d);
     if (jb_lo < jb_hi) {
         load_tile<T, BC, DP, LD, NT, VEC>(sK, kg, k_ss, jb_lo * BC, Sk, d);
         load_tile<T, BC, DP, LD, NT, VEC>(sV, vg, v_ss, jb_lo * BC, Sk, d);
@@ -261,7 +270,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     cp_async_commit();
 
     // Per-row statistics of rows g and g + 8 of this warp (lse = -inf or padding: +inf, so P = 0).
-    const i64 row_base = (i64)bh * Sq;
+    const i64 row_base = b * l_sb + h * l_sh + q0;
     float lse2[2], dl[2];
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
@@ -360,7 +369,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     for (int hr = 0; hr < 2; ++hr) {
         const int i = i0 + wrow0 + g + 8 * hr;
         if (i >= Sq) continue;
-        T* row = dq + (row_base + i) * d;
+        T* row = dq + b * o_sb + h * o_sh + (q0 + i) * o_ss;
 #pragma unroll
         for (int dt = 0; dt < DTILE; ++dt) {
             const int col = dt * 8 + 2 * t;
@@ -378,11 +387,13 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
 #ifdef ATTNSPEC_INSTANTIATE
 // Representative instantiations for nvcc checks and resource reports (Python instantiates on demand).
 #define ATTNSPEC_DKDV_ARGS(T)                                                                                  \
-    const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, int, int, int, int, int, i64, \
-        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int, int
+    const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, const int*, const int*, int, int, \
+        int, int, int, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, \
+        int, int, int
 #define ATTNSPEC_DQ_ARGS(T)                                                                                     \
-    const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int, int, int, i64, i64, \
-        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, int, int
+    const T*, const T*, const T*, const T*, const float*, const float*, T*, const int*, const int*, int, int, int, \
+        int, int, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, float, int, \
+        int, int
 template __global__ void attn_delta<bf16_t>(const bf16_t*, const bf16_t*, float*, int, int, int, i64, i64, i64, i64,
                                             i64, i64, i64);
 template __global__ void attn_bwd_dkdv<bf16_t, 64, 64, 64, true>(ATTNSPEC_DKDV_ARGS(bf16_t));

@@ -45,13 +45,8 @@ __global__ void __launch_bounds__(128) attn_fwd(
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
-    i64 q0 = 0, k0 = 0;
-    if (cu_q != nullptr) {
-        q0 = cu_q[b];
-        k0 = cu_k[b];
-        Sq = cu_q[b + 1] - cu_q[b];
-        Sk = cu_k[b + 1] - cu_k[b];
-    }
+    i64 q0, k0;
+    locate_sequence(cu_q, cu_k, b, q0, k0, Sq, Sk);
     const Band band = make_band(Sq, Sk, causal, win_left, win_right);
     // Causal grids run the longest row blocks first.
     const int qblock = band.has_hi ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;

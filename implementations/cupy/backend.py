@@ -15,13 +15,12 @@ from implementations.base import (
     Backend,
     Capabilities,
     Case,
-    CausalVariant,
     InvalidInputError,
     dtype_name,
     new_output,
 )
 from implementations.cupy import _kernels as K
-from implementations.cupy.attention import ATTN_WARPS, CAUSAL_MODE, attention_forward, padded_head_dim, vec_ok
+from implementations.cupy.attention import attention_forward, launch_backward, launch_delta
 from implementations.cupy.schedule_builder import grid_size, reduce_schedule
 from implementations.cupy.variant_ops import VariantOps
 from implementations.ops import implementation
@@ -67,16 +66,6 @@ def _check_grid(B: int, H: int, what: str) -> None:
         raise InvalidInputError(f"B*{what} = {B * H} exceeds the CUDA grid limit {MAX_GRID_Y} of these kernels")
 
 
-def _band_args(variant: CausalVariant | None, window: tuple[int, int] | None) -> tuple:
-    """The kernels' causal mode and window ``(left, right)`` (-1 unbounded)."""
-    left, right = window if window is not None else (-1, -1)
-    return K.i32(CAUSAL_MODE[variant]), K.i32(left), K.i32(right)
-
-
-def _strides(t: torch.Tensor) -> tuple:
-    return tuple(K.i64(s) for s in t.stride()[:3])
-
-
 class CupyBackend(VariantOps, Backend):
     """Tensor-core attention (mma.sync), online-softmax statistics, fused KD loss and a scheduled reduction."""
 
@@ -97,6 +86,7 @@ class CupyBackend(VariantOps, Backend):
         reduce_schedule="strided sequential per thread, shfl_down warp tree, CTA tree, second launch over CTAs",
         attention_variants=frozenset({"window"}),
         varlen_dtypes=HALF_DTYPES,
+        varlen_backward_dtypes=HALF_DTYPES,
         decode_dtypes=ROW_DTYPES,
         notes=(
             "attention: mma.sync.m16n8k16 bf16/fp16 with float32 accumulation; any D <= 256 is zero-padded "
@@ -107,7 +97,7 @@ class CupyBackend(VariantOps, Backend):
             "in a separate kernel; no atomics, so gradients are deterministic",
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
-            "window: forward and backward skip key/query blocks outside the band; varlen: forward only; "
+            "window and varlen: forward and backward skip key/query blocks outside each sequence's band; "
             "decode: decode_split (one warp per query row, the KV head's rows sharing its CTA) + decode_merge",
             "kd_loss: each row cut into parts of 8192 columns, one 256-thread CTA per part taking (row, part) from a "
             "start-order ticket; a part streams its columns (statistics), meets the row's other parts through "
@@ -138,54 +128,21 @@ class CupyBackend(VariantOps, Backend):
         out, dout = inp.out, inp.dout
         _unit_last_stride(out=out, dout=dout)
         delta = new_output(out.shape[:3], torch.float32, out.device)
-        self._delta_into(out, dout, delta)
+        launch_delta(out, dout, delta)
         return delta
-
-    @staticmethod
-    def _delta_into(out: torch.Tensor, dout: torch.Tensor, delta: torch.Tensor) -> None:
-        B, Hq, Sq, D = out.shape
-        rows = B * Hq * Sq
-        expr = f"attn_delta<{K.CXX_TYPE[out.dtype]}>"
-        args = (out, dout, delta, K.i32(Hq), K.i32(Sq), K.i32(D), *_strides(out), *_strides(dout), K.i64(rows))
-        K.launch(K.kernel("attention_bwd", expr, out.device), (-(-rows // 8),), (256,), args, out.device)
 
     @implementation("attention_backward")
     def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``dq, dk, dv`` by recomputation from ``lse`` (GRAD-1..6); dK/dV summed over each GQA group."""
         q, k, v, out, lse, dout = inp.q, inp.k, inp.v, inp.out, inp.lse, inp.dout
-        variant, scale = inp.causal, inp.scale
         if lse.dtype != torch.float32:
             raise InvalidInputError(f"lse must be float32, got {dtype_name(lse.dtype)}")
         _unit_last_stride(q=q, k=k, v=v, out=out, dout=dout)
-        B, Hq, Sq, D = q.shape
-        Hk, Sk = k.shape[1], k.shape[2]
-        _check_grid(B, Hq, "Hq")
-        lse = lse.contiguous()
-        delta = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
-        self._delta_into(out, dout, delta)
-
-        dp = padded_head_dim(D)
-        vec = vec_ok(D, q, k, v, dout)
-        T, VEC = K.CXX_TYPE[q.dtype], K.cxx_bool(vec)
-        dq = new_output(q.shape, q.dtype, q.device)
-        dk = new_output(k.shape, k.dtype, k.device)
-        dv = new_output(v.shape, v.dtype, v.device)
-        common = (K.i32(Hq), K.i32(Hk), K.i32(Sq), K.i32(Sk), K.i32(D), *_strides(q), *_strides(k), *_strides(v),
-                  *_strides(dout), K.f32(scale), *_band_args(variant, inp.variants.window))
-        threads = (32 * ATTN_WARPS,)
-        keys = 16 * ATTN_WARPS
-
-        bq, do = (64, dp) if dp <= 128 else (32, dp // 2)
-        smem = (2 * keys + 4 * bq) * (dp + 8) * 2 + 4 * bq * 4
-        K.launch(K.kernel("attention_bwd", f"attn_bwd_dkdv<{T}, {dp}, {bq}, {do}, {VEC}>", q.device),
-                 (-(-Sk // keys), B * Hk, dp // do), threads, (q, k, v, dout, lse, delta, dk, dv, *common),
-                 q.device, smem)
-
-        bc = 64 if dp <= 128 else 32
-        smem = (2 * keys + 4 * bc) * (dp + 8) * 2
-        K.launch(K.kernel("attention_bwd", f"attn_bwd_dq<{T}, {dp}, {bc}, {VEC}>", q.device),
-                 (-(-Sq // keys), B * Hq), threads, (q, k, v, dout, lse, delta, dq, *common), q.device, smem)
-        return dq, dk, dv
+        _check_grid(q.shape[0], q.shape[1], "Hq")
+        grads = (new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device),
+                 new_output(v.shape, v.dtype, v.device))
+        launch_backward(q, k, v, out, lse.contiguous(), dout, grads, inp.causal, inp.variants.window, inp.scale)
+        return grads
 
     # -- softmax statistics -----------------------------------------------------------------------
 

@@ -170,3 +170,15 @@ __device__ __forceinline__ Band make_band(int Sq, int Sk, int causal, int win_le
     if (causal != 0 && win_right >= 0) band.hi = min(band.hi, shift + win_right);
     return band;
 }
+
+// Packed variable-length sequences: with prefix sums cu_q, cu_k (not null), sequence b's rows start at q0, k0
+// and it has Sq, Sk rows; dense inputs (cu_q null) keep Sq, Sk and start at row 0.
+__device__ __forceinline__ void locate_sequence(const int* cu_q, const int* cu_k, int b, i64& q0, i64& k0, int& Sq,
+                                                int& Sk) {
+    q0 = k0 = 0;
+    if (cu_q == nullptr) return;
+    q0 = cu_q[b];
+    k0 = cu_k[b];
+    Sq = cu_q[b + 1] - cu_q[b];
+    Sk = cu_k[b + 1] - cu_k[b];
+}

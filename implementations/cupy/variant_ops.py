@@ -1,8 +1,7 @@
 """The CuPy backend's attention variants: packed variable-length sequences and the sliding window through
 ``attn_fwd`` (:mod:`.attention`), and paged-KV decode with split-KV (``decode_paged.cu``).
 
-The backward kernels (``attention_bwd.cu``) take the window but not packed sequences: the backend implements
-no ``attention_varlen_backward``.
+The backward kernels (``attention_bwd.cu``) take the same band and packed sequences (``attention_varlen_backward``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import torch
 from implementations import ops
 from implementations.base import InvalidInputError, new_output
 from implementations.cupy import _kernels as K
-from implementations.cupy.attention import launch_forward
+from implementations.cupy.attention import launch_backward, launch_forward
 from implementations.ops import implementation
 
 DECODE_WARPS = 8  # query rows per CTA of decode_split
@@ -82,6 +81,22 @@ class VariantOps:
         launch_forward(packed(q), packed(k), packed(v), packed(out), lse.unsqueeze(0), inp.causal,
                        inp.variants.window, inp.scale, cu_seqlens=seqs)
         return out, lse
+
+    @implementation("attention_varlen_backward")
+    def attention_varlen_backward(self, inp: ops.VarlenBackwardInputs
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """VLEN backward: ``(dq, dk, dv)`` of the packed sequences, recomputed from ``lse [Hq, total_q]``."""
+        q, k, v = inp.q, inp.k, inp.v
+        _unit_last(q=q, k=k, v=v, out=inp.out, dout=inp.dout)
+        if inp.lse.dtype != torch.float32:
+            raise InvalidInputError(f"lse must be float32, got {inp.lse.dtype}")
+        grads = (new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device),
+                 new_output(v.shape, v.dtype, v.device))
+        seqs = (inp.cu_seqlens_q.contiguous(), inp.cu_seqlens_k.contiguous(), inp.max_seqlen_q, inp.max_seqlen_k)
+        launch_backward(packed(q), packed(k), packed(v), packed(inp.out), inp.lse.contiguous().unsqueeze(0),
+                        packed(inp.dout), tuple(packed(g) for g in grads), inp.causal, inp.variants.window,
+                        inp.scale, cu_seqlens=seqs)
+        return grads
 
     @implementation("attention_decode_paged")
     def attention_decode_paged(self, inp: ops.DecodeInputs) -> tuple[torch.Tensor, torch.Tensor]:
