@@ -35,6 +35,14 @@ def check_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                   outputs: tuple[str, ...] = ("out", "lse")) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the forward and apply the tolerance rule to ``outputs`` against the float64 oracle."""
     out, lse = call_attention(trial, q, k, v, causal=causal, scale=scale)
+    judge_forward(trial, q, k, v, out, lse, causal=causal, scale=scale, outputs=outputs)
+    return out, lse
+
+
+def judge_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, *, causal: CausalVariant | None, scale: float | None = None,
+                  outputs: tuple[str, ...] = ("out", "lse")) -> None:
+    """The tolerance rule on a forward's ``outputs`` (ATT-1, ATT-2) against the float64 oracle of q, k, v."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
     ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=causal, scale=sc)
     with torch.no_grad():
@@ -46,7 +54,6 @@ def check_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
              "lse": (lse, ref_lse, naive_lse, lse.dtype, logit)}
     trial.check(*(compare(name, got, ref, naive, dtype=dtype, terms=k.shape[2], propagated=propagated)
                   for name in outputs for got, ref, naive, dtype, propagated in (found[name],)))
-    return out, lse
 
 
 def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -56,6 +63,14 @@ def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     out, lse = trial.call("attention", q, k, v, causal=causal, scale=scale)
     dout = randn_like(out, trial.generator(salt=7))
     dq, dk, dv = trial.call("attention_backward", q, k, v, out, lse, dout, causal=causal, scale=scale)
+    judge_backward(trial, q, k, v, dout, (dq, dk, dv), causal=causal, scale=scale)
+    return dq, dk, dv
+
+
+def judge_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
+                   grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *, causal: CausalVariant | None,
+                   scale: float | None = None) -> None:
+    """The tolerance rule on ``grads = (dq, dk, dv)`` against the oracle's autograd gradients (GRAD-1)."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
     refs = oracle.oracle_grads(q, k, v, dout, causal=causal, scale=sc)
     naives = oracle.attention_grads(q, k, v, dout, causal=causal, scale=sc, compute=q.dtype)
@@ -64,8 +79,7 @@ def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2], q.shape[3])
     magnitude = max(float(r.abs().max()) for r in refs)  # dq is exactly 0 when each row sees one key
     trial.check(*(compare(name, got, ref, naive, dtype=q.dtype, terms=terms, magnitude=magnitude)
-                  for name, got, ref, naive in zip(("dq", "dk", "dv"), (dq, dk, dv), refs, naives)))
-    return dq, dk, dv
+                  for name, got, ref, naive in zip(("dq", "dk", "dv"), grads, refs, naives)))
 
 
 def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

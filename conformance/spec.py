@@ -25,6 +25,7 @@ AREAS: dict[str, str] = {
     "SMX": "softmax statistics (online softmax)",
     "KD": "knowledge-distillation loss",
     "WD": "work-depth cost model",
+    "DIST": "context-parallel attention",
 }
 
 #: The test module of each area, one per SPEC chapter.
@@ -34,6 +35,7 @@ MODULES: dict[str, str] = {
     "SMX": "conformance.test_softmax_stats",
     "KD": "conformance.test_kd_loss",
     "WD": "conformance.test_work_depth",
+    "DIST": "conformance.test_dist",
 }
 
 TITLES: dict[str, str] = {
@@ -51,6 +53,9 @@ TITLES: dict[str, str] = {
     "KD-8": "bad input",
     "WD-0": "the model", "WD-1": "declared schedule", "WD-2": "kernel follows schedule",
     "WD-3": "blocked schedule and Brent", "WD-4": "merge tree depth", "WD-5": "scans",
+    "DIST-1": "context-parallel forward", "DIST-2": "context-parallel gradients", "DIST-3": "global causal masks",
+    "DIST-4": "context-parallel GQA", "DIST-5": "uneven shards", "DIST-6": "world-size independence",
+    "DIST-7": "no full K/V on a rank",
 }
 
 
@@ -69,7 +74,7 @@ def parse_spec(text: str) -> dict[str, Clause]:
     clauses: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.splitlines():
-        match = re.match(r"^- ((?:ATT|GRAD|SMX|KD|WD)-\d+) (.*)", line)
+        match = re.match(r"^- ((?:ATT|GRAD|SMX|KD|WD|DIST)-\d+) (.*)", line)
         if match:
             current = match.group(1)
             clauses[current] = [match.group(2)]

@@ -93,6 +93,9 @@ class Capabilities:
     decode_dtypes: tuple[torch.dtype, ...] = ()
     #: fp8 forward (SPEC FP8) input dtypes (``torch.float8_e4m3fn``)
     fp8_dtypes: tuple[torch.dtype, ...] = ()
+    #: DIST: the sequence layouts ("contiguous", "zigzag") of attention_context_parallel (empty: not declared);
+    #: its dtypes are ``dtypes`` and, for its backward, ``backward_dtypes``
+    context_parallel: tuple[str, ...] = ()
     #: the kernels run in an emulator (Triton's interpreter): conformance samples each clause's cases for it
     #: unless asked for every case (``attnspec conformance --every-case``)
     emulated: bool = False
@@ -134,6 +137,7 @@ class Capabilities:
             "varlen_backward_dtypes": names(self.varlen_backward_dtypes),
             "decode_dtypes": names(self.decode_dtypes),
             "fp8_dtypes": names(self.fp8_dtypes),
+            "context_parallel": list(self.context_parallel),
             "emulated": self.emulated,
             "notes": list(self.notes),
         }

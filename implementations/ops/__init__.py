@@ -11,6 +11,8 @@ from __future__ import annotations
 from implementations.ops import (
     attention,
     attention_backward,
+    attention_context_parallel,
+    attention_context_parallel_backward,
     attention_decode_paged,
     attention_delta,
     attention_fp8,
@@ -24,6 +26,8 @@ from implementations.ops import (
 )
 from implementations.ops.attention import AttentionInputs
 from implementations.ops.attention_backward import BackwardInputs
+from implementations.ops.attention_context_parallel import ContextParallelInputs
+from implementations.ops.attention_context_parallel_backward import ContextParallelBackwardInputs
 from implementations.ops.attention_decode_paged import DecodeInputs
 from implementations.ops.attention_delta import DeltaInputs
 from implementations.ops.attention_fp8 import Fp8Inputs
@@ -38,7 +42,8 @@ from implementations.ops.spec import Expected, OpSpec
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     attention.SPEC, attention_backward.SPEC, attention_delta.SPEC, softmax_stats.SPEC, softmax_merge.SPEC,
     kd_loss.SPEC, reduce_sum.SPEC, prefix_sum.SPEC, attention_varlen.SPEC, attention_varlen_backward.SPEC,
-    attention_decode_paged.SPEC, attention_fp8.SPEC)}
+    attention_decode_paged.SPEC, attention_fp8.SPEC, attention_context_parallel.SPEC,
+    attention_context_parallel_backward.SPEC)}
 
 
 
@@ -48,6 +53,7 @@ def implementation(op: str):  # noqa: ANN201 - a decorator
     return OPS[op].implementation
 
 
-__all__ = ["OPS", "AttentionInputs", "BackwardInputs", "DecodeInputs", "DeltaInputs", "Expected", "Fp8Inputs",
+__all__ = ["OPS", "AttentionInputs", "BackwardInputs", "ContextParallelBackwardInputs", "ContextParallelInputs",
+           "DecodeInputs", "DeltaInputs", "Expected", "Fp8Inputs",
            "KDInputs", "MergeInputs", "OpSpec", "ReduceInputs", "StatsInputs", "VarlenBackwardInputs", "VarlenInputs",
            "implementation"]

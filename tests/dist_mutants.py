@@ -1,0 +1,59 @@
+"""Ring attention with a planted defect in the merge across ranks, and its defect-free twin.
+
+Plugged into the suite with ``--backend tests.dist_mutants:mutant_ring_no_rescale`` (or ``:ring_control``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from implementations import ops
+from implementations.ops import implementation
+from implementations.reference_tiled import TiledReferenceBackend
+from implementations.ring_attention import RingAttention
+
+
+class RingNoRescale(RingAttention):
+    """Forgets to rescale the running output when a block's statistics raise the log-sum-exp:
+    ``O = O_a + e^(L_b - L)·O_b`` instead of ``e^(L_a - L)·O_a + e^(L_b - L)·O_b`` (lse stays right)."""
+
+    def merge(self, out: torch.Tensor, lse: torch.Tensor, part_out: torch.Tensor, part_lse: torch.Tensor) -> None:
+        new_lse = torch.logaddexp(lse, part_lse.to(lse.dtype))
+        take = torch.where(torch.isneginf(new_lse), 0.0, torch.exp(part_lse.to(lse.dtype) - new_lse))
+        out.add_(take.unsqueeze(-1) * part_out.to(out.dtype))
+        lse.copy_(new_lse)
+
+
+class RingGathersKV(RingAttention):
+    """Right values, no memory saved: all-gathers every rank's K and V before the ring (even shards only)."""
+
+    @implementation("attention_context_parallel")
+    def attention_context_parallel(self, inp: ops.ContextParallelInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        group = inp.group if inp.group is not None else dist.group.WORLD
+        gathered = {name: [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+                    for name, x in (("k", inp.k), ("v", inp.v))}
+        dist.all_gather(gathered["k"], inp.k.contiguous(), group=group)
+        dist.all_gather(gathered["v"], inp.v.contiguous(), group=group)
+        result = RingAttention.attention_context_parallel(self, inp.q, inp.k, inp.v, group=inp.group,
+                                                          layout=inp.layout, causal=inp.causal, scale=inp.scale)
+        del gathered
+        return result
+
+
+def ring_control() -> RingAttention:
+    backend = RingAttention(TiledReferenceBackend())
+    backend.name = "ring-control"
+    return backend
+
+
+def mutant_ring_no_rescale() -> RingAttention:
+    backend = RingNoRescale(TiledReferenceBackend())
+    backend.name = "mutant-ring-no-rescale"
+    return backend
+
+
+def mutant_ring_gathers_kv() -> RingAttention:
+    backend = RingGathersKV(TiledReferenceBackend())
+    backend.name = "mutant-ring-gathers-kv"
+    return backend
