@@ -17,8 +17,6 @@ Built-ins: ``ring-reference-tiled`` on the CPU (gloo), ``ring-triton`` where CUD
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.distributed as dist
 
@@ -27,6 +25,7 @@ from implementations.base import (
     Backend,
     BackendLike,
     BackendUnavailable,
+    Capabilities,
     CausalVariant,
     InvalidInputError,
     new_output,
@@ -45,10 +44,15 @@ class RingAttention(Backend):
         self.name = f"ring-{inner.name}"
         self.description = f"ring attention over torch.distributed, blocks by {inner.name}"
         caps = inner.capabilities
-        self.capabilities = dataclasses.replace(
-            caps, context_parallel=SEQUENCE_LAYOUTS, tiles=(), stats_dtypes=(), kd_dtypes=(), kd_fused=False,
-            reduce_dtypes=(), reduce_schedule=None, deterministic=False,
+        # what the ring inherits from its inner backend: the attention limits; nothing else is declared
+        self.capabilities = Capabilities(
+            devices=caps.devices, dtypes=caps.dtypes,
             backward_dtypes=caps.backward_dtypes if caps.saves == "lse" else (),
+            head_dims=caps.head_dims, head_dim_multiple=caps.head_dim_multiple, head_dim_set=caps.head_dim_set,
+            max_seq_len=caps.max_seq_len, seq_len_multiple=caps.seq_len_multiple, max_batch=caps.max_batch,
+            contiguous_only=caps.contiguous_only, causal=caps.causal, causal_default=caps.causal_default,
+            gqa=caps.gqa, memory=caps.memory, saves=caps.saves, context_parallel=SEQUENCE_LAYOUTS,
+            emulated=caps.emulated,
             notes=(f"blocks by {inner.name}; K/V shards passed around the ring, merged by SMX-4",))
 
     @implementation("attention_context_parallel")
