@@ -1,6 +1,7 @@
 """``attnspec bench``: gate, time and measure every selected backend on the workload table.
 
-``attnspec bench [--backend NAME ...] [--op OP ...] [--quick] [--output PATH] [--memory-scaling]``
+``attnspec bench [--backend NAME ...] [--op OP ...] [--quick] [--output PATH] [--memory-scaling]
+[--gpus all|N] [--jobs N]``
 (also ``python -m benchmarks.bench ...``). For each operation, workload (benchmarks/workloads.py) and
 backend: the correctness gate (benchmarks/gate.py) runs first; a backend that fails it, errs, or declares the
 case unsupported is not timed and the record says why. A passing one is timed (benchmarks/timing.py) and its
@@ -76,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure peak extra memory of attention forward/backward against S")
     parser.add_argument("--no-timing", action="store_true", help="skip the timed records (with --memory-scaling)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any gate failed or erred")
+    parser.add_argument("--gpus", default=None, metavar="all|N",
+                        help="one process per operation on the first N GPUs (or all), --jobs per GPU at a time, "
+                             "merged into --output (benchmarks/spread.py)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="processes at once: per GPU with --gpus, else N CPU processes, one per operation")
     if argv and argv[0] == "--":  # ``attnspec bench -- OPTIONS`` passes the separator on
         argv = argv[1:]
     return parser.parse_args(argv)
@@ -294,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; 0 when the run completed (``--strict``: and every gate passed or was
     unsupported), 2 on bad arguments, 130 when interrupted (the JSON holds what was measured)."""
     args = parse_args(argv)
+    if args.gpus or args.jobs > 1:
+        from benchmarks import spread
+
+        return spread.run(sys.argv[1:] if argv is None else argv, args, args.op or list(OPS))
     console = Console(width=None if sys.stdout.isatty() else 200)
     progress_console = Console(stderr=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -13,13 +13,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.text import Text
 
 from conformance.provenance import now
 from conformance.results import ORDER
+from conformance.results_lock import ResultsLock
 from conformance.supervisor import BackendRun, Outcome, RunProgress, read_records, run_backend
 from conformance.verdicts import print_verdicts
 
@@ -110,37 +111,10 @@ def _problems(args: argparse.Namespace) -> list[str]:
                  for c in args.clause if c not in CLAUSES and c not in areas]
     if args.case_timeout <= 0:
         problems.append(f"--case-timeout must be positive, got {args.case_timeout:g}")
+    from conformance.spread import option_problems
+
+    problems += option_problems(args.jobs, args.gpus, args.shard)
     return problems
-
-
-class ResultsLock:
-    """An exclusive lock on ``RESULTS.lock`` for the whole run: a second run on the same results file is
-    refused instead of deleting the first one's results."""
-
-    def __init__(self, results: Path) -> None:
-        self.path = results.with_name(results.name + ".lock")
-        self._fh: Any = None
-
-    def acquire(self) -> bool:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            self._fh = None
-            return False
-        self._fh.truncate(0)
-        self._fh.write(f"{os.getpid()}\n")
-        self._fh.flush()
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing drops the lock
-            self._fh = None
 
 
 class _Stop(KeyboardInterrupt):
@@ -195,27 +169,63 @@ def _conformance(args: argparse.Namespace, console: Console, results: Path) -> i
     if not runnable:
         console.print(Text("no available backend to run", "red"))
         return 2
-    if not args.append and results.exists():
-        results.unlink()
+    previous = results.with_name(results.name + ".previous")  # what the run replaces: the units' estimates
+    if results.exists() and not args.append:
+        os.replace(results, previous)
     common = [f"--run-started={now()}"] + (["--quick"] if args.quick else [])
     common += ["--every-case"] if args.every_case else []
     common += [f"--xfails-file={path}" for path in args.xfails_file]
     common += [f"--device={device}" for device in args.device]
-    common += [f"--clause={c}" for c in args.clause] + (["-k", args.k] if args.k else [])
+    common += (["-k", args.k] if args.k else []) + ([f"--shard={args.shard}"] if args.shard else [])
+    try:
+        if args.gpus or args.jobs > 1:
+            return _conformance_spread(args, console, results, runnable, common,
+                                       results if args.append else previous)
+        return _conformance_each(args, console, results, runnable, common + [f"--clause={c}" for c in args.clause])
+    finally:
+        previous.unlink(missing_ok=True)
+
+
+def _conformance_each(args: argparse.Namespace, console: Console, results: Path, runnable: dict[str, list[Listing]],
+                      common: list[str]) -> int:
+    """One backend child after the other."""
     bad_run = empty = False
     for i, (selector, entries) in enumerate(runnable.items(), 1):
         label = f"[{i}/{len(runnable)}] {', '.join(e.name for e in entries)}"
         try:
             run = _run_one(console, label, selector, results, common + [f"--factory={entries[0].factory}"], args)
         except KeyboardInterrupt as exc:
-            name = "SIGTERM" if isinstance(exc, _Stop) else "SIGINT"
-            console.print(Text(f"{label}: interrupted ({name}); the cases recorded so far are kept", "magenta"))
-            print_verdicts(console, read_records(results))
-            console.print(Text(f"results: {results}"))
-            return 143 if isinstance(exc, _Stop) else 130
+            return _interrupted(console, label, results, exc)
         bad_run |= run.progress.bad > 0 or run.outcome is not Outcome.FINISHED
-        empty |= run.progress.cases == 0 and run.outcome is Outcome.FINISHED
+        empty |= run.progress.cases == 0 and run.outcome is Outcome.FINISHED and not args.shard
         _print_backend_summary(console, label, run)
+    return _verdicts(console, results, bad_run, empty)
+
+
+def _conformance_spread(args: argparse.Namespace, console: Console, results: Path,
+                        runnable: dict[str, list[Listing]], common: list[str], previous: Path) -> int:
+    """Backend × chapter children on the GPUs (``--gpus``) or on ``--jobs`` CPU slots at once."""
+    from conformance.spread import SpreadRun, spread_conformance
+
+    spread = SpreadRun(results, common, args.case_timeout,
+                       on_done=lambda label, run: _print_backend_summary(console, label, run),
+                       say=lambda text: console.print(Text(text, "red")))
+    try:
+        outcome = spread_conformance(spread, runnable, args, previous)
+    except KeyboardInterrupt as exc:
+        return _interrupted(console, "the run", results, exc)
+    return 2 if outcome is None else _verdicts(console, results, *outcome)
+
+
+def _interrupted(console: Console, label: str, results: Path, exc: KeyboardInterrupt) -> int:
+    name = "SIGTERM" if isinstance(exc, _Stop) else "SIGINT"
+    console.print(Text(f"{label}: interrupted ({name}); the cases recorded so far are kept", "magenta"))
+    print_verdicts(console, read_records(results))
+    console.print(Text(f"results: {results}"))
+    return 143 if isinstance(exc, _Stop) else 130
+
+
+def _verdicts(console: Console, results: Path, bad_run: bool, empty: bool) -> int:
     print_verdicts(console, read_records(results))
     console.print(Text(f"results: {results}"))
     if empty:
@@ -290,7 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     conformance_args = argparse.Namespace(
         backend=args.backend, quick=quick, results=str(CONFORMANCE_RESULTS), append=False,
         case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None, clause=args.clause,
-        progress_interval=args.progress_interval, every_case=args.every_case)
+        progress_interval=args.progress_interval, every_case=args.every_case, jobs=args.jobs, gpus=args.gpus,
+        shard=args.shard)
     status = cmd_conformance(conformance_args)
     bench_argv = (["--quick", "--memory-scaling", "--output", str(BENCH_RESULTS)]
                   + [a for b in args.backend for a in ("--backend", b)])
@@ -337,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only this clause (ATT-4) or area (ATT); repeatable")
         p.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS",
                        help="seconds between progress lines when the output is not a terminal")
+        p.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="run N backend x chapter processes at once (with --gpus: N per GPU; default 1, and "
+                            "without --gpus one backend after the other)")
+        p.add_argument("--gpus", default=None, metavar="all|N",
+                       help="hand backend x chapter processes to the first N GPUs (or all), --jobs at a time per "
+                            "GPU, each process seeing its GPU alone (CUDA_VISIBLE_DEVICES)")
+        p.add_argument("--shard", default=None, metavar="K/N",
+                       help="run only shard K of N of the matrix (a fixed split of the test ids, for a CI matrix)")
 
     p = sub.add_parser("conformance", help="run the conformance suite (each backend in its own process)")
     conformance_options(p)

@@ -40,6 +40,7 @@ from conformance.interrupts import SignalWatch, watch_signals
 from conformance.provenance import collect, now
 from conformance.records import ResultsWriter, done_ids, json_safe
 from conformance.results import Status
+from conformance.sharding import Shard, parse_shard
 from conformance.spec import CLAUSES, clause_of
 from conformance.trial import NotImplementedOperation, Trial, Unsupported
 from conformance.verdicts import verdict_table
@@ -76,6 +77,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only this clause (ATT-4) or area (ATT); repeatable")
     group.addoption("--factory", action="append", default=[], metavar="MODULE:FACTORY",
                     help="call only these registry factories (default: every one)")
+    group.addoption("--shard", default=None, metavar="K/N",
+                    help="run only shard K of N of the test ids (conformance.sharding)")
     group.addoption("--every-case", action="store_true",
                     help="give backends that declare an emulator (Triton's interpreter) every case of a clause, "
                          f"not {casegen.EMULATED_SAMPLE} spread over them")
@@ -96,6 +99,8 @@ class _State:
     devices: list[str] | None
     timeout: float
     clauses: set[str]
+    #: the part of the matrix this run holds (None: all of it)
+    shard: Shard | None = None
     #: the signal that stopped the run, if one did
     signals: SignalWatch = field(default_factory=SignalWatch)
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -126,6 +131,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     results = config.getoption("--results")
     path = Path(results) if results else None
+    try:
+        shard = parse_shard(config.getoption("--shard")) if config.getoption("--shard") else None
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     own_xfails = read_xfails(config.getoption("--xfails-file"))
     builtin = [] if config.getoption("--no-builtin-xfails") else [str(p) for p in BUILTIN_XFAILS]
     state = _State(
@@ -141,6 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
         devices=config.getoption("--device") or None,
         timeout=config.getoption("--case-timeout"),
         clauses=clauses,
+        shard=shard,
     )
     config.stash[_KEY] = state
     state.signals = watch_signals(config)
@@ -152,6 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "provenance": collect(),
         "argv": list(config.invocation_params.args),
         "quick": state.quick,
+        "shard": config.getoption("--shard"),
         "every_case": state.every_case,
         "backends": [
             {"name": e.name, "origin": e.origin, "available": e.available, "reason": e.unavailable,
@@ -217,7 +228,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if t is None:
             kept.append(item)
             continue
-        if t.id in state.skip_ids or (state.clauses and not state.clauses & {t.clause, t.clause.split("-")[0]}):
+        if (t.id in state.skip_ids or (state.clauses and not state.clauses & {t.clause, t.clause.split("-")[0]})
+                or (state.shard is not None and not state.shard.holds(t.id))):
             dropped.append(item)
             continue
         item.extra_keyword_matches.update({t.clause, t.id})
