@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reports.cases import Conformance, load_conformance
+from reports.join import group_files, join_conformance
 from reports.provenance import Provenance
 from reports.timings import Bench, load_bench
 
@@ -52,15 +53,18 @@ def slugify(text: str) -> str:
 
 
 def result_sets(conformance: list[Path], bench: list[Path], labels: list[str]) -> list[ResultSet]:
-    """One result set per conformance file; a bench file joins the first set measured on the same machine
+    """One result set per machine: conformance files of one machine and commit (or given the same label) are
+    joined (``reports.join``: the shards of a run); a bench file joins the first set measured on the same machine
     (host name and GPU in the provenance) at the same commit, else the first set of that machine without
     bench files, else it makes a set of its own. So one run's several bench files share its set, and runs of
     one machine at two commits stay apart.
 
-    ``labels`` name the sets in that order; without a label a set is named after its provenance, and equal
-    names get a ``#2``, ``#3`` suffix.
+    ``labels`` name the conformance files in that order, then the sets of bench files alone; without a label
+    a set is named after its provenance, and equal names get a ``#2``, ``#3`` suffix.
     """
-    sets = [ResultSet(label="", slug="", conformance=load_conformance(path)) for path in conformance]
+    groups = group_files([load_conformance(path) for path in conformance], labels[:len(conformance)])
+    sets = [ResultSet(label=label or "", slug="", conformance=join_conformance(parts)) for label, parts in groups]
+    own_labels = [label for label, _ in groups] + labels[len(conformance):]
     for path in bench:
         loaded = load_bench(path)
         key = loaded.provenance.machine
@@ -74,7 +78,7 @@ def result_sets(conformance: list[Path], bench: list[Path], labels: list[str]) -
             home.benches.append(loaded)
     seen: Counter[str] = Counter()
     for i, rs in enumerate(sets):
-        label = labels[i] if i < len(labels) else rs.provenance.label
+        label = (own_labels[i] if i < len(own_labels) else None) or rs.provenance.label
         seen[label] += 1
         rs.label = label if seen[label] == 1 else f"{label} #{seen[label]}"
         rs.slug = f"set{i + 1}-{slugify(rs.label)}"
