@@ -37,8 +37,8 @@ POOL_WORLD = 4
 GROUP_SIZES = (1, 2, POOL_WORLD)
 #: seconds a rank waits in a collective before it gives up (a peer that died or raised)
 COLLECTIVE_TIMEOUT_S = 120
-#: seconds the caller waits for a rank's answer to one job
-JOB_TIMEOUT_S = 600.0
+#: seconds the caller waits for a rank's answer to one job; then the pool is ended and the next job starts one
+JOB_TIMEOUT_S = 240.0
 
 
 @dataclass(frozen=True)
@@ -94,15 +94,25 @@ class RankPool:
                 result = self.results.get(timeout=JOB_TIMEOUT_S)
             except queue.Empty:
                 dead = [p.pid for p in self.procs if not p.is_alive()]
-                raise RuntimeError(f"ranks did not answer within {JOB_TIMEOUT_S:g} s (dead: {dead})") from None
+                self.kill()
+                raise RuntimeError(f"ranks {sorted(set(range(world)) - set(found))} did not answer within "
+                                   f"{JOB_TIMEOUT_S:g} s (dead: {dead}); the pool was ended") from None
             found[result.rank] = result
         return [found[r] for r in range(world)]
+
+    @property
+    def alive(self) -> bool:
+        return all(proc.is_alive() for proc in self.procs)
 
     def close(self) -> None:
         for jobs in self.jobs:
             jobs.put(None)
         for proc in self.procs:
             proc.join(timeout=10)
+        self.kill()
+
+    def kill(self) -> None:
+        for proc in self.procs:
             if proc.is_alive():
                 proc.kill()
 
@@ -114,6 +124,8 @@ def pool_for(backend: BackendLike, device: str) -> RankPool:
     """The pool of ranks running ``backend`` on ``device`` (one GPU each on CUDA, as many as there are up to
     POOL_WORLD), started at its first use."""
     key = (backend.name, device)
+    if key in _POOLS and not _POOLS[key].alive:  # ended after a job that hung, or a rank died
+        _POOLS.pop(key).kill()
     if key not in _POOLS:
         world = min(POOL_WORLD, torch.cuda.device_count()) if device == "cuda" else POOL_WORLD
         _POOLS[key] = RankPool(backend, world, device)

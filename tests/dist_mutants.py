@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from implementations import ops
 from implementations.ops import implementation
@@ -26,15 +27,19 @@ class RingNoRescale(RingAttention):
 
 
 class RingGathersKV(RingAttention):
-    """Right values, no memory saved: all-gathers every rank's K and V before the ring (even shards only)."""
+    """Right values, no memory saved: all-gathers every rank's K and V (padded to the longest shard) before
+    the ring."""
 
     @implementation("attention_context_parallel")
     def attention_context_parallel(self, inp: ops.ContextParallelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         group = inp.group if inp.group is not None else dist.group.WORLD
-        gathered = {name: [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-                    for name, x in (("k", inp.k), ("v", inp.v))}
-        dist.all_gather(gathered["k"], inp.k.contiguous(), group=group)
-        dist.all_gather(gathered["v"], inp.v.contiguous(), group=group)
+        longest = torch.tensor([inp.k.shape[2]])
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=group)
+        gathered = {}
+        for name, x in (("k", inp.k), ("v", inp.v)):
+            padded = F.pad(x, (0, 0, 0, int(longest) - x.shape[2])).contiguous()
+            gathered[name] = [torch.empty_like(padded) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(gathered[name], padded, group=group)
         result = RingAttention.attention_context_parallel(self, inp.q, inp.k, inp.v, group=inp.group,
                                                           layout=inp.layout, causal=inp.causal, scale=inp.scale)
         del gathered
