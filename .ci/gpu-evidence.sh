@@ -21,8 +21,9 @@
 # tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
 # the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
 # afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
-# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels" and "variants" are
-# opt-in), so the evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
+# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants" and "dist"
+# (2 GPUs: ATTNSPEC_STEPS=dist on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the
+# evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
 # benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv
 # parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
 set -uo pipefail
@@ -134,6 +135,28 @@ if wants variants; then
     mkdir -p "$out/kernels"
     step kernels-variants "${ATTNSPEC_VARIANT_BENCH_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.bench_variants \
         --out "$out/kernels/bench_variants.json"
+fi
+# DIST (opt-in step "dist", needs 2 GPUs; run it alone in a call): into OUTDIR/dist/, the DIST chapter of
+# ring-triton over NCCL (dist-conformance.jsonl), the GPU backends' conformance spread over 2 GPUs against 1
+# (speedup.json; both runs' results, which must hold the same cases and statuses, go to ATTNSPEC_LOG_DIR), and
+# ring attention at S = 128k over 2 GPUs against 1 GPU, not causal and causal (ring-bench.json,
+# ring-bench-causal.json).
+if wants dist; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    if [ "$gpus" -lt 2 ]; then
+        echo "== dist skipped: it needs 2 GPUs, this machine has $gpus"
+    else
+        mkdir -p "$out/dist"
+        step dist-conformance "${ATTNSPEC_DIST_SECONDS:-150}" "$python" -m conformance.cli conformance --quick \
+            --device cuda --backend ring-triton --clause DIST --results "$out/dist/dist-conformance.jsonl"
+        step dist-speedup "${ATTNSPEC_DIST_SPEEDUP_SECONDS:-300}" "$python" -m benchmarks.conformance_speedup \
+            --base "--gpus 1 --jobs ${ATTNSPEC_DIST_JOBS:-8}" --spread "--gpus 2 --jobs ${ATTNSPEC_DIST_JOBS:-8}" \
+            --output "$out/dist/speedup.json" --results-dir "$logs" -- --quick --device cuda --case-timeout 120 "${args[@]}"
+        step ring-bench 60 "$python" -m benchmarks.ring_bench --seq-len 131072 --world 2 \
+            --output "$out/dist/ring-bench.json"
+        step ring-bench-causal 60 "$python" -m benchmarks.ring_bench --seq-len 131072 --world 2 --causal \
+            --output "$out/dist/ring-bench-causal.json"
+    fi
 fi
 "$python" .ci/pack_evidence.py "$out"
 report_inputs=()
