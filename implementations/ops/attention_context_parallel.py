@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from implementations import validate
-from implementations.base import Capabilities, CausalVariant, InvalidInputError, wide_dtype
-from implementations.ops.spec import Expected, OpSpec
+from implementations.base import Capabilities, CausalVariant, InvalidInputError
+from implementations.ops import attention
+from implementations.ops.spec import OpSpec
 from implementations.sequence_layout import SEQUENCE_LAYOUTS, SequenceLayout
 
 
@@ -58,11 +59,6 @@ def check(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return ContextParallelInputs(q, k, v, group, chosen, variant, resolved)
 
 
-def expected(inputs: dict[str, torch.Tensor]) -> list[Expected]:
-    q = inputs["q"]
-    return [Expected.like("out", q), Expected("lse", tuple(q.shape[:3]), wide_dtype(q.dtype), q.device)]
-
-
 SPEC: OpSpec[ContextParallelInputs] = OpSpec(
     name="attention_context_parallel",
     signature="attention_context_parallel(q, k, v, *, group=None, layout='contiguous', causal=None, scale=None)"
@@ -71,5 +67,5 @@ SPEC: OpSpec[ContextParallelInputs] = OpSpec(
     outputs=("out", "lse"),
     declared_dtypes=lambda caps: caps.dtypes if caps.context_parallel else (),
     validate=check,
-    expected=expected,
+    expected=attention.expected,  # the rank's shards, shaped as the single-device forward's
 )

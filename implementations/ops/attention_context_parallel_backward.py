@@ -19,8 +19,9 @@ import torch
 
 from implementations import validate
 from implementations.base import Capabilities, CausalVariant
+from implementations.ops import attention_backward
 from implementations.ops.attention_context_parallel import check_layout
-from implementations.ops.spec import Expected, OpSpec
+from implementations.ops.spec import OpSpec
 from implementations.sequence_layout import SequenceLayout
 
 
@@ -49,10 +50,6 @@ def check(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return ContextParallelBackwardInputs(q, k, v, out, lse, dout, group, chosen, variant, resolved)
 
 
-def expected(inputs: dict[str, torch.Tensor]) -> list[Expected]:
-    return [Expected.like("dq", inputs["q"]), Expected.like("dk", inputs["k"]), Expected.like("dv", inputs["v"])]
-
-
 SPEC: OpSpec[ContextParallelBackwardInputs] = OpSpec(
     name="attention_context_parallel_backward",
     signature="attention_context_parallel_backward(q, k, v, out, lse, dout, *, group=None, "
@@ -61,5 +58,5 @@ SPEC: OpSpec[ContextParallelBackwardInputs] = OpSpec(
     outputs=("dq", "dk", "dv"),
     declared_dtypes=lambda caps: caps.backward_dtypes if caps.context_parallel else (),
     validate=check,
-    expected=expected,
+    expected=attention_backward.expected,  # the rank's shards, shaped as the single-device backward's
 )
