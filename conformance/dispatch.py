@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,14 +163,15 @@ def run_units(units: list[U], slots: list[Slot], execute: Callable[[U, Slot], ob
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(slots))]
     for thread in threads:
         thread.start()
+    # waiting by polling, not Thread.join: a join interrupted by the signal's KeyboardInterrupt leaves the
+    # thread looking finished to a later join (CPython 3.11), and the units in flight would be abandoned
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.2)
     except KeyboardInterrupt:
         stop.set()
-        for thread in threads:
-            thread.join()
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.2)
         raise
 
 
