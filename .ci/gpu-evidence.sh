@@ -67,29 +67,30 @@ for b in $backends; do args+=(--backend "$b"); done
 # concatenated afterwards in order. Each process gets one CPU thread (ATTNSPEC_CONFORMANCE_THREADS): thirty
 # processes with a thread pool per core each oversubscribe the cores, and the tiny oracle products then
 # take seconds instead of milliseconds (measured on the H200 machine's 16 cores: 3-18 s per small case).
-chapters="${ATTNSPEC_CHAPTERS:-test_attention test_gradients test_softmax_stats test_kd_loss test_work_depth}"
-if wants conformance; then
-    echo "== conformance (limit ${ATTNSPEC_CONFORMANCE_SECONDS:-170}s): $backends x $chapters"
-    start=$SECONDS
-    for b in $backends; do
-        for c in $chapters; do
-            OMP_NUM_THREADS="${ATTNSPEC_CONFORMANCE_THREADS:-1}" timeout --signal=INT --kill-after=20 \
-                "${ATTNSPEC_CONFORMANCE_SECONDS:-170}" "$python" -m conformance.cli conformance --quick \
-                --device "${ATTNSPEC_DEVICE:-cuda}" --case-timeout 120 --backend "$b" -k "$c" \
-                --results "$logs/conformance-$b-$c.jsonl" > "$logs/conformance-$b-$c.log" 2>&1 &
+conformance_runs() {  # conformance_runs NAME OUTFILE "BACKENDS" "CHAPTERS": all backend x chapter runs at once
+    local name=$1 outfile=$2 limit="${ATTNSPEC_CONFORMANCE_SECONDS:-170}" b c
+    echo "== $name (limit ${limit}s): $3 x $4"
+    local start=$SECONDS
+    for b in $3; do
+        for c in $4; do
+            OMP_NUM_THREADS="${ATTNSPEC_CONFORMANCE_THREADS:-1}" timeout --signal=INT --kill-after=20 "$limit" \
+                "$python" -m conformance.cli conformance --quick --device "${ATTNSPEC_DEVICE:-cuda}" \
+                --case-timeout 120 --backend "$b" -k "$c" --results "$logs/$name-$b-$c.jsonl" \
+                > "$logs/$name-$b-$c.log" 2>&1 &
         done
     done
     wait
-    echo "== conformance ended after $((SECONDS - start))s"
-    : > "$out/conformance.jsonl"
-    for b in $backends; do
-        for c in $chapters; do
-            cat "$logs/conformance-$b-$c.jsonl" >> "$out/conformance.jsonl" 2>/dev/null \
-                && rm -f "$logs/conformance-$b-$c.jsonl"
-            echo "-- $b $c: $(grep -E '^\[1/1\].* log: ' "$logs/conformance-$b-$c.log" | head -1)"
+    echo "== $name ended after $((SECONDS - start))s"
+    : > "$outfile"
+    for b in $3; do
+        for c in $4; do
+            cat "$logs/$name-$b-$c.jsonl" >> "$outfile" 2>/dev/null && rm -f "$logs/$name-$b-$c.jsonl"
+            echo "-- $b $c: $(grep -E '^\[1/1\].* log: ' "$logs/$name-$b-$c.log" | head -1)"
         done
     done
-fi
+}
+chapters="${ATTNSPEC_CHAPTERS:-test_attention test_gradients test_softmax_stats test_kd_loss test_work_depth}"
+wants conformance && conformance_runs conformance "$out/conformance.jsonl" "$backends" "$chapters"
 # Benchmarks, one at a time: attention on the quick table (D 128, S 1k/4k/16k, causal and not) with the
 # memory sweep, then the full tables of the row operations (KD 8192 x 131072, stats, reduction up to 2^28).
 wants bench && step bench-attention "${ATTNSPEC_BENCH_SECONDS:-150}" "$python" -m benchmarks.bench --quick \
@@ -115,23 +116,8 @@ fi
 # of benchmarks/kernel_tools/bench_variants.py (decode KV bytes/s against the copy rate, varlen against padding,
 # window 4096 at S = 32k against dense causal, fp8 against bf16) into kernels/bench_variants.json.
 if wants variants; then
-    echo "== variants conformance (limit ${ATTNSPEC_VARIANT_CONFORMANCE_SECONDS:-170}s)"
-    variant_runs=()
-    for b in ${ATTNSPEC_VARIANT_BACKENDS:-triton cupy}; do
-        for c in ${ATTNSPEC_VARIANT_CHAPTERS:-test_variants test_varlen test_decode test_fp8}; do
-            variant_runs+=("$b-$c")
-            OMP_NUM_THREADS="${ATTNSPEC_CONFORMANCE_THREADS:-1}" timeout --signal=INT --kill-after=20 \
-                "${ATTNSPEC_VARIANT_CONFORMANCE_SECONDS:-170}" "$python" -m conformance.cli conformance --quick \
-                --device "${ATTNSPEC_DEVICE:-cuda}" --case-timeout 120 --backend "$b" -k "$c" \
-                --results "$logs/variants-$b-$c.jsonl" > "$logs/variants-$b-$c.log" 2>&1 &
-        done
-    done
-    wait
-    : > "$out/variants-conformance.jsonl"
-    for run in "${variant_runs[@]}"; do
-        cat "$logs/variants-$run.jsonl" >> "$out/variants-conformance.jsonl" 2>/dev/null && rm -f "$logs/variants-$run.jsonl"
-        echo "-- variants $run: $(grep -E '^\[1/1\].* log: ' "$logs/variants-$run.log" | head -1)"
-    done
+    conformance_runs variants "$out/variants-conformance.jsonl" "${ATTNSPEC_VARIANT_BACKENDS:-triton cupy}" \
+        "${ATTNSPEC_VARIANT_CHAPTERS:-test_variants test_varlen test_decode test_fp8}"
     mkdir -p "$out/kernels"
     step kernels-variants "${ATTNSPEC_VARIANT_BENCH_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.bench_variants \
         --out "$out/kernels/bench_variants.json"
