@@ -35,7 +35,7 @@ class BenchUnit:
     index: int
     argv: list[str]
     part: Path
-    area: str = "bench"
+    all_devices: bool = False
     code: int | None = None
     error: BaseException | None = None
 

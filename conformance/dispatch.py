@@ -9,8 +9,8 @@ limited to its share of the cores. Units
 go out longest first: by the durations a previous results file recorded for that backend and chapter, else
 emulated backends first, then matrix order. When every unit is done the part files are appended to the
 results file in matrix order, so the file is the same whatever the number of slots and whichever unit ended
-first. The DIST chapter runs its own group of ranks over every GPU, so on GPUs its units wait until no other
-unit runs and take every GPU slot.
+first. The DIST chapter of a backend implementing it runs its own group of ranks over every GPU, so on GPUs
+such a unit waits until no other unit runs and takes every GPU slot.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from conformance.supervisor import BackendRun
 if TYPE_CHECKING:
     from conformance.probe import Listing
 
-#: chapters whose cases start process groups over every GPU of the host
-ALL_DEVICES_AREAS = frozenset({"DIST"})
+#: chapters whose cases start process groups over every GPU of the host, for backends with these operations
+ALL_DEVICES_AREAS = {"DIST": "attention_context_parallel"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class Unit:
     #: the --clause values of the child: the chosen clauses of this chapter, else the chapter itself
     clauses: tuple[str, ...]
     emulated: bool = False
+    #: its cases start process groups over every GPU (a DIST unit of a backend implementing the operation)
+    all_devices: bool = False
     estimate_s: float = 0.0
     part: Path = Path()
     run: BackendRun | None = None
@@ -103,6 +105,7 @@ def plan(runnable: dict[str, list[Listing]], chosen_clauses: list[str], previous
             index = len(units)
             units.append(Unit(index, selector, entries[0].factory, names, area, picked or (area,),
                               emulated=any((e.capabilities or {}).get("emulated") for e in entries),
+                              all_devices=any(ALL_DEVICES_AREAS.get(area) in e.operations for e in entries),
                               estimate_s=sum(durations[(n, area)] for n in names),
                               part=parts_dir / f"part-{index:03d}.jsonl"))
     return units
@@ -114,9 +117,9 @@ def longest_first(units: list[Unit]) -> list[Unit]:
 
 
 class Placeable(Protocol):
-    """What :func:`run_units` reads of a unit: its chapter (``area``), for the chapters that need every GPU."""
+    """What :func:`run_units` reads of a unit: whether its processes need every GPU of the host."""
 
-    area: str
+    all_devices: bool
 
 
 U = TypeVar("U", bound=Placeable)
@@ -138,18 +141,18 @@ def run_units(units: list[U], slots: list[Slot], execute: Callable[[U, Slot], ob
         with lock:
             while pending and not stop.is_set():
                 unit = next((u for u in pending if not whole_running[0]
-                             and not (on_gpus and u.area in ALL_DEVICES_AREAS and busy)), None)
+                             and not (on_gpus and u.all_devices and busy)), None)
                 if unit is not None:
                     pending.remove(unit)
                     busy.add(slot_index)
-                    whole_running[0] = on_gpus and unit.area in ALL_DEVICES_AREAS
+                    whole_running[0] = on_gpus and unit.all_devices
                     return unit
                 lock.wait(timeout=1.0)
             return None
 
     def worker(slot_index: int) -> None:
         while (unit := take(slot_index)) is not None:
-            whole = on_gpus and unit.area in ALL_DEVICES_AREAS
+            whole = on_gpus and unit.all_devices
             slot = Slot(slots[slot_index].label, {}) if whole else slots[slot_index]
             try:
                 execute(unit, slot)

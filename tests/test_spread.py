@@ -92,12 +92,13 @@ def test_units_go_longest_first_and_one_per_slot() -> None:
 
 
 def test_dist_units_hold_every_gpu() -> None:
-    """On GPU slots a DIST unit runs alone and its child sees every GPU (no CUDA_VISIBLE_DEVICES of its own);
-    other units get one GPU each."""
+    """On GPU slots a DIST unit (of a backend implementing the operation) runs alone and its child sees every
+    GPU (no CUDA_VISIBLE_DEVICES of its own); other units get one GPU each."""
     import threading
     import time
 
-    units = [Unit(i, f"b{i}", "f", (f"b{i}",), area, (area,)) for i, area in enumerate(("ATT", "DIST", "SMX", "KD"))]
+    units = [Unit(i, f"b{i}", "f", (f"b{i}",), area, (area,), all_devices=area == "DIST")
+             for i, area in enumerate(("ATT", "DIST", "SMX", "KD"))]
     log: list[tuple[str, str, float, float]] = []
 
     def execute(unit: Unit, slot: Slot):  # noqa: ANN202
@@ -156,3 +157,21 @@ def test_bench_jobs_gives_the_records_of_one_process(tmp_path: Path) -> None:
     assert two["finished"] and not two["interrupted"] and len(two["parts"]) == 2
     code3, _, output3 = _bench(tmp_path, "gpus", "--gpus", "64")
     assert code3 == 2 and "--gpus 64" in output3, output3
+
+
+def test_plan_units_in_matrix_order_with_estimates(tmp_path: Path) -> None:
+    """One unit per backend child and chapter (only the chapters of --clause), in pytest's module order; the
+    estimate sums the replaced file's durations (by clause where packed evidence dropped ``area``); only a
+    backend implementing the DIST operation needs every GPU."""
+    from conformance.dispatch import plan
+    from conformance.probe import Listing
+
+    ring = Listing("ring", "built-in", "m:ring", operations=("attention_context_parallel",))
+    plain = Listing("plain", "built-in", "m:plain", operations=("attention",), capabilities={"emulated": True})
+    previous = [{"kind": "case", "backend": "plain", "clause": "ATT-1", "duration": 2.5},
+                {"kind": "case", "backend": "plain", "area": "ATT", "clause": "ATT-2", "duration": 1.0}]
+    units = plan({"ring": [ring], "plain": [plain]}, ["ATT-4", "DIST"], previous, tmp_path)
+    assert [(u.names, u.area, u.clauses, u.all_devices, u.estimate_s, u.emulated) for u in units] == [
+        (("ring",), "ATT", ("ATT-4",), False, 0.0, False), (("ring",), "DIST", ("DIST",), True, 0.0, False),
+        (("plain",), "ATT", ("ATT-4",), False, 3.5, True), (("plain",), "DIST", ("DIST",), False, 0.0, True)]
+    assert [u.names[0] + u.area for u in longest_first(units)] == ["plainATT", "plainDIST", "ringATT", "ringDIST"]
