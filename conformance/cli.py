@@ -214,7 +214,7 @@ def _conformance_spread(args: argparse.Namespace, console: Console, results: Pat
         outcome = spread_conformance(spread, runnable, args, previous)
     except KeyboardInterrupt as exc:
         return _interrupted(console, "the run", results, exc)
-    return 2 if outcome is None else _verdicts(console, results, *outcome)
+    return _verdicts(console, results, *outcome)
 
 
 def _interrupted(console: Console, label: str, results: Path, exc: KeyboardInterrupt) -> int:

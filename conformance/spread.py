@@ -40,6 +40,11 @@ def option_problems(jobs: int, gpus: str | None, shard: str | None) -> list[str]
     problems = [f"--jobs must be at least 1, got {jobs}"] if jobs < 1 else []
     if gpus is not None and not (gpus == "all" or (gpus.isdigit() and int(gpus) >= 1)):
         problems.append(f"--gpus must be 'all' or a number of GPUs >= 1, got {gpus!r}")
+    elif gpus is not None and jobs >= 1:
+        try:
+            slots_for(gpus, jobs)
+        except ValueError as exc:
+            problems.append(str(exc))
     if shard is not None:
         try:
             parse_shard(shard)
@@ -49,15 +54,10 @@ def option_problems(jobs: int, gpus: str | None, shard: str | None) -> list[str]
 
 
 def spread_conformance(spread: SpreadRun, runnable: dict[str, list[Listing]], args: Namespace,
-                       previous: Path) -> tuple[bool, bool] | None:
-    """The run on its slots: ``(bad, empty)`` as :func:`verdict` says, or None when ``--gpus`` asks for more
-    GPUs than the host has (said on the console)."""
-    try:
-        slots = slots_for(args.gpus, args.jobs)
-    except ValueError as exc:
-        spread.say(f"attnspec conformance: {exc}")
-        return None
-    units = run_spread(spread, runnable, args.clause, previous, slots)
+                       previous: Path) -> tuple[bool, bool]:
+    """The run on its slots (the options were checked by :func:`option_problems`): ``(bad, empty)`` as
+    :func:`verdict` says."""
+    units = run_spread(spread, runnable, args.clause, previous, slots_for(args.gpus, args.jobs))
     for unit in units:
         if unit.error is not None:
             spread.say(f"{unit.label}: the run failed: {unit.error!r}")

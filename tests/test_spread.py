@@ -47,11 +47,14 @@ def test_jobs_and_shards_give_the_single_process_results(tmp_path: Path) -> None
 
 
 def test_bad_options_are_refused(tmp_path: Path) -> None:
-    """--shard 3/2, --shard x, --jobs 0 and --gpus none exit 2 naming the option, before any backend runs."""
+    """--shard 3/2, --shard x, --jobs 0, --gpus none and more GPUs than the host has exit 2 naming the option,
+    before any backend runs, and the results file of an earlier run is kept."""
+    earlier = tmp_path / "bad.jsonl"
+    earlier.write_text('{"kind": "run"}\n')
     for args, named in ((("--shard", "3/2"), "--shard"), (("--shard", "x"), "--shard"), (("--jobs", "0"), "--jobs"),
-                        (("--gpus", "none"), "--gpus")):
+                        (("--gpus", "none"), "--gpus"), (("--gpus", "64"), "--gpus 64")):
         code, records, output = _cli(tmp_path, "bad", *args)
-        assert code == 2 and named in output and not records, (args, output)
+        assert code == 2 and named in output and records == [{"kind": "run"}], (args, output)
 
 
 def test_shard_split_is_fixed_and_complete() -> None:
