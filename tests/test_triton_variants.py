@@ -200,8 +200,8 @@ def paged(k: torch.Tensor, lens: list[int], page: int, seed: int) -> tuple[torch
 
 @pytest.mark.parametrize("sq, page, splits", [(1, 16, None), (3, 16, 3), (2, 4, 1), (1, 8, 5)], ids=str)
 def test_paged_decode_matches_dense(sq: int, page: int, splits: int | None) -> None:
-    lens = [37, 16, 5, 50]
-    B, hq, hk, S = len(lens), 4, 2, 52
+    lens = [137, 16, 5, 200]  # several 64-key tiles and splits, lengths off the page and tile sizes
+    B, hq, hk, S = len(lens), 4, 2, 200
     q, k, v = draw((B, hq, sq, 16), 80), draw((B, hk, S, 16), 81), draw((B, hk, S, 16), 82)
     k_pages, table = paged(k, lens, page, 83)
     v_pages, _ = paged(v, lens, page, 83)
@@ -215,8 +215,8 @@ def test_paged_decode_matches_dense(sq: int, page: int, splits: int | None) -> N
 
 def test_paged_decode_splits_agree() -> None:
     """One split and many splits (empty ones included) give the same result up to rounding."""
-    lens = [40, 9]
-    q, k, v = draw((2, 2, 2, 16), 90), draw((2, 1, 40, 16), 91), draw((2, 1, 40, 16), 92)
+    lens = [300, 9]  # 4 splits of 128 keys: three hold keys of sequence 0, sequence 1 has keys in one
+    q, k, v = draw((2, 2, 2, 16), 90), draw((2, 1, 300, 16), 91), draw((2, 1, 300, 16), 92)
     k_pages, table = paged(k, lens, 16, 93)
     v_pages, _ = paged(v, lens, 16, 93)
     kv_lens = torch.tensor(lens, dtype=torch.int32)

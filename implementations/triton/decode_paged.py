@@ -22,9 +22,8 @@ import triton.language as tl
 from ..base import new_output
 from .common import LN2_K, LOG2E, LOG2E_K, block_d, dot_precision, mma, next_pow2, upcast_dots
 
-#: keys per tile of the split kernel on the GPU and on the interpreter
-GPU_BLOCK_N = 64
-INTERPRETER_BLOCK_N = 16
+#: keys per tile of the split kernel (on the interpreter, large tiles also mean few Python-level steps)
+BLOCK_N = 64
 
 
 @triton.jit
@@ -129,17 +128,16 @@ def attention_decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
     """``(out [B, Hq, Sq, D], lse float32 [B, Hq, Sq])`` of validated inputs (module docstring)."""
     B, Hq, Sq, D = q.shape
     page_size, Hk = k_pages.shape[1], k_pages.shape[2]
-    block_n = INTERPRETER_BLOCK_N if q.device.type == "cpu" else GPU_BLOCK_N
     max_keys = block_table.shape[1] * page_size
     splits = num_splits or default_splits(B * Hk, max_keys, q.device)
-    keys_per_split = triton.cdiv(triton.cdiv(max_keys, splits), block_n) * block_n
+    keys_per_split = triton.cdiv(triton.cdiv(max_keys, splits), BLOCK_N) * BLOCK_N
     out_p = torch.empty((B, Hq, Sq, splits, D), dtype=torch.float32, device=q.device)
     lse_p = torch.empty((B, Hq, Sq, splits), dtype=torch.float32, device=q.device)
     bd = block_d(D)
     decode_split_kernel[(splits, B * Hk)](
         q, k_pages, v_pages, block_table, kv_lens, out_p, lse_p, *q.stride(), *k_pages.stride(),
         *v_pages.stride(), block_table.stride(0), Hk, Hq // Hk, Sq, D, keys_per_split, scale * LOG2E,
-        PAGE=page_size, BLOCK_M=max(16, next_pow2(Hq // Hk * Sq)), BLOCK_N=block_n, BLOCK_D=bd,
+        PAGE=page_size, BLOCK_M=max(16, next_pow2(Hq // Hk * Sq)), BLOCK_N=BLOCK_N, BLOCK_D=bd,
         PREC=dot_precision(q.dtype), UPCAST=upcast_dots(q.device), num_warps=4,
     )
     out = new_output(q.shape, q.dtype, q.device)
