@@ -147,6 +147,6 @@ fi
 "$python" .ci/pack_evidence.py "$out"
 report_inputs=()
 for f in bench.json bench-rows.json; do [ -f "$out/$f" ] && report_inputs+=("$out/$f"); done
-wants report && step report 60 "$python" -m conformance.cli report --conformance "$out/conformance.jsonl" \
+wants report && step report 60 "$python" -m reports.build --conformance "$out/conformance.jsonl" \
     --bench "${report_inputs[@]}" --asv "$out/asv" --label H200 --output "$report_dir"
 tar czf "$logs.tar.gz" -C "$logs" . && echo "== logs: $logs.tar.gz; evidence: $out; report: $report_dir"

@@ -1,8 +1,8 @@
-"""The ``attnspec`` command line: backends, conformance, bench, report, and run (all of them).
+"""The conformance commands of ``attnspec``: backends and conformance.
 
-``attnspec run`` is the main job: conformance on every available backend (each in its own process),
-a quick benchmark, then the HTML report. On a machine without a GPU the Triton backend runs in Triton's
-interpreter (``TRITON_INTERPRET=1`` is set for it) and every backend runs the quick matrix.
+``python -m conformance.cli`` runs them alone; the whole ``attnspec`` command, with bench, report and run,
+is ``reports.command``, in the layer above the benchmarks and the report, which it also runs. On a machine
+without a GPU the Triton backend runs in Triton's interpreter (``TRITON_INTERPRET=1`` is set for it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
@@ -29,23 +29,21 @@ if TYPE_CHECKING:
 
 RESULTS_DIR = Path("results")
 CONFORMANCE_RESULTS = RESULTS_DIR / "conformance.jsonl"
-BENCH_RESULTS = RESULTS_DIR / "bench.json"
-REPORT_DIR = Path("reports") / "out"
 #: seconds between two plain progress lines when the output is not a terminal (CI, ``| tee``)
 PROGRESS_INTERVAL_S = 10.0
 #: lines of a backend's log shown on the console when its run stopped outside any case
 LOG_TAIL_LINES = 15
 
 
-def _cuda() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def _prepare_environment() -> None:
+def prepare_environment() -> None:
     """Without a GPU, Triton can only run interpreted: say so before anything imports it."""
-    if not _cuda():
+    if not cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
@@ -294,40 +292,32 @@ def _print_backend_summary(console: Console, label: str, run: BackendRun) -> Non
         console.print(Text("\n".join("    " + ln for ln in lines)), soft_wrap=True)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The main job: conformance on every available backend, a quick benchmark, the report."""
-    quick = args.quick or not _cuda()
-    conformance_args = argparse.Namespace(
-        backend=args.backend, quick=quick, results=str(CONFORMANCE_RESULTS), append=False,
-        case_timeout=args.case_timeout, xfails_file=args.xfails_file, device=[], k=None, clause=args.clause,
-        progress_interval=args.progress_interval, every_case=args.every_case, jobs=args.jobs, gpus=args.gpus,
-        shard=args.shard)
-    status = cmd_conformance(conformance_args)
-    bench_argv = (["--quick", "--memory-scaling", "--output", str(BENCH_RESULTS)]
-                  + [a for b in args.backend for a in ("--backend", b)])
-    bench_status = _optional_step("bench", "benchmarks.bench", bench_argv)
-    report_argv = ["--conformance", str(CONFORMANCE_RESULTS), "--bench", str(BENCH_RESULTS),
-                   "--output", str(REPORT_DIR)]
-    report_status = _optional_step("report", "reports.build", report_argv)
-    return status or bench_status or report_status
+def add_conformance_options(p: argparse.ArgumentParser) -> None:
+    """The options ``attnspec conformance`` shares with ``attnspec run``."""
+    p.add_argument("--backend", action="append", default=[], metavar="NAME",
+                   help="backend name or package.module:factory (repeatable; default: all available)")
+    p.add_argument("--quick", action="store_true", help="small shapes, few head dims, primary dtype")
+    p.add_argument("--every-case", action="store_true",
+                   help="backends that declare an emulator (Triton's interpreter) meet every case, not a "
+                        "sample of each clause's")
+    p.add_argument("--case-timeout", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--xfails-file", action="append", default=[], metavar="PATH")
+    p.add_argument("--clause", action="append", default=[], metavar="ID",
+                   help="run only this clause (ATT-4) or area (ATT); repeatable")
+    p.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS",
+                   help="seconds between progress lines when the output is not a terminal")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N backend x chapter processes at once (with --gpus: N per GPU; default 1, and "
+                        "without --gpus one backend after the other)")
+    p.add_argument("--gpus", default=None, metavar="all|N",
+                   help="hand backend x chapter processes to the first N GPUs (or all), --jobs at a time per "
+                        "GPU, each process seeing its GPU alone (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only shard K of N of the matrix (a fixed split of the test ids, for a CI matrix)")
 
 
-def _optional_step(name: str, module: str, argv: list[str]) -> int:
-    """Run a later step of ``attnspec run`` when its module is installed; say so when it is not."""
-    import importlib
-
-    try:
-        main = importlib.import_module(module).main
-    except ImportError as exc:
-        print(f"attnspec run: {name} skipped ({exc})")
-        return 0
-    return int(main(argv) or 0)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnspec", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: Any) -> None:
+    """The ``backends`` and ``conformance`` subcommands, added to ``sub`` (an argparse subparsers action)."""
     p = sub.add_parser("backends", help="list backends, available or not, and what they declare")
     p.add_argument("--backend", dest="backend_spec", action="append", default=[], metavar="MODULE:FACTORY",
                    help="also load this factory (its module must be importable: installed, or on PYTHONPATH); "
@@ -335,30 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="what each backend declares, notes included")
     p.set_defaults(func=cmd_backends)
 
-    def conformance_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backend", action="append", default=[], metavar="NAME",
-                       help="backend name or package.module:factory (repeatable; default: all available)")
-        p.add_argument("--quick", action="store_true", help="small shapes, few head dims, primary dtype")
-        p.add_argument("--every-case", action="store_true",
-                       help="backends that declare an emulator (Triton's interpreter) meet every case, not a "
-                            "sample of each clause's")
-        p.add_argument("--case-timeout", type=float, default=600.0, metavar="SECONDS")
-        p.add_argument("--xfails-file", action="append", default=[], metavar="PATH")
-        p.add_argument("--clause", action="append", default=[], metavar="ID",
-                       help="run only this clause (ATT-4) or area (ATT); repeatable")
-        p.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS",
-                       help="seconds between progress lines when the output is not a terminal")
-        p.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="run N backend x chapter processes at once (with --gpus: N per GPU; default 1, and "
-                            "without --gpus one backend after the other)")
-        p.add_argument("--gpus", default=None, metavar="all|N",
-                       help="hand backend x chapter processes to the first N GPUs (or all), --jobs at a time per "
-                            "GPU, each process seeing its GPU alone (CUDA_VISIBLE_DEVICES)")
-        p.add_argument("--shard", default=None, metavar="K/N",
-                       help="run only shard K of N of the matrix (a fixed split of the test ids, for a CI matrix)")
-
     p = sub.add_parser("conformance", help="run the conformance suite (each backend in its own process)")
-    conformance_options(p)
+    add_conformance_options(p)
     p.add_argument("--results", default=str(CONFORMANCE_RESULTS), metavar="PATH")
     p.add_argument("--append", action="store_true", help="append to the results file instead of replacing it")
     p.add_argument("--device", action="append", default=[], choices=["cpu", "cuda"])
@@ -366,25 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(e.g. 'ATT-4 or KD'); substring match: ATT-1 also selects ATT-10")
     p.set_defaults(func=cmd_conformance)
 
-    sub.add_parser("bench", help="benchmarks behind a correctness gate (attnspec bench --help)", add_help=False)
-    sub.add_parser("report", help="build the HTML report (attnspec report --help)", add_help=False)
 
-    p = sub.add_parser("run", help="the main job: conformance + quick bench + report")
-    conformance_options(p)
-    p.set_defaults(func=cmd_run)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnspec", description=__doc__.splitlines()[0])
+    add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
-#: subcommands whose options belong to another module's parser, handed over untouched
-DELEGATED = {"bench": "benchmarks.bench", "report": "reports.build"}
-
-
 def main(argv: list[str] | None = None) -> int:
-    _prepare_environment()
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:  # argparse's REMAINDER refuses a remainder that starts with an option
-        return _optional_step(argv[0], DELEGATED[argv[0]], argv[1:])
-    args = build_parser().parse_args(argv)
+    prepare_environment()
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)
 
 

@@ -275,11 +275,11 @@ def test_cli_hands_bench_and_report_options_over(monkeypatch: pytest.MonkeyPatch
     would refuse a remainder that starts with an option)."""
     import benchmarks.bench
     import reports.build
-    from conformance import cli
+    from reports import command
 
     seen = {}
     monkeypatch.setattr(benchmarks.bench, "main", lambda argv: seen.setdefault("bench", argv) and 0)
     monkeypatch.setattr(reports.build, "main", lambda argv: seen.setdefault("report", argv) and 0)
-    assert cli.main(["bench", "--quick", "--op", "kd_loss"]) == 0
-    assert cli.main(["report", "--conformance", "x.jsonl"]) == 0
+    assert command.main(["bench", "--quick", "--op", "kd_loss"]) == 0
+    assert command.main(["report", "--conformance", "x.jsonl"]) == 0
     assert seen == {"bench": ["--quick", "--op", "kd_loss"], "report": ["--conformance", "x.jsonl"]}
