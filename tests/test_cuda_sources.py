@@ -64,7 +64,7 @@ def test_cu_files_compile_for_sm90(tmp_path: Path) -> None:
     assert not failures, "\n\n".join(f"{name}:\n{log}" for name, log in failures.items())
 
 
-def test_python_sources_paste_the_header() -> None:
+def test_python_sources_paste_each_header_once() -> None:
     from implementations.cupy.sources import source
 
     for cu in CU_FILES:
@@ -72,6 +72,8 @@ def test_python_sources_paste_the_header() -> None:
         includes = [line for line in text.splitlines() if line.lstrip().startswith("#include")]
         assert not includes, f"{cu.name}: {includes} left for NVRTC to resolve"
         assert "mma_16816" in text
+        assert text.count("typedef unsigned short u16;") == 1, f"{cu.name}: common.cuh pasted more than once"
+    assert "key_blocks" in source("attention_fwd")  # attention.cuh, which includes common.cuh itself
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the backend is available here")

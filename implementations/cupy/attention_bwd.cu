@@ -22,7 +22,7 @@
 // Visibility is the forward's band (common.cuh make_band: causal mode 0 none / 1 top-left / 2 bottom-right
 // and the sliding window (left, right), -1 unbounded): dK/dV visit only the query blocks that see a key of
 // their block, dQ only the key blocks its rows see; blocks crossing a band edge are masked.
-#include "common.cuh"
+#include "attention.cuh"
 
 // delta[r] = sum_d dout[r, d] * out[r, d] in float32; one warp per row r of [B*Hq*Sq].
 template <class T>
@@ -129,26 +129,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
 
         // S^T = K Q^T and dP^T = V dO^T (rows: this warp's 16 keys; columns: BQ queries).
         float st[QTILE][4], dpt[QTILE][4];
-#pragma unroll
-        for (int nt = 0; nt < QTILE; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < DP / 16; ++kk) {
-            u32 ak[4], av[4];
-            ldmatrix_x4(ak, k_lane + 2 * kk * 16);
-            ldmatrix_x4(av, v_lane + 2 * kk * 16);
-#pragma unroll
-            for (int np = 0; np < BQ / 16; ++np) {
-                u32 bq[4], bg[4];
-                ldmatrix_x4(bq, qb_lane + boff + 2 * (np * 16 * LD + kk * 16));
-                ldmatrix_x4(bg, gb_lane + boff + 2 * (np * 16 * LD + kk * 16));
-                mma_16816<T>(st[2 * np], ak, bq[0], bq[1]);
-                mma_16816<T>(st[2 * np + 1], ak, bq[2], bq[3]);
-                mma_16816<T>(dpt[2 * np], av, bg[0], bg[1]);
-                mma_16816<T>(dpt[2 * np + 1], av, bg[2], bg[3]);
-            }
-        }
+        mma_rows_x2<T, DP, BQ, LD>(st, dpt, k_lane, v_lane, qb_lane + boff, gb_lane + boff);
 
         // P^T and dS^T in place; element e of tile nt: key j = j0 + wkey0 + g + 8 (e / 2),
         // query i = i0 + 8 nt + 2t + e % 2.
@@ -172,23 +153,15 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv(
 #pragma unroll
         for (int c = 0; c < BQ / 16; ++c) {
             u32 ap[4], as[4];
-            ap[0] = pack2<T>(st[2 * c][0], st[2 * c][1]);
-            ap[1] = pack2<T>(st[2 * c][2], st[2 * c][3]);
-            ap[2] = pack2<T>(st[2 * c + 1][0], st[2 * c + 1][1]);
-            ap[3] = pack2<T>(st[2 * c + 1][2], st[2 * c + 1][3]);
-            as[0] = pack2<T>(dpt[2 * c][0], dpt[2 * c][1]);
-            as[1] = pack2<T>(dpt[2 * c][2], dpt[2 * c][3]);
-            as[2] = pack2<T>(dpt[2 * c + 1][0], dpt[2 * c + 1][1]);
-            as[3] = pack2<T>(dpt[2 * c + 1][2], dpt[2 * c + 1][3]);
+            acc_to_a_fragment<T>(ap, st[2 * c], st[2 * c + 1]);
+            acc_to_a_fragment<T>(as, dpt[2 * c], dpt[2 * c + 1]);
 #pragma unroll
             for (int dp = 0; dp < DO / 16; ++dp) {
                 u32 bg[4], bq[4];
                 ldmatrix_x4_trans(bg, ga_lane + boff + 2 * (c * 16 * LD + dcol0 + dp * 16));
                 ldmatrix_x4_trans(bq, qa_lane + boff + 2 * (c * 16 * LD + dcol0 + dp * 16));
-                mma_16816<T>(acc_dv[2 * dp], ap, bg[0], bg[1]);
-                mma_16816<T>(acc_dv[2 * dp + 1], ap, bg[2], bg[3]);
-                mma_16816<T>(acc_dk[2 * dp], as, bq[0], bq[1]);
-                mma_16816<T>(acc_dk[2 * dp + 1], as, bq[2], bq[3]);
+                mma_16816_x2<T>(acc_dv[2 * dp], acc_dv[2 * dp + 1], ap, bg);
+                mma_16816_x2<T>(acc_dk[2 * dp], acc_dk[2 * dp + 1], as, bq);
             }
         }
         __syncthreads();  // the next iteration's prefetch overwrites this buffer
@@ -253,13 +226,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     const float scale_log2 = scale * ATTNSPEC_LOG2E;
     const int wrow0 = warp * 16;
 
-    // Key blocks [jb_lo, jb_hi): from the first to the last key some row of this block sees.
-    int jb_lo = 0, jb_hi = (Sk + BC - 1) / BC;
-    if (band.has_hi) {
-        const int last_key = min(i0 + BR - 1, Sq - 1) + band.hi;
-        jb_hi = last_key < 0 ? 0 : min(jb_hi, last_key / BC + 1);
-    }
-    if (band.has_lo) jb_lo = max(i0 + band.lo, 0) / BC;
+    const auto [jb_lo, jb_hi] = key_blocks(band, i0, BR, BC, Sq, Sk);
 
     load_tile<T, BR, DP, LD, NT, VEC>(sQ, q + b * q_sb + h * q_sh + q0 * q_ss, q_ss, i0, Sq, d);
     load_tile<T, BR, DP, LD, NT, VEC>(sG, dout + b * g_sb + h * g_sh + q0 * g_ss, g_ss, i0, Sq, d);
@@ -294,38 +261,12 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
     const u32 vb_lane = smem_addr(sV) + 2 * (b_row * LD + b_col);
 
     for (int jb = jb_lo; jb < jb_hi; ++jb) {
-        const int buf = (jb - jb_lo) & 1;
-        if (jb + 1 < jb_hi) {
-            load_tile<T, BC, DP, LD, NT, VEC>(sK + (buf ^ 1) * BC * LD, kg, k_ss, (jb + 1) * BC, Sk, d);
-            load_tile<T, BC, DP, LD, NT, VEC>(sV + (buf ^ 1) * BC * LD, vg, v_ss, (jb + 1) * BC, Sk, d);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+        const int buf = next_kv_block<T, BC, DP, LD, NT, VEC>(sK, sV, kg, vg, k_ss, v_ss, jb, jb_lo, jb_hi, Sk, d);
         const u32 boff = 2 * buf * BC * LD;
 
         // S = Q K^T and dP = dO V^T for this warp's 16 rows.
         float s[NTILE][4], dp[NTILE][4];
-#pragma unroll
-        for (int nt = 0; nt < NTILE; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < DP / 16; ++kk) {
-            u32 aq[4], ag[4];
-            ldmatrix_x4(aq, q_lane + 2 * kk * 16);
-            ldmatrix_x4(ag, g_lane + 2 * kk * 16);
-#pragma unroll
-            for (int np = 0; np < BC / 16; ++np) {
-                u32 bk[4], bv[4];
-                ldmatrix_x4(bk, kb_lane + boff + 2 * (np * 16 * LD + kk * 16));
-                ldmatrix_x4(bv, vb_lane + boff + 2 * (np * 16 * LD + kk * 16));
-                mma_16816<T>(s[2 * np], aq, bk[0], bk[1]);
-                mma_16816<T>(s[2 * np + 1], aq, bk[2], bk[3]);
-                mma_16816<T>(dp[2 * np], ag, bv[0], bv[1]);
-                mma_16816<T>(dp[2 * np + 1], ag, bv[2], bv[3]);
-            }
-        }
+        mma_rows_x2<T, DP, BC, LD>(s, dp, q_lane, g_lane, kb_lane + boff, vb_lane + boff);
 
         // dS = P o (dP - delta), masked pairs P = 0.
         const int j0 = jb * BC;
@@ -349,16 +290,12 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
 #pragma unroll
         for (int c = 0; c < BC / 16; ++c) {
             u32 as[4];
-            as[0] = pack2<T>(dp[2 * c][0], dp[2 * c][1]);
-            as[1] = pack2<T>(dp[2 * c][2], dp[2 * c][3]);
-            as[2] = pack2<T>(dp[2 * c + 1][0], dp[2 * c + 1][1]);
-            as[3] = pack2<T>(dp[2 * c + 1][2], dp[2 * c + 1][3]);
+            acc_to_a_fragment<T>(as, dp[2 * c], dp[2 * c + 1]);
 #pragma unroll
             for (int dq2 = 0; dq2 < DP / 16; ++dq2) {
                 u32 bk[4];
                 ldmatrix_x4_trans(bk, ka_lane + boff + 2 * (c * 16 * LD + dq2 * 16));
-                mma_16816<T>(acc_dq[2 * dq2], as, bk[0], bk[1]);
-                mma_16816<T>(acc_dq[2 * dq2 + 1], as, bk[2], bk[3]);
+                mma_16816_x2<T>(acc_dq[2 * dq2], acc_dq[2 * dq2 + 1], as, bk);
             }
         }
         __syncthreads();
@@ -373,13 +310,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq(
 #pragma unroll
         for (int dt = 0; dt < DTILE; ++dt) {
             const int col = dt * 8 + 2 * t;
-            const float x0 = acc_dq[dt][2 * hr] * scale, x1 = acc_dq[dt][2 * hr + 1] * scale;
-            if (VEC && col < d) {
-                *reinterpret_cast<u32*>(row + col) = pack2<T>(x0, x1);
-            } else {
-                if (col < d) row[col] = from_f32<T>(x0);
-                if (col + 1 < d) row[col + 1] = from_f32<T>(x1);
-            }
+            store_pair<T, VEC>(row, col, d, acc_dq[dt][2 * hr] * scale, acc_dq[dt][2 * hr + 1] * scale);
         }
     }
 }

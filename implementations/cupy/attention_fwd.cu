@@ -26,7 +26,7 @@
 // (lse's rows are contiguous). Head dims d <= DP are zero-padded in shared
 // memory (zero columns add nothing to q.k and produce columns that are not stored). GQA: query head h
 // reads KV head h / (Hq / Hk).
-#include "common.cuh"
+#include "attention.cuh"
 
 template <class T, int DP, int MT, int BC, bool VEC>
 __global__ void __launch_bounds__(128) attn_fwd(
@@ -56,13 +56,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
     const T* kg = k + b * k_sb + hk * k_sh + k0 * k_ss;
     const T* vg = v + b * v_sb + hk * v_sh + k0 * v_ss;
 
-    // Key blocks this row block needs: [jb_lo, jb_hi), from the first to the last key any of its rows sees.
-    int jb_lo = 0, jb_hi = (Sk + BC - 1) / BC;
-    if (band.has_hi) {
-        const int last_key = min(i0 + BR - 1, Sq - 1) + band.hi;
-        jb_hi = last_key < 0 ? 0 : min(jb_hi, last_key / BC + 1);
-    }
-    if (band.has_lo) jb_lo = max(i0 + band.lo, 0) / BC;
+    const auto [jb_lo, jb_hi] = key_blocks(band, i0, BR, BC, Sq, Sk);
 
     load_tile<T, BR, DP, LD, NT, VEC>(sQ, qg, q_ss, i0, Sq, d);
     if (jb_lo < jb_hi) {
@@ -94,14 +88,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
     const u32 v_lane = smem_addr(sV) + 2 * (a_row * LD + a_col);
 
     for (int jb = jb_lo; jb < jb_hi; ++jb) {
-        const int buf = (jb - jb_lo) & 1;
-        if (jb + 1 < jb_hi) {
-            load_tile<T, BC, DP, LD, NT, VEC>(sK + (buf ^ 1) * BC * LD, kg, k_ss, (jb + 1) * BC, Sk, d);
-            load_tile<T, BC, DP, LD, NT, VEC>(sV + (buf ^ 1) * BC * LD, vg, v_ss, (jb + 1) * BC, Sk, d);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+        const int buf = next_kv_block<T, BC, DP, LD, NT, VEC>(sK, sV, kg, vg, k_ss, v_ss, jb, jb_lo, jb_hi, Sk, d);
         const u32 kb = k_lane + 2 * buf * BC * LD;
         const u32 vb = v_lane + 2 * buf * BC * LD;
 
@@ -124,10 +111,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
                 u32 bk[4];
                 ldmatrix_x4(bk, kb + 2 * (np * 16 * LD + kk * 16));
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    mma_16816<T>(s[mt][2 * np], a[mt], bk[0], bk[1]);
-                    mma_16816<T>(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
-                }
+                for (int mt = 0; mt < MT; ++mt) mma_16816_x2<T>(s[mt][2 * np], s[mt][2 * np + 1], a[mt], bk);
             }
         }
 
@@ -182,12 +166,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
             }
             // S accumulators of n-tiles 2c, 2c+1 are exactly the A fragment of key chunk c.
 #pragma unroll
-            for (int c = 0; c < BC / 16; ++c) {
-                pa[mt][c][0] = pack2<T>(s[mt][2 * c][0], s[mt][2 * c][1]);
-                pa[mt][c][1] = pack2<T>(s[mt][2 * c][2], s[mt][2 * c][3]);
-                pa[mt][c][2] = pack2<T>(s[mt][2 * c + 1][0], s[mt][2 * c + 1][1]);
-                pa[mt][c][3] = pack2<T>(s[mt][2 * c + 1][2], s[mt][2 * c + 1][3]);
-            }
+            for (int c = 0; c < BC / 16; ++c) acc_to_a_fragment<T>(pa[mt][c], s[mt][2 * c], s[mt][2 * c + 1]);
         }
 
         // O += P V.
@@ -198,10 +177,8 @@ __global__ void __launch_bounds__(128) attn_fwd(
                 u32 bv[4];
                 ldmatrix_x4_trans(bv, vb + 2 * (c * 16 * LD + dp * 16));
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    mma_16816<T>(acc_o[mt][2 * dp], pa[mt][c], bv[0], bv[1]);
-                    mma_16816<T>(acc_o[mt][2 * dp + 1], pa[mt][c], bv[2], bv[3]);
-                }
+                for (int mt = 0; mt < MT; ++mt)
+                    mma_16816_x2<T>(acc_o[mt][2 * dp], acc_o[mt][2 * dp + 1], pa[mt][c], bv);
             }
         }
         __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it
@@ -223,13 +200,7 @@ __global__ void __launch_bounds__(128) attn_fwd(
 #pragma unroll
             for (int dt = 0; dt < DTILE; ++dt) {
                 const int col = dt * 8 + 2 * t;
-                const float o0 = acc_o[mt][dt][2 * hr] * inv, o1 = acc_o[mt][dt][2 * hr + 1] * inv;
-                if (VEC && col < d) {
-                    *reinterpret_cast<u32*>(orow + col) = pack2<T>(o0, o1);
-                } else {
-                    if (col < d) orow[col] = from_f32<T>(o0);
-                    if (col + 1 < d) orow[col + 1] = from_f32<T>(o1);
-                }
+                store_pair<T, VEC>(orow, col, d, acc_o[mt][dt][2 * hr] * inv, acc_o[mt][dt][2 * hr + 1] * inv);
             }
             if (t == 0) lse[b * l_sb + h * l_sh + q0 + i] = l > 0.f ? (m_run[mt][hr] + log2f(l)) * ATTNSPEC_LN2 : -ATTNSPEC_INF;
         }

@@ -64,20 +64,17 @@ template <> __device__ __forceinline__ u32 pack2<f16_t>(float lo, float hi) {
 // c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1].
 
 template <class T> __device__ __forceinline__ void mma_16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1);
-template <> __device__ __forceinline__ void mma_16816<bf16_t>(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma_16816<f16_t>(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// The specialisation for storage type T, whose PTX type is PTX ("bf16" or "f16").
+#define ATTNSPEC_MMA_16816(T, PTX)                                                                            \
+    template <> __device__ __forceinline__ void mma_16816<T>(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) { \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+                     "{%8,%9}, {%0,%1,%2,%3};\n"                                                               \
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                           \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                           \
+    }
+ATTNSPEC_MMA_16816(bf16_t, "bf16")
+ATTNSPEC_MMA_16816(f16_t, "f16")
+#undef ATTNSPEC_MMA_16816
 
 // ---------------------------------------------------------------------------------------------------
 // Shared memory: addresses, ldmatrix, cp.async.
