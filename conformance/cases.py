@@ -229,6 +229,17 @@ def memory_case(dtypes: tuple[torch.dtype, ...], device: str, S: int) -> list[At
     return [AttentionCase(1, 4, 4, S, S, 32 if device == "cpu" else 64, dtype, device, None)]
 
 
+def memory_cases(dtypes: Callable[[Capabilities], tuple[torch.dtype, ...]],
+                 largest: dict[str, int]) -> Callable[[BackendLike, str, bool], list[AttentionCase]]:
+    """The case generator of a memory-growth clause: :func:`memory_case` in the dtypes ``dtypes`` reads from a
+    backend's capabilities, at the device's largest sequence length ``largest[device]``."""
+
+    def generate(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
+        return memory_case(dtypes(b.capabilities), device, largest[device])
+
+    return generate
+
+
 def memory_lengths(S: int) -> list[int]:
     """The sequence lengths a memory-growth clause measures at: four doublings up to S."""
     return [S // 8, S // 4, S // 2, S]

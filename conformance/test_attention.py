@@ -245,16 +245,12 @@ def test_large_logits(trial: Trial) -> None:
     check_forward(trial, q, k, v, causal=trial.case.causal, scale=scale)
 
 
-def _memory(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
-    return C.memory_case(b.capabilities.dtypes, device, MEMORY_S[device])
-
-
 #: the largest sequence length of the memory-growth sweep (conformance.cases.memory_lengths)
 MEMORY_S = {"cpu": 4096, "cuda": 16384}
 
 
 @clause("ATT-10")
-@cases("attention", _memory, premise=C.memory_sized)
+@cases("attention", C.memory_cases(lambda caps: caps.dtypes, MEMORY_S), premise=C.memory_sized)
 def test_linear_memory(trial: Trial) -> None:
     """A `memory="linear"` backend holds no Sq x Sk buffer: peak extra memory during the forward stays below
     outputs + a tenth of the float32 score matrix at the largest S, with a log-log slope <= 1.1 over S.

@@ -58,16 +58,12 @@ def test_gradients_custom_scale(trial: Trial) -> None:
     trial.metrics["scales"] = list(BACKWARD_SCALES)
 
 
-def _grad2(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
-    return C.memory_case(b.capabilities.backward_dtypes, device, MEMORY_S[device])
-
-
 #: the largest sequence length of the memory-growth sweep (conformance.cases.memory_lengths)
 MEMORY_S = {"cpu": 2048, "cuda": 16384}
 
 
 @clause("GRAD-2")
-@cases("attention_backward", _grad2, premise=C.memory_sized)
+@cases("attention_backward", C.memory_cases(lambda caps: caps.backward_dtypes, MEMORY_S), premise=C.memory_sized)
 def test_backward_recomputes_from_lse(trial: Trial) -> None:
     """A `saves="lse"` backend's backward uses only Q, K, V, out, lse, dout and holds no Sq x Sk buffer.
 

@@ -4,13 +4,15 @@
   :func:`write` (results copied into outputs allocated with ``new_output``, rounded by torch);
 - the causal visibility rule of SPEC ATT-3 (offsets from ``base.causal_offset``): :func:`visible`;
 - the -inf-safe pieces of the (online) softmax, ATT-4 / SMX-2 / SMX-5: :func:`finite_or_zero`,
-  :func:`log_or_neg_inf`, :func:`merge_stats`.
+  :func:`log_or_neg_inf`, :func:`merge_stats`; the statistics as outputs: :func:`stats_outputs`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from implementations.base import new_output
 
 
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -57,3 +59,12 @@ def merge_stats(m1: np.ndarray, l1: np.ndarray, m2: np.ndarray, l2: np.ndarray) 
     ref = finite_or_zero(m)
     return m, l1 * np.exp(m1 - ref) + l2 * np.exp(m2 - ref)
 
+
+def stats_outputs(m: np.ndarray, l: np.ndarray, dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax statistics ``(m, l)`` (SMX-1, SMX-2) copied into two new outputs of ``dtype`` on ``device``."""
+    m_out = new_output(m.shape, dtype, device)
+    l_out = new_output(l.shape, dtype, device)
+    write(m_out, m)
+    write(l_out, l)
+    return m_out, l_out

@@ -18,6 +18,7 @@ from implementations._numpy import (
     finite_or_zero,
     log_or_neg_inf,
     merge_stats,
+    stats_outputs,
     visible,
     write,
 )
@@ -159,22 +160,14 @@ class ReferenceBackend(Backend):
         x64 = as_numpy(x, F64)
         m = x64.max(axis=1)
         l = np.exp(x64 - finite_or_zero(m)[:, None]).sum(axis=1)
-        m_out = new_output(m.shape, wide_dtype(x.dtype), x.device)
-        l_out = new_output(l.shape, wide_dtype(x.dtype), x.device)
-        write(m_out, m)
-        write(l_out, l)
-        return m_out, l_out
+        return stats_outputs(m, l, wide_dtype(x.dtype), x.device)
 
     @implementation("softmax_merge")
     def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """SMX-2: ``m = max(m1, m2)``, ``l = l1·e^(m1-m) + l2·e^(m2-m)``, in the inputs' dtype."""
         m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         m, l = merge_stats(as_numpy(m1, F64), as_numpy(l1, F64), as_numpy(m2, F64), as_numpy(l2, F64))
-        m_out = new_output(m1.shape, m1.dtype, m1.device)
-        l_out = new_output(m1.shape, m1.dtype, m1.device)
-        write(m_out, m)
-        write(l_out, l)
-        return m_out, l_out
+        return stats_outputs(m, l, m1.dtype, m1.device)
 
     # -- knowledge distillation -------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from implementations._numpy import (
     log_or_neg_inf,
     merge_stats,
     numpy_dtype,
+    stats_outputs,
     write,
 )
 from implementations.base import Backend, InvalidInputError, new_output, wide_dtype
@@ -159,11 +160,7 @@ class TiledReferenceBackend(Backend):
         if not isinstance(block, int) or block < 1:
             raise InvalidInputError(f"block must be a positive integer, got {block!r}")
         m, l = _online_stats(x, block, 1.0)
-        m_out = new_output(m.shape, wide_dtype(x.dtype), x.device)
-        l_out = new_output(l.shape, wide_dtype(x.dtype), x.device)
-        write(m_out, m)
-        write(l_out, l)
-        return m_out, l_out
+        return stats_outputs(m, l, wide_dtype(x.dtype), x.device)
 
     @implementation("softmax_merge")
     def softmax_merge(self, inp: ops.MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,11 +168,7 @@ class TiledReferenceBackend(Backend):
         m1, l1, m2, l2 = inp.m1, inp.l1, inp.m2, inp.l2
         dtype = wide_dtype(m1.dtype)
         m, l = merge_stats(as_numpy(m1, dtype), as_numpy(l1, dtype), as_numpy(m2, dtype), as_numpy(l2, dtype))
-        m_out = new_output(m1.shape, m1.dtype, m1.device)
-        l_out = new_output(m1.shape, m1.dtype, m1.device)
-        write(m_out, m)
-        write(l_out, l)
-        return m_out, l_out
+        return stats_outputs(m, l, m1.dtype, m1.device)
 
     # -- knowledge distillation -------------------------------------------------------------------
 
