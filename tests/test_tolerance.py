@@ -151,8 +151,8 @@ def test_half_tile_accumulation_fails_att1_at_production_size(case: AttentionCas
 
 
 def test_half_accumulation_is_caught_by_the_floor_not_the_multiplier() -> None:
-    """The defect's error is within 2x the naive error plus the old floor of 4 ulps at M: it is the floor
-    in bfloat16 (one ulp) that fails it, not a change of multiplier."""
+    """The defect's error is within 2x the naive error plus a floor of 4 ulps at M: it is the floor's one ulp
+    in bfloat16 that fails it, not a change of multiplier."""
     case = PRODUCTION[0]
     trial = Trial(mutants.mutant_half_tile_accumulation(), "attention", case, "ATT-1", "mutant", 0)
     with pytest.raises(AssertionError):

@@ -68,11 +68,8 @@ class TorchCPUBackend(TorchAttention, TorchOps):
                 "Sq == Sk) the kernel is linear (per-thread [q_split, kv_split] blocks) and saves only q, k, v, "
                 "out, lse",
                 self._masked_rows(),
-                "FINDING (torch 2.13 CPU, all dtypes; also through F.scaled_dot_product_attention): is_causal "
-                "(top_left) with a negative scale gives NaN in every row, out and lse: the CPU flash kernel "
-                "fills masked scores with -inf before multiplying by the scale, so -inf times a negative scale "
-                "is +inf. Non-causal and bottom_right (additive mask, added after scaling) are fine. Returned "
-                "as torch computes it (ATT-8 records it)",
+                "is_causal (top_left) with a negative scale: returned as torch computes it (the finding, ATT-8: "
+                "conformance/xfails/torch.txt)",
                 "attention_backward: autograd through the same aten call (forward recomputed inside the call; "
                 "the out and lse arguments are validated, not used); backward timings include one forward",
                 "deterministic: the CPU flash backward parallelises over (batch, head) pairs, each summed "
