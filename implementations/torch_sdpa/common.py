@@ -64,17 +64,41 @@ def additive_mask(variant: CausalVariant, Sq: int, Sk: int, dtype: torch.dtype, 
     return mask.masked_fill_(~visible_mask(variant, Sq, Sk, device), NEG_INF)
 
 
-def lse_from_scores(q: torch.Tensor, k: torch.Tensor, variant: CausalVariant | None, scale: float) -> torch.Tensor:
-    """ATT-2 computed directly: ``logsumexp_j(scale · q_i·k_j)`` over visible keys, float32 (float64 for float64).
+def lse_from_scores(q: torch.Tensor, k: torch.Tensor, variant: CausalVariant | None, scale: float,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """ATT-2 computed directly: ``logsumexp_j(scale · q_i·k_j + bias_ij)`` over visible keys, float32 (float64
+    for float64), ``bias`` a float bias or a bool mask (SPEC VAR-6).
 
     Used where the kernel returns no lse. It materialises the ``[B, Hq, Sq, Sk]`` scores. A fully masked
     row gives -inf (``torch.logsumexp`` of all -inf).
     """
     wide = wide_dtype(q.dtype)
     scores = torch.matmul(q.to(wide), expand_kv(k, q.shape[1]).to(wide).transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + additive_bias(bias, wide)
     if variant is not None:
         scores = scores.masked_fill(~visible_mask(variant, q.shape[2], k.shape[2], q.device), NEG_INF)
     return torch.logsumexp(scores, dim=-1)
+
+
+def additive_bias(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """SPEC VAR-6's bias as SDPA's ``attn_mask`` takes it: a float bias in ``dtype``, a bool mask (True =
+    visible) as 0 / -inf, as SDPA converts one."""
+    if bias.dtype == torch.bool:
+        return torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill_(~bias, NEG_INF)
+    return bias.to(dtype)
+
+
+def sdpa_mask(bias: torch.Tensor | None, variant: CausalVariant | None, q: torch.Tensor,
+              k: torch.Tensor) -> torch.Tensor | None:
+    """The additive ``attn_mask`` ``[B, Hq, Sq, Sk]`` (a broadcast view where it can be) of ``bias`` with the
+    causal variant folded in, in q's dtype; None without a bias."""
+    if bias is None:
+        return None
+    mask = additive_bias(bias, q.dtype)
+    if variant is not None:
+        mask = mask + additive_mask(variant, q.shape[2], k.shape[2], q.dtype, q.device)
+    return torch.broadcast_to(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
 
 
 def shift_of(m: torch.Tensor) -> torch.Tensor:
@@ -138,8 +162,10 @@ class TorchAttention(Backend):
     kernel: SDPBackend | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out, lse or None)`` from the kernel, differentiable w.r.t. q, k, v; None: compute lse."""
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out, lse or None)`` from the kernel, differentiable w.r.t. q, k, v; None: compute lse. ``bias``
+        (SPEC VAR-6) only where the backend declares the "bias" variant."""
         raise NotImplementedError
 
     def kernel_reasons(self, case: AttentionCase, backward: bool) -> list[str]:
@@ -184,16 +210,17 @@ class TorchAttention(Backend):
 
     @implementation("attention")
     def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """ATT-1..3: ``out = softmax(scale · QKᵀ + mask) V`` and ``lse`` ([B, Hq, Sq], float32/float64).
+        """ATT-1..3, VAR-6: ``out = softmax(scale · QKᵀ + bias + mask) V`` and ``lse`` ([B, Hq, Sq],
+        float32/float64).
 
         Fully masked rows are returned as the kernel leaves them (ATT-4 records what torch does).
         """
-        q, k, v, variant, scale = inp.q, inp.k, inp.v, inp.causal, inp.scale
+        q, k, v, variant, scale, bias = inp.q, inp.k, inp.v, inp.causal, inp.scale, inp.variants.bias
         self.refuse_unsupported(q, k, v, variant, backward=False)
         with torch.no_grad():
-            out, lse = self.forward(q, k, v, variant, scale, need_lse=True)
+            out, lse = self.forward(q, k, v, variant, scale, need_lse=True, bias=bias)
             if lse is None:
-                lse = lse_from_scores(q, k, variant, scale)
+                lse = lse_from_scores(q, k, variant, scale, bias)
         lse_out = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
         lse_out.copy_(lse)
         return out, lse_out
@@ -208,7 +235,7 @@ class TorchAttention(Backend):
         leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
         self.refuse_unsupported(*leaves, variant, backward=True)
         with torch.enable_grad():
-            recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False)
+            recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False, bias=inp.variants.bias)
             dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
         return dq, dk, dv
 

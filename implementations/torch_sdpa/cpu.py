@@ -35,6 +35,7 @@ from implementations.torch_sdpa.common import (
     additive_mask,
     expand_kv,
     lse_from_scores,
+    sdpa_mask,
 )
 
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -59,8 +60,13 @@ class TorchCPUBackend(TorchAttention, TorchOps):
             stats_dtypes=LOW_AND_FULL,
             kd_dtypes=LOW_AND_FULL,
             reduce_dtypes=(torch.float32,),
+            attention_variants=frozenset({"bias"}),
             notes=(
                 f"torch {torch.__version__}; {torch.get_num_threads()} threads",
+                "variants: bias only (SPEC VAR-6), as SDPA's additive attn_mask in q's dtype, broadcast to "
+                "[B, Hq, Sq, Sk]; a bool mask is converted to 0 / -inf first (as SDPA does) and the causal mask "
+                "is added to it (is_causal is not combined with a mask); window, softcap and ALiBi are not "
+                "SDPA arguments",
                 self._lse_source(),
                 "bottom_right with Sq != Sk: torch materialises causal_lower_right as an [Sq, Sk] additive mask "
                 "in q's dtype (once per call, shared over B and H) and autograd saves it; hence memory="
@@ -129,25 +135,29 @@ class TorchCPUBackend(TorchAttention, TorchOps):
     # -- the kernel --------------------------------------------------------------------------------
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SDPA's CPU path, as ``F.scaled_dot_product_attention`` takes it.
 
         Bottom-right with Sq == Sk is top-left (torch's ``CausalBias`` does the same); with Sq != Sk the
-        mask is materialised as torch does. GQA is passed through (``enable_gqa``) or, before torch 2.5,
-        K and V are repeated per group.
+        mask is materialised as torch does. A bias (VAR-6) is SDPA's additive ``attn_mask`` in q's dtype (a bool
+        mask converted to 0 / -inf, as SDPA does), the causal mask added to it. GQA is passed through
+        (``enable_gqa``) or, before torch 2.5, K and V are repeated per group.
         """
         Sq, Sk = q.shape[2], k.shape[2]
         gqa = k.shape[1] != q.shape[1]
         if gqa and not HAS_ENABLE_GQA:
             k, v, gqa = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), False
-        is_causal = variant == "top_left" or (variant == "bottom_right" and Sq == Sk)
-        mask = additive_mask("bottom_right", Sq, Sk, q.dtype, q.device) if variant and not is_causal else None
+        is_causal = bias is None and (variant == "top_left" or (variant == "bottom_right" and Sq == Sk))
+        mask = sdpa_mask(bias, variant, q, k)
+        if mask is None and variant and not is_causal:
+            mask = additive_mask("bottom_right", Sq, Sk, q.dtype, q.device)
         if _CPU_FLASH is not None and self._flash_chosen(q, k, v, mask, is_causal, scale, gqa):
             out, lse = _CPU_FLASH(q, k, v, 0.0, is_causal, attn_mask=mask, scale=scale)
             return out, lse
         extra = {"enable_gqa": True} if gqa else {}
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, **extra)
-        return out, (lse_from_scores(q, k, variant, scale) if need_lse else None)
+        return out, (lse_from_scores(q, k, variant, scale, bias) if need_lse else None)
 
 
 # --------------------------------------------------------------------------------------------------

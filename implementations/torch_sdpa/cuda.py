@@ -23,6 +23,7 @@ from implementations.torch_sdpa.common import (
     expand_kv,
     lse_as_b_h_sq,
     lse_from_scores,
+    sdpa_mask,
     sdpa_params,
     torch_refusals,
 )
@@ -147,6 +148,7 @@ class TorchFlashBackend(TorchCudaKernel):
             "fully masked rows (bottom_right, Sq > Sk) and negative custom scales: returned as the kernel "
             "computes them; its deviations from SPEC.md are findings in conformance/xfails/torch.txt",
             "autograd saves q, k, v, out, lse [B, H, Sq] and the RNG state: nothing of Sq x Sk (torch 2.11)",
+            "variants: none; the flash kernel takes no attn_mask (SDPA does not route a mask to it)",
         ),
     )
 
@@ -200,7 +202,13 @@ class TorchEfficientBackend(TorchCudaKernel):
             "bottom_right with Sq > Sk: returned as the kernel computes it; its deviations from SPEC.md there "
             "are findings in conformance/xfails/torch.txt",
             "autograd saves q, k, v, out and the Sq-padded lse: nothing of Sq x Sk (torch 2.11)",
+            "variants: bias (SPEC VAR-6) as the kernel's attn_bias, what SDPA passes it for an attn_mask: in q's "
+            "dtype (a bool mask as 0 / -inf), the causal mask added, its last dim padded to a multiple of 16 "
+            "and sliced (the alignment the kernel needs, as SDPA's preprocess_mask does), broadcast to "
+            "[B, Hq, Sq, Sk]; is_causal is then off. Written for torch 2.11 but not yet run on a GPU: the "
+            "integrator's H200 run of VAR-6 is its check",
         ),
+        attention_variants=frozenset({"bias"}),
     )
 
     def gate_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None
@@ -209,8 +217,16 @@ class TorchEfficientBackend(TorchCudaKernel):
         return q, k, v, is_causal, False
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         k, v = self.prepared_kv(q, k, v)
+        if bias is not None:
+            Sk = k.shape[2]
+            mask = sdpa_mask(bias, variant, q, k)
+            aligned = F.pad(mask, (0, -Sk % 16))[..., :Sk]
+            result = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, aligned, True, 0.0, False,
+                                                                            scale=scale)
+            return result[0], self.kernel_lse(result[1], q)
         if variant == "bottom_right" and q.shape[2] != k.shape[2]:
             from torch.nn.attention.bias import CausalVariant as TorchCausal  # imports torch._dynamo: lazily
 
@@ -245,6 +261,7 @@ class TorchCudnnBackend(TorchCudaKernel):
             "causal_lower_right has no cuDNN path), so it is not declared",
             "autograd saves q, k, v, out and lse [B, H, Sq, 1]: nothing of Sq x Sk (torch 2.11)",
             "GQA: K and V repeated per group before the kernel",
+            "variants: none declared; the aten op has an attn_bias argument in recent torch, not checked here",
         ),
     )
 
@@ -283,14 +300,23 @@ class TorchMathBackend(TorchCudaKernel, TorchOps):
             "softmax); the computed lse is -inf",
             "softmax_stats, softmax_merge, kd_loss and reduce_sum of torch on CUDA are declared here (they do "
             "not depend on the attention kernel)",
+            "variants: bias (SPEC VAR-6) as F.scaled_dot_product_attention's attn_mask in q's dtype (a bool mask "
+            "as 0 / -inf), the causal mask added to it; lse from the scores plus that bias",
         ) + OPS_NOTES,
+        attention_variants=frozenset({"bias"}),
     )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         kk, vv = self.prepared_kv(q, k, v)
         extra = {"enable_gqa": True} if kk.shape[1] != q.shape[1] else {}
         bottom_right = variant == "bottom_right" and q.shape[2] != k.shape[2]
+        if bias is not None:  # the causal mask goes into the additive bias
+            mask = sdpa_mask(bias, variant, q, k)
+            with sdpa_kernel([SDPBackend.MATH]):
+                out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scale, **extra)
+            return out, (lse_from_scores(q, k, None, scale, mask) if need_lse else None)
         mask = None
         if bottom_right:
             from torch.nn.attention.bias import causal_lower_right  # imports torch._dynamo: only when needed
