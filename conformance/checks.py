@@ -22,34 +22,49 @@ def default_scale(D: int) -> float:
 
 
 def call_attention(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                   causal: CausalVariant | bool | None,
-                   scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backend's forward with the case's tiles (when set)."""
+                   causal: CausalVariant | bool | None, scale: float | None = None,
+                   **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend's forward with the case's tiles (when set) and the variant arguments (SPEC VAR) given."""
     tiles = trial.case.tiles if isinstance(trial.case, AttentionCase) else None
     kwargs = {"tiles": tiles} if tiles else {}
-    return trial.call("attention", q, k, v, causal=causal, scale=scale, **kwargs)
+    return trial.call("attention", q, k, v, causal=causal, scale=scale, **kwargs, **variants)
+
+
+def variant_logit_bound(q: torch.Tensor, k: torch.Tensor, **variants: object) -> float:
+    """What the variants add to the largest logit a kernel rounds: the largest finite bias and the largest
+    ALiBi term ``max slope · max distance`` (SPEC VAR)."""
+    extra = 0.0
+    bias = variants.get("bias")
+    if isinstance(bias, torch.Tensor) and bias.dtype != torch.bool:
+        extra += float(bias.abs().max())
+    slopes = variants.get("alibi_slopes")
+    if isinstance(slopes, torch.Tensor):
+        extra += float(slopes.abs().max()) * (q.shape[2] + k.shape[2])
+    return extra
 
 
 def check_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   causal: CausalVariant | None, scale: float | None = None,
-                  outputs: tuple[str, ...] = ("out", "lse")) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the forward and apply the tolerance rule to ``outputs`` against the float64 oracle."""
-    out, lse = call_attention(trial, q, k, v, causal=causal, scale=scale)
-    judge_forward(trial, q, k, v, out, lse, causal=causal, scale=scale, outputs=outputs)
+                  outputs: tuple[str, ...] = ("out", "lse"), **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward (with the variant arguments of SPEC VAR given) and apply the tolerance rule to
+    ``outputs`` against the float64 oracle."""
+    out, lse = call_attention(trial, q, k, v, causal=causal, scale=scale, **variants)
+    judge_forward(trial, q, k, v, out, lse, causal=causal, scale=scale, outputs=outputs, **variants)
     return out, lse
 
 
 def judge_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, *, causal: CausalVariant | None, scale: float | None = None,
-                  outputs: tuple[str, ...] = ("out", "lse")) -> None:
-    """The tolerance rule on a forward's ``outputs`` (ATT-1, ATT-2) against the float64 oracle of q, k, v."""
+                  outputs: tuple[str, ...] = ("out", "lse"), **variants: object) -> None:
+    """The tolerance rule on a forward's ``outputs`` (ATT-1, ATT-2) against the float64 oracle of q, k, v (with
+    the variant arguments of SPEC VAR)."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
-    ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=causal, scale=sc)
+    ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=causal, scale=sc, **variants)
     with torch.no_grad():
-        naive_out, naive_lse = oracle.attention(q, k, v, causal=causal, scale=sc, compute=q.dtype)
+        naive_out, naive_lse = oracle.attention(q, k, v, causal=causal, scale=sc, compute=q.dtype, **variants)
     # a kernel rounds each logit s to its accumulator (|δs| <= eps/2·max|s|); the softmax carries that to out
     # with gain <= 2·max|v| (δout_i = Σ_j p_ij δs_ij (v_j - out_i)) and to lse with gain <= 1
-    logit = max_abs_logit(q, k, sc)
+    logit = max_abs_logit(q, k, sc) + variant_logit_bound(q, k, **variants)
     found = {"out": (out, ref_out, naive_out, q.dtype, logit * float(v.abs().max())),
              "lse": (lse, ref_lse, naive_lse, lse.dtype, logit)}
     trial.check(*(compare(name, got, ref, naive, dtype=dtype, terms=k.shape[2], propagated=propagated)
@@ -57,23 +72,25 @@ def judge_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                   causal: CausalVariant | None, scale: float | None = None
+                   causal: CausalVariant | None, scale: float | None = None, **variants: object
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward then backward with a random ``dout``; dq, dk, dv against the oracle's autograd (GRAD-1)."""
-    out, lse = trial.call("attention", q, k, v, causal=causal, scale=scale)
+    """Forward then backward with a random ``dout`` (the variant arguments of SPEC VAR given to both); dq, dk,
+    dv against the oracle's autograd (GRAD-1)."""
+    out, lse = trial.call("attention", q, k, v, causal=causal, scale=scale, **variants)
     dout = randn_like(out, trial.generator(salt=7))
-    dq, dk, dv = trial.call("attention_backward", q, k, v, out, lse, dout, causal=causal, scale=scale)
-    judge_backward(trial, q, k, v, dout, (dq, dk, dv), causal=causal, scale=scale)
+    dq, dk, dv = trial.call("attention_backward", q, k, v, out, lse, dout, causal=causal, scale=scale, **variants)
+    judge_backward(trial, q, k, v, dout, (dq, dk, dv), causal=causal, scale=scale, **variants)
     return dq, dk, dv
 
 
 def judge_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
                    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *, causal: CausalVariant | None,
-                   scale: float | None = None) -> None:
-    """The tolerance rule on ``grads = (dq, dk, dv)`` against the oracle's autograd gradients (GRAD-1)."""
+                   scale: float | None = None, **variants: object) -> None:
+    """The tolerance rule on ``grads = (dq, dk, dv)`` against the oracle's autograd gradients (GRAD-1), with the
+    variant arguments of SPEC VAR."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
-    refs = oracle.oracle_grads(q, k, v, dout, causal=causal, scale=sc)
-    naives = oracle.attention_grads(q, k, v, dout, causal=causal, scale=sc, compute=q.dtype)
+    refs = oracle.oracle_grads(q, k, v, dout, causal=causal, scale=sc, **variants)
+    naives = oracle.attention_grads(q, k, v, dout, causal=causal, scale=sc, compute=q.dtype, **variants)
     # the longest sums behind a gradient element: over the queries of a KV head (dk, dv), over the keys (dq),
     # and over D in dP = dO·v and delta = dO·o, whose difference every dS takes (with one key it cancels to 0)
     terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2], q.shape[3])

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from implementations.base import CausalVariant
+from implementations.ops.variant_logits import capped_logits, window_visibility
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -56,23 +57,29 @@ def attention(
     compute: torch.dtype,
     naive: bool = True,
     rows: tuple[int, int] | None = None,
+    p_round: torch.dtype | None = None,
+    **variants: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out = softmax(scale QKᵀ + mask) V`` and ``lse`` computed in ``compute`` dtype, differentiably.
 
     ``rows = (first, Sq)`` says ``q`` holds query rows ``first, first + 1, ...`` of a problem of ``Sq`` rows
-    (for the causal mask of a chunk); None: ``q`` holds every row.
+    (for the causal mask of a chunk); None: ``q`` holds every row. ``variants``: the ``window``, ``softcap``,
+    ``bias`` and ``alibi_slopes`` of SPEC VAR (``implementations.ops.variant_logits``).
 
     Low-precision ``compute`` runs the matrix products in that dtype and the softmax in float32. The
     ``naive`` form scales Q before the product (as FlashAttention's reference does) and sums over the head
     dim and over the keys in reverse order: exact identities, so it differs from the oracle (``naive=False``)
-    by honest rounding only, even in float64 where it would otherwise be the oracle itself. Fully masked rows
-    give out 0 and lse -inf, and zero (not NaN) gradients.
+    by honest rounding only, even in float64 where it would otherwise be the oracle itself. Rows with no
+    visible key give out 0 and lse -inf, and zero (not NaN) gradients. ``p_round``: P is rounded to that dtype
+    before ``P V`` (the fp8 naive form, SPEC FP8-1).
     """
     soft = torch.float32 if compute in LOW_PRECISION else compute
     qc, kc, vc = (x.to(compute) for x in (q, k, v))
     kc, vc = _expand_kv(kc, q.shape[1]), _expand_kv(vc, q.shape[1])
     first, Sq = rows if rows is not None else (0, q.shape[2])
-    visible = visibility(Sq, k.shape[2], causal, q.device, range(first, first + q.shape[2]))
+    here = range(first, first + q.shape[2])
+    visible = _and(visibility(Sq, k.shape[2], causal, q.device, here),
+                   window_visibility(Sq, k.shape[2], variants.get("window"), q.device, here))  # type: ignore[arg-type]
     if naive:
         qc, kc = (qc * scale).flip(-1), kc.flip(-1).flip(-2)
         vc = vc.flip(-2)
@@ -80,17 +87,24 @@ def attention(
         scores = (qc @ kc.transpose(-1, -2)).to(soft)
     else:
         scores = (qc @ kc.transpose(-1, -2)).to(soft) * scale
+    scores = capped_logits(scores, Sq=Sq, rows=here, flipped=naive, softcap=variants.get("softcap"),  # type: ignore[arg-type]
+                           bias=variants.get("bias"), alibi_slopes=variants.get("alibi_slopes"))  # type: ignore[arg-type]
     if visible is not None:
         scores = scores.masked_fill(~visible, float("-inf"))
-        empty = ~visible.any(dim=-1)  # fully masked rows (ATT-4)
-        scores = scores.masked_fill(empty[:, None], 0.0)
+    empty = (scores == float("-inf")).all(dim=-1, keepdim=True)  # rows with no visible key (ATT-4)
+    scores = scores.masked_fill(empty, 0.0)
     lse = torch.logsumexp(scores, dim=-1)
-    p = torch.exp(scores - lse[..., None])
-    if visible is not None:
-        p = p.masked_fill(empty[:, None], 0.0)
-        lse = lse.masked_fill(empty, float("-inf"))
+    p = torch.exp(scores - lse[..., None]).masked_fill(empty, 0.0)
+    lse = lse.masked_fill(empty[..., 0], float("-inf"))
+    if p_round is not None:
+        p = p.to(p_round).to(soft)
     out = p.to(compute) @ vc
     return out, lse
+
+
+def _and(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """The conjunction of two visibility masks, None standing for all visible."""
+    return b if a is None else (a if b is None else a & b)
 
 
 #: score-matrix elements (B·Hq·Sq·Sk) up to which the oracle runs on the CPU; larger problems run in float64
@@ -113,16 +127,16 @@ def _row_chunks(q: torch.Tensor, k: torch.Tensor) -> list[tuple[int, int]]:
     return [(i, min(i + step, Sq)) for i in range(0, Sq, step)]
 
 
-def oracle_attention(q, k, v, *, causal, scale) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def oracle_attention(q, k, v, *, causal, scale, **variants) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001, ANN003
     """The float64 oracle of forward attention, on the CPU (or, for large problems, on the inputs' device), in
-    chunks of query rows; returned on the CPU."""
+    chunks of query rows; returned on the CPU. ``variants`` as :func:`attention`'s."""
     dev = oracle_device(q, k)
     kd, vd = k.to(dev), v.to(dev)
     outs, lses = [], []
     with torch.no_grad():
         for first, stop in _row_chunks(q, k):
             out, lse = attention(q[:, :, first:stop].to(dev), kd, vd, causal=causal, scale=scale,
-                                 compute=torch.float64, naive=False, rows=(first, q.shape[2]))
+                                 compute=torch.float64, naive=False, rows=(first, q.shape[2]), **variants)
             outs.append(out.cpu())
             lses.append(lse.cpu())
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
@@ -138,16 +152,17 @@ def attention_grads(
     scale: float,
     compute: torch.dtype,
     naive: bool = True,
+    **variants: object,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dq, dk, dv`` of :func:`attention` in ``compute`` dtype by autograd (GQA sums come from the expand)."""
     leaves = [x.detach().to(compute).requires_grad_() for x in (q, k, v)]
     with torch.enable_grad():
-        out, _ = attention(*leaves, causal=causal, scale=scale, compute=compute, naive=naive)
+        out, _ = attention(*leaves, causal=causal, scale=scale, compute=compute, naive=naive, **variants)
         grads = torch.autograd.grad(out, leaves, dout.to(compute))
     return grads[0], grads[1], grads[2]
 
 
-def oracle_grads(q, k, v, dout, *, causal, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def oracle_grads(q, k, v, dout, *, causal, scale, **variants) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001, ANN003
     """The float64 oracle of the attention gradients (GRAD-1), by autograd, where :func:`oracle_attention`
     runs, in chunks of query rows: a chunk's rows give its dq rows and add their share to dk and dv."""
     dev = oracle_device(q, k)
@@ -157,7 +172,7 @@ def oracle_grads(q, k, v, dout, *, causal, scale) -> tuple[torch.Tensor, torch.T
         qc = q[:, :, first:stop].detach().to(dev, torch.float64).requires_grad_()
         with torch.enable_grad():
             out, _ = attention(qc, kd, vd, causal=causal, scale=scale, compute=torch.float64, naive=False,
-                               rows=(first, q.shape[2]))
+                               rows=(first, q.shape[2]), **variants)
             gq, gk, gv = torch.autograd.grad(out, (qc, kd, vd), dout[:, :, first:stop].to(dev, torch.float64))
         dqs.append(gq.cpu())
         dk += gk

@@ -26,6 +26,10 @@ AREAS: dict[str, str] = {
     "KD": "knowledge-distillation loss",
     "WD": "work-depth cost model",
     "DIST": "context-parallel attention",
+    "VAR": "attention variants: window, softcap, bias, ALiBi",
+    "VLEN": "packed variable-length batches",
+    "DEC": "decode over a paged KV cache, split-KV",
+    "FP8": "fp8 forward",
 }
 
 #: The test module of each area, one per SPEC chapter.
@@ -36,6 +40,10 @@ MODULES: dict[str, str] = {
     "KD": "conformance.test_kd_loss",
     "WD": "conformance.test_work_depth",
     "DIST": "conformance.test_dist",
+    "VAR": "conformance.test_variants",
+    "VLEN": "conformance.test_varlen",
+    "DEC": "conformance.test_decode",
+    "FP8": "conformance.test_fp8",
 }
 
 TITLES: dict[str, str] = {
@@ -56,6 +64,13 @@ TITLES: dict[str, str] = {
     "DIST-1": "context-parallel forward", "DIST-2": "context-parallel gradients", "DIST-3": "global causal masks",
     "DIST-4": "context-parallel GQA", "DIST-5": "uneven shards", "DIST-6": "world-size independence",
     "DIST-7": "no full K/V on a rank",
+    "VAR-1": "sliding window", "VAR-2": "window independence", "VAR-3": "window gradients",
+    "VAR-4": "logit softcap", "VAR-5": "softcap gradients", "VAR-6": "bias and boolean mask", "VAR-7": "ALiBi",
+    "VAR-8": "bad variant arguments",
+    "VLEN-1": "each sequence on its own", "VLEN-2": "no leakage", "VLEN-3": "zero-length sequences",
+    "VLEN-4": "varlen gradients", "VLEN-5": "bad packed input",
+    "DEC-1": "paged decode", "DEC-2": "split-KV merge", "DEC-3": "bad paged input",
+    "FP8-1": "fp8 forward", "FP8-2": "bad fp8 input",
 }
 
 
@@ -74,7 +89,7 @@ def parse_spec(text: str) -> dict[str, Clause]:
     clauses: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.splitlines():
-        match = re.match(r"^- ((?:ATT|GRAD|SMX|KD|WD|DIST)-\d+) (.*)", line)
+        match = re.match(r"^- ((?:ATT|GRAD|SMX|KD|WD|DIST|VAR|VLEN|DEC|FP8)-\d+) (.*)", line)
         if match:
             current = match.group(1)
             clauses[current] = [match.group(2)]
