@@ -89,7 +89,7 @@ def parse_spec(text: str) -> dict[str, Clause]:
     clauses: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.splitlines():
-        match = re.match(r"^- ((?:ATT|GRAD|SMX|KD|WD|DIST|VAR|VLEN|DEC|FP8)-\d+) (.*)", line)
+        match = re.match(r"^- ([A-Z][A-Z0-9]*-\d+) (.*)", line)
         if match:
             current = match.group(1)
             clauses[current] = [match.group(2)]
