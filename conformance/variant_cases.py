@@ -8,7 +8,9 @@ full runs add shapes, head dims and the other declared dtypes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -29,6 +31,21 @@ SOFTCAPS = (0.5, 5.0, 50.0)
 #: what the softcap cases multiply q by, so that the largest logits pass the smallest cap many times over
 SOFTCAP_Q_SCALE = 4.0
 BIAS_KINDS = ("BHqk", "Hqk", "qk", "B1qk", "mask")
+#: cases per clause an emulated backend (the Triton interpreter) meets in a quick run of these chapters: a
+#: paged decode case alone takes 10-30 s there
+EMULATED_QUICK = 2
+
+
+def lean(make: Callable[..., list]) -> Callable[..., list]:
+    """A case generator that gives an emulated backend at most EMULATED_QUICK cases (spread from the first to
+    the last) in a quick run, ``--every-case`` or not; without ``--quick`` it meets the usual sample."""
+
+    @functools.wraps(make)
+    def generate(b: BackendLike, device: str, quick: bool, *args: object, **kwargs: object) -> list:
+        made = make(b, device, quick, *args, **kwargs)
+        return casegen.spread(made, EMULATED_QUICK) if quick and b.capabilities.emulated else made
+
+    return generate
 SMALL_SEQS = ((113, 203), (128, 128), (203, 113))
 #: the quick matrix's shapes of the softcap, bias and ALiBi clauses: Sq < Sk and Sq > Sk, few rows
 QUICK_SEQS = ((47, 93), (93, 47))
@@ -40,6 +57,7 @@ def _dtypes(b: BackendLike, device: str, quick: bool, backward: bool) -> list[to
     return (declared[:1] if quick else declared) or [casegen.primary_dtype((), device)]
 
 
+@lean
 def window_cases(b: BackendLike, device: str, quick: bool, backward: bool = False) -> list[AttentionCase]:
     """VAR-1/3: every window of the table (quick or full), D 64, two query heads per KV head in every other case."""
     table = WINDOW_QUICK if quick else WINDOW_FULL
@@ -50,6 +68,7 @@ def window_cases(b: BackendLike, device: str, quick: bool, backward: bool = Fals
             for dtype in _dtypes(b, device, quick, backward) for i, (Sq, Sk, window, causal) in enumerate(table)]
 
 
+@lean
 def independence_cases(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
     """VAR-2: a window that hides keys on both sides of every row (quick: Sq < Sk only)."""
     dtype = _dtypes(b, device, True, False)[0]
@@ -57,6 +76,7 @@ def independence_cases(b: BackendLike, device: str, quick: bool) -> list[Attenti
             for Sq, Sk in (SMALL_SEQS[:1] if quick else SMALL_SEQS)]
 
 
+@lean
 def softcap_cases(b: BackendLike, device: str, quick: bool, backward: bool = False) -> list[AttentionCase]:
     """VAR-4/5: each softcap, with and without causal masking and a window (quick: the smallest cap and the
     largest, one shape each)."""
@@ -71,6 +91,7 @@ def softcap_cases(b: BackendLike, device: str, quick: bool, backward: bool = Fal
             for causal in ((None,) if backward else (None, "bottom_right"))]
 
 
+@lean
 def bias_cases(b: BackendLike, device: str, quick: bool, backward: bool = False) -> list[AttentionCase]:
     """VAR-6: every bias shape and the boolean mask, causal in every other case (quick: three of them); the
     backward's cases at another head dim, so that their ids differ from the forward's."""
@@ -84,6 +105,7 @@ def bias_cases(b: BackendLike, device: str, quick: bool, backward: bool = False)
             for i, kind in enumerate(BIAS_KINDS)]
 
 
+@lean
 def alibi_cases(b: BackendLike, device: str, quick: bool, backward: bool = False) -> list[AttentionCase]:
     """VAR-7: ALiBi with Sq != Sk (where top-left and bottom-right distances differ), GQA, causal or not; the
     backward's cases at another head dim (distinct ids)."""
@@ -96,6 +118,7 @@ def alibi_cases(b: BackendLike, device: str, quick: bool, backward: bool = False
             for causal in (None, "bottom_right")]
 
 
+@lean
 def bad_variant_cases(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
     """VAR-8: one small case per declared variant (the bad arguments are made from it)."""
     dtype = _dtypes(b, device, True, False)[0]
@@ -143,6 +166,7 @@ VARLEN_FULL = VARLEN_QUICK + (((300, 17, 1, 256), (300, 255, 19, 256)), ((0, 64,
                               ((37, 1, 130, 64), (37, 80, 100, 129)))
 
 
+@lean
 def varlen_cases(b: BackendLike, device: str, quick: bool, backward: bool = False) -> list[VarlenCase]:
     """VLEN-1/4: each length mix under no mask, both causal alignments and (where declared) a window."""
     caps = b.capabilities
@@ -157,6 +181,7 @@ def varlen_cases(b: BackendLike, device: str, quick: bool, backward: bool = Fals
             for dtype in dtypes for n, (lq, lk) in enumerate(VARLEN_FULL) for causal, window in masks]
 
 
+@lean
 def leakage_cases(b: BackendLike, device: str, quick: bool, backward: bool = False) -> list[VarlenCase]:
     """VLEN-2: three sequences, the middle one watched, causal bottom-right and not."""
     dtypes = casegen.dtypes_for(b.capabilities.varlen_backward_dtypes if backward else b.capabilities.varlen_dtypes,
@@ -166,6 +191,7 @@ def leakage_cases(b: BackendLike, device: str, quick: bool, backward: bool = Fal
             for causal in (None, "bottom_right")]
 
 
+@lean
 def zero_length_cases(b: BackendLike, device: str, quick: bool) -> list[VarlenCase]:
     """VLEN-3: sequences with no queries, with no keys, and with neither."""
     dtypes = casegen.dtypes_for(b.capabilities.varlen_dtypes, device)
@@ -196,9 +222,10 @@ def cu_seqlens(lengths: tuple[int, ...], device: str) -> torch.Tensor:
 #: (kv_lens, Sq, page_size): lengths off and on page multiples, one shorter than a page, page sizes 16, 64, 24
 DECODE_QUICK = (((300, 17, 64, 100), 1, 16), ((129, 64, 200), 4, 64), ((33, 160), 16, 24))
 DECODE_FULL = DECODE_QUICK + (((4099, 1, 1025), 1, 64), ((250, 16, 77, 900), 16, 16), ((1000, 17, 64, 300), 1, 16))
-SPLITS = (1, 2, 3, 64)
+SPLITS = (3, 1, 2, 64)  # a spread of two keeps 3 and 64
 
 
+@lean
 def decode_cases(b: BackendLike, device: str, quick: bool) -> list[DecodeCase]:
     """DEC-1: every table row, GQA (8 query heads on 2 KV heads) and MHA, the backend's own split count."""
     declared = casegen.dtypes_for(b.capabilities.decode_dtypes, device)
@@ -208,6 +235,7 @@ def decode_cases(b: BackendLike, device: str, quick: bool) -> list[DecodeCase]:
             for dtype in dtypes for i, (lens, Sq, page) in enumerate(DECODE_QUICK if quick else DECODE_FULL)]
 
 
+@lean
 def split_cases(b: BackendLike, device: str, quick: bool) -> list[DecodeCase]:
     """DEC-2: each split count of SPLITS on one mixed-length batch."""
     dtype = (casegen.dtypes_for(b.capabilities.decode_dtypes, device) or [casegen.primary_dtype((), device)])[0]
@@ -238,6 +266,7 @@ def paged_inputs(case: DecodeCase, seed: int) -> tuple[torch.Tensor, ...]:
 FP8_DESCALES = ((1.0, 1.0, 1.0), (0.25, 0.5, 2.0))
 
 
+@lean
 def fp8_cases(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
     """FP8-1: the ATT-1 quick shapes at D 64 and 128, causal and not (bottom-right where Sq > Sk); quick: two."""
     declared = b.capabilities.fp8_dtypes or (torch.float8_e4m3fn,)
