@@ -222,7 +222,7 @@ def cu_seqlens(lengths: tuple[int, ...], device: str) -> torch.Tensor:
 #: (kv_lens, Sq, page_size): lengths off and on page multiples, one shorter than a page, page sizes 16, 64, 24
 DECODE_QUICK = (((300, 17, 64, 100), 1, 16), ((129, 64, 200), 4, 64), ((33, 160), 16, 24))
 DECODE_FULL = DECODE_QUICK + (((4099, 1, 1025), 1, 64), ((250, 16, 77, 900), 16, 16), ((1000, 17, 64, 300), 1, 16))
-SPLITS = (3, 1, 2, 64)  # a spread of two keeps 3 and 64
+SPLITS = (3, 1, 2, 12)  # 12: more splits than any sequence has pages; a spread of two keeps 3 and 12
 
 
 @lean
