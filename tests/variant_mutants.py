@@ -21,12 +21,7 @@ from implementations import ops
 from implementations.base import new_output, wide_dtype
 from implementations.ops import implementation
 from implementations.reference_tiled import TiledReferenceBackend
-from implementations.tiled_attention import forward_into
 from implementations.tiled_decode import DEFAULT_SPLITS, _split, split_pages
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(0, 1)[None]
 
 
 class WindowOffByOne(TiledReferenceBackend):
@@ -38,11 +33,17 @@ class WindowOffByOne(TiledReferenceBackend):
         if window is not None and window[0] >= 0:
             inp = dataclasses.replace(inp, variants=dataclasses.replace(inp.variants, window=(window[0] + 1,
                                                                                               window[1])))
-        q = inp.q
-        out = new_output(q.shape, q.dtype, q.device)
-        lse = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
-        forward_into(out, lse, q, inp.k, inp.v, inp.causal, inp.scale, inp.variants, inp.tiles or self.tiles)
-        return out, lse
+        return super().attention.__wrapped__(self, inp)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeakyInputs(ops.VarlenInputs):
+    """A varlen call whose every sequence's keys run one row into the next sequence's."""
+
+    @property
+    def sequences(self) -> list[tuple[slice, slice]]:
+        total = self.k.shape[0]
+        return [(rows, slice(keys.start, min(keys.stop + 1, total))) for rows, keys in super().sequences]
 
 
 class LeakingVarlen(TiledReferenceBackend):
@@ -50,14 +51,8 @@ class LeakingVarlen(TiledReferenceBackend):
 
     @implementation("attention_varlen")
     def attention_varlen(self, inp: ops.VarlenInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        q = inp.q
-        out = new_output(q.shape, q.dtype, q.device)
-        lse = new_output((q.shape[1], q.shape[0]), wide_dtype(q.dtype), q.device)
-        for rows, keys in inp.sequences:
-            leaky = slice(keys.start, min(keys.stop + 1, inp.k.shape[0]))  # one key of the next sequence
-            forward_into(_dense(out[rows]), lse[:, rows][None], _dense(q[rows]), _dense(inp.k[leaky]),
-                         _dense(inp.v[leaky]), inp.causal, inp.scale, inp.variants, self.tiles)
-        return out, lse
+        leaky = _LeakyInputs(**{f.name: getattr(inp, f.name) for f in dataclasses.fields(inp)})
+        return super().attention_varlen.__wrapped__(self, leaky)
 
 
 class SoftcapNoTanhGrad(TiledReferenceBackend):
