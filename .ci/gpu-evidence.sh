@@ -111,12 +111,14 @@ if wants kernels; then
     step kernels-cupy "${ATTNSPEC_KERNELS_SECONDS:-240}" "$python" -m benchmarks.kernel_tools.bench_cupy \
         --out "$out/kernels/bench_cupy.json"
 fi
-# Variants (opt-in): the attention-variant chapters' conformance for the kernel backends (ATTNSPEC_VARIANT_BACKENDS,
-# default "triton cupy"; ATTNSPEC_VARIANT_CHAPTERS) into variants-conformance.jsonl, then the variant benchmarks
+# Variants (opt-in): the attention-variant chapters' conformance for the kernel backends and the torch kernels
+# that take a bias (ATTNSPEC_VARIANT_BACKENDS, default "triton cupy torch-efficient torch-math";
+# ATTNSPEC_VARIANT_CHAPTERS) into variants-conformance.jsonl, then the variant benchmarks
 # of benchmarks/kernel_tools/bench_variants.py (decode KV bytes/s against the copy rate, varlen against padding,
 # window 4096 at S = 32k against dense causal, fp8 against bf16) into kernels/bench_variants.json.
 if wants variants; then
-    conformance_runs variants "$out/variants-conformance.jsonl" "${ATTNSPEC_VARIANT_BACKENDS:-triton cupy}" \
+    conformance_runs variants "$out/variants-conformance.jsonl" \
+        "${ATTNSPEC_VARIANT_BACKENDS:-triton cupy torch-efficient torch-math}" \
         "${ATTNSPEC_VARIANT_CHAPTERS:-test_variants test_varlen test_decode test_fp8}"
     mkdir -p "$out/kernels"
     step kernels-variants "${ATTNSPEC_VARIANT_BENCH_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.bench_variants \
