@@ -25,6 +25,12 @@ BUILTIN_FACTORIES: dict[str, str] = {
     "triton": "implementations.triton:backends",
     "cupy": "implementations.cupy:backends",
     "ring": "implementations.ring_attention:backends",
+    "flex": "implementations.flex:backends",
+    "liger-kl": "implementations.liger:kl_backend",
+    "liger-jsd": "implementations.liger:jsd_backend",
+    "flash-attn": "implementations.flashattn:backends",
+    "xformers": "implementations.xformers_fmha:backends",
+    "flashinfer": "implementations.flashinfer_prefill:backends",
 }
 
 
