@@ -14,15 +14,19 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 -d .whl asv==0.6.6 asv_runner==0.3.2 json5 pympler virtualenv distlib \
 #     platformdirs python-discovery packaging zipp 'importlib_metadata==8.7.0'
-# (importlib_metadata 10 needs lazy_importer, which is not there), and a checkout copied without its git
+# (importlib_metadata 10 needs lazy_importer, which is not there); the step "adapters" adds the adapters'
+# packages to .whl/ the same way: liger_kernel-0.8.5-py3-none-any.whl and
+# xformers-0.0.35-py39-none-manylinux_2_28_x86_64.whl (`pip download --no-deps liger-kernel==0.8.5
+# xformers==0.0.35`; flashinfer's 101 MB wheel and flash-attn, which has no wheel, stay out: docs/adapters.md).
+# Every wheel in .whl/ is installed --no-deps into /tmp/attnspec-site, put on PYTHONPATH. A checkout copied without its git
 # history is given one from .whl/repo.bundle (`git bundle create .whl/repo.bundle HEAD`).
 # Every step has a time limit and writes as it goes, so a step that runs out leaves what it measured. The
 # default limits (conformance 170 s, attention bench 150 s, row bench 120 s, asv 130 s, report 60 s, kernel
 # tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
 # the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
 # afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
-# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants" and "dist"
-# (2 GPUs: ATTNSPEC_STEPS=dist on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the
+# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants", "adapters"
+# and "dist" (2 GPUs: ATTNSPEC_STEPS=dist on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the
 # evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
 # benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv
 # parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
@@ -46,7 +50,7 @@ if [ -f .whl/repo.bundle ]; then
 fi
 export ATTNSPEC_COMMIT="${ATTNSPEC_COMMIT:-$(git rev-parse --verify -q HEAD || echo unknown)}"
 export ATTNSPEC_ASV_BACKENDS="${ATTNSPEC_ASV_BACKENDS-triton cupy}"
-if ! "$python" -c "import asv" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+if ls .whl/*.whl >/dev/null 2>&1; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/attnspec-site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/attnspec-site"
 fi
@@ -145,6 +149,17 @@ if wants dist; then
         step ring-bench-causal 60 "$python" -m benchmarks.ring_bench --seq-len 131072 --world 2 --causal \
             --output "$out/dist/ring-bench-causal.json"
     fi
+fi
+# Adapters (opt-in): the built-in adapters of the kernels people use (docs/adapters.md), ATTNSPEC_ADAPTER_BACKENDS
+# (default "flex liger-kl liger-jsd xformers"; liger and xformers from the wheels in .whl/), on the attention,
+# gradient and KD chapters (ATTNSPEC_ADAPTER_CHAPTERS) into adapters-conformance.jsonl; then the attention bench
+# of compiled flex beside SDPA cuDNN (and torch-flash, the baseline) in one process into adapters-bench.json.
+if wants adapters; then
+    conformance_runs adapters "$out/adapters-conformance.jsonl" "${ATTNSPEC_ADAPTER_BACKENDS:-flex liger-kl liger-jsd xformers}" \
+        "${ATTNSPEC_ADAPTER_CHAPTERS:-test_attention test_gradients test_kd_loss}"
+    step bench-adapters "${ATTNSPEC_ADAPTER_BENCH_SECONDS:-240}" "$python" -m benchmarks.bench --quick \
+        --op attention --op attention_backward --backend flex --backend torch-cudnn \
+        --output "$out/adapters-bench.json"
 fi
 "$python" .ci/pack_evidence.py "$out"
 report_inputs=()
