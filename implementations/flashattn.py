@@ -16,12 +16,11 @@ Nothing is corrected here; deviations are findings in ``conformance/xfails/flash
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import torch
 from torch.torch_version import TorchVersion
 
 from implementations.base import BackendUnavailable, Capabilities, CausalVariant
+from implementations.packages import import_attribute, installed_version, require_cuda
 from implementations.torch_sdpa.common import TorchAttention
 
 DTYPES = (torch.float16, torch.bfloat16)
@@ -31,21 +30,12 @@ BOTTOM_RIGHT_SINCE = (2, 1)
 
 def load_flash_attn_func() -> tuple[object, str]:
     """``(flash_attn_func, version)``; BackendUnavailable without the package, a GPU or a recent enough release."""
-    try:
-        version = importlib.metadata.version("flash-attn")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise BackendUnavailable("flash-attn is not installed (pip install 'attnspec[flash-attn]' builds it "
-                                 "against the installed torch; needs CUDA and nvcc)") from exc
+    version = installed_version("flash-attn", "pip install 'attnspec[flash-attn]' builds it against the installed "
+                                "torch; needs CUDA and nvcc")
     if TorchVersion(version) < BOTTOM_RIGHT_SINCE:
         raise BackendUnavailable(f"flash-attn {version} is older than 2.1 (top-left causal mask for Sq != Sk)")
-    if not torch.cuda.is_available():
-        raise BackendUnavailable(f"no CUDA device (flash-attn {version}'s kernels are CUDA only)")
-    try:
-        from flash_attn import flash_attn_func
-    except Exception as exc:  # a build for another torch fails here with undefined symbols and the like
-        raise BackendUnavailable(f"flash-attn {version} does not import against torch {torch.__version__}: "
-                                 f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    return flash_attn_func, version
+    require_cuda(f"flash-attn {version}")
+    return import_attribute("flash_attn", "flash_attn_func", f"flash-attn {version}"), version
 
 
 class FlashAttnBackend(TorchAttention):

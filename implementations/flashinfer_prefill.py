@@ -19,12 +19,12 @@ Nothing else is changed; deviations are findings in ``conformance/xfails/flashin
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 
 import torch
 
-from implementations.base import BackendUnavailable, Capabilities, CausalVariant
+from implementations.base import Capabilities, CausalVariant
+from implementations.packages import import_attribute, installed_version, require_cuda
 from implementations.torch_sdpa.common import TorchAttention
 
 DTYPES = (torch.float16, torch.bfloat16)
@@ -34,18 +34,9 @@ HEAD_DIMS = (64, 128, 256)
 
 def load_single_prefill() -> tuple[object, str]:
     """``(single_prefill_with_kv_cache, version)``; BackendUnavailable without the package or a GPU."""
-    try:
-        version = importlib.metadata.version("flashinfer-python")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise BackendUnavailable("flashinfer-python is not installed (pip install 'attnspec[flashinfer]')") from exc
-    if not torch.cuda.is_available():
-        raise BackendUnavailable(f"no CUDA device (flashinfer {version}'s kernels are CUDA only)")
-    try:
-        from flashinfer import single_prefill_with_kv_cache
-    except Exception as exc:  # missing CUDA dependencies or a build for another torch
-        raise BackendUnavailable(f"flashinfer {version} does not import against torch {torch.__version__}: "
-                                 f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    return single_prefill_with_kv_cache, version
+    version = installed_version("flashinfer-python", "pip install 'attnspec[flashinfer]'")
+    require_cuda(f"flashinfer {version}")
+    return import_attribute("flashinfer", "single_prefill_with_kv_cache", f"flashinfer {version}"), version
 
 
 class FlashInferBackend(TorchAttention):

@@ -27,7 +27,6 @@ unavailable with the error when it fails (Liger 0.8.5's KL kernel does, see ``do
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from implementations import ops
 from implementations.base import Backend, BackendUnavailable, Capabilities, new_output, wide_dtype
 from implementations.ops import implementation
+from implementations.packages import installed_version
 from implementations.triton.common import interpreter_requested
 
 #: Liger's KL and JSD kernels load their inputs as float32; float64 is not declared
@@ -47,14 +47,6 @@ INTERPRETER_KD_DTYPES = (torch.float32,)
 FORWARD_KL_BETA = 0.0
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int], torch.Tensor]
-
-
-def liger_version() -> str:
-    """The installed Liger-Kernel version; BackendUnavailable when the package is missing."""
-    try:
-        return importlib.metadata.version("liger-kernel")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise BackendUnavailable("liger-kernel is not installed (pip install 'attnspec[liger]')") from exc
 
 
 def kl_divergence() -> Divergence:
@@ -130,7 +122,7 @@ def smoke_test(divergence: Divergence, device: str) -> None:
 
 def make(name: str, build: Callable[[], Divergence], call: str) -> LigerKD:
     """One Liger backend, or BackendUnavailable with the reason (package, device, interpreter)."""
-    version = liger_version()
+    version = installed_version("liger-kernel", "pip install 'attnspec[liger]'")
     interpreter = interpreter_requested()
     if not torch.cuda.is_available() and not interpreter:
         raise BackendUnavailable("no CUDA device and TRITON_INTERPRET is not set (Liger's kernels are Triton)")

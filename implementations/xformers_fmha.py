@@ -19,11 +19,10 @@ Nothing is corrected here; deviations are findings in ``conformance/xfails/xform
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import torch
 
-from implementations.base import BackendUnavailable, Capabilities, CausalVariant
+from implementations.base import Capabilities, CausalVariant
+from implementations.packages import import_attribute, installed_version, require_cuda
 from implementations.torch_sdpa.common import TorchAttention, lse_as_b_h_sq
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -31,18 +30,9 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def load_fmha() -> tuple[object, str]:
     """``(xformers.ops.fmha, version)``; BackendUnavailable when xFormers is missing or there is no GPU."""
-    try:
-        version = importlib.metadata.version("xformers")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise BackendUnavailable("xformers is not installed (pip install 'attnspec[xformers]')") from exc
-    if not torch.cuda.is_available():
-        raise BackendUnavailable(f"no CUDA device (xformers {version}'s attention kernels are CUDA only)")
-    try:
-        from xformers.ops import fmha
-    except Exception as exc:  # a wheel built for another torch fails here in many ways
-        raise BackendUnavailable(f"xformers {version} does not import against torch {torch.__version__}: "
-                                 f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    return fmha, version
+    version = installed_version("xformers", "pip install 'attnspec[xformers]'")
+    require_cuda(f"xformers {version}")
+    return import_attribute("xformers.ops", "fmha", f"xformers {version}"), version
 
 
 def to_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
