@@ -5,16 +5,22 @@ where it does not (package missing, no GPU, a kernel the interpreter cannot run)
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("ATTNSPEC_TRITON_CUDA") != "1":
+    # Triton picks the interpreter when a kernel is defined: before anything imports a Triton kernel (as
+    # tests/test_triton_backend.py does; ATTNSPEC_TRITON_CUDA=1 runs Liger compiled on a GPU)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from conformance import oracle
-from implementations import liger
-from implementations.base import BackendUnavailable
-from tests.adapters import listing
-from tests.test_runner import attnspec, cases
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from conformance import oracle  # noqa: E402
+from implementations import liger  # noqa: E402
+from implementations.base import BackendUnavailable  # noqa: E402
+from tests.adapters import listing  # noqa: E402
+from tests.test_runner import attnspec, cases  # noqa: E402
 
 IGNORE = -100
 
@@ -50,9 +56,8 @@ def test_a_kernel_the_interpreter_cannot_run_is_unavailable_with_its_error(monke
 
 
 @pytest.fixture
-def jsd(monkeypatch: pytest.MonkeyPatch) -> liger.LigerKD:
+def jsd() -> liger.LigerKD:
     pytest.importorskip("liger_kernel", reason="liger-kernel is not installed (pip install 'attnspec[liger]')")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     return liger.jsd_backend()
 
 
