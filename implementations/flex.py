@@ -9,6 +9,10 @@ Mapping of the contract's ``attention(q, k, v, causal, scale)`` onto FlexAttenti
   per (variant, Sq, Sk, device): top-left ``mask_mod = j <= i``, bottom-right ``j <= i + (Sk - Sq)``; no causal
   is ``block_mask=None`` (every key visible).
 - GQA (ATT-6): ``enable_gqa=True`` when Hk < Hq; query head h reads KV head ``h // (Hq // Hk)`` in flex too.
+- variants (SPEC VAR, ``implementations.variants``): the window is part of the block mask's ``mask_mod``
+  (``i + Sk - Sq - left <= j <= i + Sk - Sq + right``, AND-ed with causal); softcap and ALiBi are a ``score_mod``
+  over flex's scaled score, ``softcap·tanh(s / softcap)`` then ``- slope_h·|i + Sk - Sq - j|`` (the slope
+  product taken in the score's dtype). ``bias`` and the varlen operations are not declared.
 - backward (GRAD): autograd through ``flex_attention`` with ``dout``, the forward recomputed inside the call
   (as the torch backends do); the ``out`` and ``lse`` arguments are validated, not used.
 - CUDA: ``torch.compile(flex_attention, dynamic=False)``, the fused Triton kernels; dynamo's recompile limit
@@ -29,8 +33,11 @@ from collections.abc import Callable
 
 import torch
 
+from implementations import ops
 from implementations.base import BackendUnavailable, Capabilities, CausalVariant, causal_offset
+from implementations.ops import implementation
 from implementations.torch_sdpa.common import TorchAttention
+from implementations.variants import PLAIN, Variants
 
 #: dynamo's per-function compiled-graph limit while this backend runs (one graph per shape and mask)
 RECOMPILE_LIMIT = 4096
@@ -38,6 +45,8 @@ RECOMPILE_LIMIT = 4096
 COMPILED_MIN_HEAD_DIM = 16
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: the variants of SPEC VAR that flex expresses with its own mods (bias and varlen are not declared)
+VARIANTS = frozenset({"window", "softcap", "alibi"})
 
 
 def load_flex() -> tuple[Callable[..., object], Callable[..., object], type | None]:
@@ -59,10 +68,46 @@ def causal_mask_mod(offset: int) -> Callable[..., torch.Tensor]:
     return mask_mod
 
 
+def visibility_mask_mod(offset: int | None, window: tuple[int, int] | None, diagonal: int
+                        ) -> Callable[..., torch.Tensor]:
+    """ATT-3 AND-ed with the window (SPEC VAR) as a flex ``mask_mod``: causal ``j <= i + offset`` (None: off),
+    window ``i + diagonal - left <= j <= i + diagonal + right`` with ``diagonal = Sk - Sq`` (-1: unbounded)."""
+    left, right = window or (-1, -1)
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        visible = kv_idx >= 0
+        if offset is not None:
+            visible = visible & (kv_idx <= q_idx + offset)
+        if left >= 0:
+            visible = visible & (kv_idx >= q_idx + diagonal - left)
+        if right >= 0:
+            visible = visible & (kv_idx <= q_idx + diagonal + right)
+        return visible
+
+    return mask_mod
+
+
+def logit_score_mod(softcap: float | None, slopes: torch.Tensor | None, diagonal: int) -> Callable[..., torch.Tensor]:
+    """SPEC VAR's logit changes as a flex ``score_mod`` over the scaled score: ``softcap·tanh(s / softcap)``,
+    then ALiBi's ``-slope_h·|i + diagonal - j|`` (``diagonal = Sk - Sq``)."""
+
+    def score_mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
+                  kv_idx: torch.Tensor) -> torch.Tensor:
+        if softcap is not None:
+            score = softcap * torch.tanh(score / softcap)
+        if slopes is not None:
+            score = score - slopes[h].to(score.dtype) * torch.abs(q_idx + diagonal - kv_idx).to(score.dtype)
+        return score
+
+    return score_mod
+
+
 class FlexBackend(TorchAttention):
     """``flex_attention``: compiled on CUDA, eager on the CPU (see the module docstring for the mapping)."""
 
     name = "flex"
+    #: the variant arguments of the call in flight (TorchAttention's ``forward`` carries only causal and scale)
+    call_variants: Variants = PLAIN
 
     def __init__(self, device: str) -> None:
         self.flex, self.create_block_mask, self.aux_request = load_flex()
@@ -92,11 +137,13 @@ class FlexBackend(TorchAttention):
             "causal: block masks from mask_mod j <= i (top_left) and j <= i + Sk - Sq (bottom_right), made "
             "once per (variant, Sq, Sk, device); no causal: block_mask=None",
             "GQA: enable_gqa=True (query head h reads KV head h // (Hq // Hk))",
+            "variants: window in the block mask's mask_mod (AND-ed with causal), softcap then ALiBi in a "
+            "score_mod over flex's scaled score; bias and varlen not declared",
         )
         if self.compiled:
             return Capabilities(
                 devices=("cuda",), dtypes=CUDA_DTYPES, backward_dtypes=CUDA_DTYPES,
-                head_dims=(COMPILED_MIN_HEAD_DIM, 256), memory="linear", saves="lse",
+                head_dims=(COMPILED_MIN_HEAD_DIM, 256), memory="linear", saves="lse", attention_variants=VARIANTS,
                 notes=common + (
                     f"torch.compile(flex_attention, dynamic=False); dynamo recompile limit {RECOMPILE_LIMIT} so "
                     "each shape is compiled (beyond the default limit dynamo falls back to the eager path)",
@@ -106,7 +153,7 @@ class FlexBackend(TorchAttention):
             )
         return Capabilities(
             devices=("cpu",), dtypes=CPU_DTYPES, backward_dtypes=(), head_dims=(1, 512), memory="quadratic",
-            saves="scores", emulated=True,
+            saves="scores", emulated=True, attention_variants=VARIANTS,
             notes=common + (
                 "eager on the CPU: torch's unfused reference implementation of flex (materialises the "
                 "[B, H, Sq, Sk] scores); not the fused kernel, which needs torch.compile. It stands in for the "
@@ -117,16 +164,39 @@ class FlexBackend(TorchAttention):
         )
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; masks are small
-    def block_mask(self, variant: CausalVariant, Sq: int, Sk: int, device: torch.device) -> object:
-        """The block mask of ``variant`` for an ``Sq x Sk`` problem on ``device`` (same for every batch and head)."""
+    def block_mask(self, variant: CausalVariant | None, window: tuple[int, int] | None, Sq: int, Sk: int,
+                   device: torch.device) -> object:
+        """The block mask of ``variant`` and ``window`` for an ``Sq x Sk`` problem on ``device`` (same for every
+        batch and head); None when every key is visible."""
         offset = causal_offset(variant, Sq, Sk)
-        return self.create_block_mask(causal_mask_mod(offset), None, None, Sq, Sk, device=device)
+        if window is None:
+            return None if offset is None else self.create_block_mask(causal_mask_mod(offset), None, None, Sq, Sk,
+                                                                       device=device)
+        return self.create_block_mask(visibility_mask_mod(offset, window, Sk - Sq), None, None, Sq, Sk,
+                                      device=device)
+
+    @implementation("attention")
+    def attention(self, inp: ops.AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """TorchAttention's forward with this call's variants in force (``forward`` reads ``call_variants``)."""
+        self.call_variants = inp.variants
+        return TorchAttention.attention.__wrapped__(self, inp)
+
+    @implementation("attention_backward")
+    def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """TorchAttention's backward (autograd through flex) with this call's variants in force."""
+        self.call_variants = inp.variants
+        return TorchAttention.attention_backward.__wrapped__(self, inp)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
                 scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``flex_attention`` with the block mask of ``variant``; ``(out, lse)``, lse None unless asked for."""
-        mask = None if variant is None else self.block_mask(variant, q.shape[2], k.shape[2], q.device)
-        kwargs: dict[str, object] = {"block_mask": mask, "scale": scale, "enable_gqa": k.shape[1] != q.shape[1]}
+        """``flex_attention`` with the block mask of ``variant`` and the window, and the score_mod of the softcap
+        and ALiBi of ``call_variants``; ``(out, lse)``, lse None unless asked for."""
+        extra = self.call_variants
+        Sq, Sk = q.shape[2], k.shape[2]
+        kwargs: dict[str, object] = {"block_mask": self.block_mask(variant, extra.window, Sq, Sk, q.device),
+                                     "scale": scale, "enable_gqa": k.shape[1] != q.shape[1]}
+        if extra.softcap is not None or extra.alibi_slopes is not None:
+            kwargs["score_mod"] = logit_score_mod(extra.softcap, extra.alibi_slopes, Sk - Sq)
         if need_lse:
             if self.aux_request is not None:
                 kwargs["return_aux"] = self.aux_request(lse=True)

@@ -11,6 +11,7 @@ import torch
 
 from implementations import flex
 from implementations.base import BackendUnavailable
+from implementations.reference import ReferenceBackend
 from tests.adapters import listing
 from tests.test_runner import attnspec, cases
 
@@ -49,14 +50,33 @@ def test_unavailable_with_a_reason_without_flex_attention(monkeypatch: pytest.Mo
         flex.backends()
 
 
-def test_compiled_backend_raises_dynamo_recompile_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_backend_raises_dynamo_recompile_limit() -> None:
     """On CUDA every shape is compiled: dynamo's limit (default 8) would otherwise send later shapes to eager."""
     import torch._dynamo
 
     config = torch._dynamo.config
     names = [n for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)]
-    for name in names:
-        monkeypatch.setattr(config, name, 8)
-    backend = flex.FlexBackend("cuda")
-    assert names and all(getattr(config, n) >= flex.RECOMPILE_LIMIT for n in names)
+    with config.patch({n: 8 for n in names}):  # restores the process's settings afterwards
+        backend = flex.FlexBackend("cuda")
+        assert names and all(getattr(config, n) >= flex.RECOMPILE_LIMIT for n in names)
     assert backend.capabilities.devices == ("cuda",) and backend.capabilities.backward_dtypes
+
+
+@pytest.mark.parametrize(("Sq", "Sk"), [(37, 53), (53, 37)])
+@pytest.mark.parametrize(("causal", "window", "softcap", "alibi"), [
+    (None, (5, 3), None, False), ("top_left", (4, -1), 2.5, False), ("bottom_right", (-1, 0), None, True),
+    (None, None, 1.5, True), ("bottom_right", (6, 2), 2.0, True)])
+def test_variants_match_the_reference(Sq: int, Sk: int, causal: str | None, window: tuple[int, int] | None,
+                                      softcap: float | None, alibi: bool) -> None:
+    """window / softcap / ALiBi through flex's mask_mod and score_mod equal the float64 reference backend (GQA,
+    Sq != Sk both ways, rows with no visible key included: lse -inf in the same places)."""
+    g = torch.Generator().manual_seed(Sq * Sk)
+    q = torch.randn(2, 4, Sq, 24, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, Sk, 24, generator=g, dtype=torch.float64) for _ in range(2))
+    kwargs = {"causal": causal, "window": window, "softcap": softcap, "scale": 0.3,
+              "alibi_slopes": torch.rand(4, generator=g) if alibi else None}
+    out, lse = flex.backends().attention(q, k, v, **kwargs)
+    want_out, want_lse = ReferenceBackend().attention(q, k, v, **kwargs)
+    visible = torch.isfinite(want_lse)
+    assert torch.equal(torch.isfinite(lse), visible)
+    assert torch.allclose(out, want_out, atol=1e-12) and torch.allclose(lse[visible], want_lse[visible], atol=1e-12)
