@@ -79,8 +79,10 @@ def workload_table(op: str) -> dict[str, Workload]:
 
 @functools.cache
 def _entry(name: str, op: str) -> RegistryEntry:
-    """The registry entry of backend ``name`` (with ``op``'s baseline beside it); made on first use."""
-    entries = {e.name: e for e in bench_backends([name], [op], DEVICE)}
+    """The registry entry of backend ``name`` (with ``op``'s baseline beside it); made on first use, in this
+    process: asv runs each benchmark in a process of its own, so a factory that crashes ends only that one,
+    and a discovery child per benchmark would count against asv's setup timeout."""
+    entries = {e.name: e for e in bench_backends([name], [op], DEVICE, isolate=False)}
     return entries[name]
 
 

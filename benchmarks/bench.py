@@ -21,14 +21,10 @@ so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
-import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy
 import torch
@@ -51,8 +47,12 @@ from benchmarks.workloads import (
     workloads,
 )
 from conformance.cases import seed_for
+from conformance.codec import write_bench
 from conformance.memory import loglog_slope, peak_extra
+from conformance.probe import DiscoveryError, discover_isolated
 from conformance.provenance import collect, now
+from conformance.records import BackendListing, BenchRecord, BenchRun, Ceilings, MemoryRecord
+from conformance.results import Status
 from implementations.base import BackendLike, dtype_name
 from implementations.registry import RegistryEntry, discover, select
 
@@ -87,9 +87,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bench_backends(names: list[str], ops: Iterable[str], device: str) -> list[RegistryEntry]:
-    """The selected backends (all when ``names`` is empty) plus the baselines of ``ops`` on ``device``."""
-    entries = discover([n for n in names if ":" in n])
+def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
+                   isolate: bool = True) -> list[RegistryEntry]:
+    """The selected backends (all when ``names`` is empty) plus the baselines of ``ops`` on ``device``.
+
+    With ``isolate`` the registry's factories are first called in child processes (``conformance.probe``), so
+    a factory that crashes or hangs is listed unavailable with the reason instead of ending the bench; only the
+    factories that made a backend there are called here. Raises ValueError for a name that selects nothing and
+    DiscoveryError when the registry cannot be loaded."""
+    specs = [n for n in names if ":" in n]
+    if isolate:
+        listings = discover_isolated(specs)
+        made = {e.name: e for e in discover(specs, factories={x.factory for x in listings if x.available})}
+        entries = [made.get(x.name) or RegistryEntry(x.name, x.origin, unavailable=x.reason or "not made in "
+                                                     "this process", factory=x.factory) for x in listings]
+    else:
+        entries = discover(specs)
     entries += [RegistryEntry(b.name, BASELINE_ORIGIN, backend=b) for b in baseline_backends()]
     chosen = select(entries, names)
     wanted = {BASELINES[(op, device)] for op in ops}
@@ -106,53 +119,43 @@ def implements(entry: RegistryEntry, op: str) -> bool:
 # Records
 
 
-def new_record(op: str, backend: str, device: str, workload: Workload, seed: int) -> dict[str, Any]:
-    return {"op": op, "backend": backend, "device": device, "dtype": dtype_name(workload.dtype),
-            "workload": workload.describe(), "label": workload.label, "seed": seed, "gate": None, "reason": None,
-            "errors": {}, "median_s": None, "iqr_s": None, "reps": None, "timing": None, "tflops": None,
-            "gbps": None, "fraction_of_ceiling": None, "peak_extra_bytes": None, "peak_probe": None,
-            "baseline": BASELINES[(op, device)], "speedup": None, "flag": None}
-
-
 def measure(backend: BackendLike, workload: Workload, device: str, seed: int, *, quick: bool, cuda_graph: bool,
-            ceilings: dict[str, Any], cache: ReferenceCache) -> dict[str, Any]:
+            ceilings: Ceilings, cache: ReferenceCache) -> BenchRecord:
     """One record: gate, then (when it passed) timing, rates, fraction of ceiling and peak extra memory."""
-    record = new_record(workload.op, backend.name, device, workload, seed)
     gate, call = run_gate(backend, workload, device, seed, cache)
-    record.update(gate=gate.status, reason=gate.reason, errors=gate.errors)
+    record = BenchRecord(op=workload.op, backend=backend.name, device=device, dtype=dtype_name(workload.dtype),
+                         workload=workload.describe(), label=workload.label, seed=seed, gate=gate.status,
+                         reason=gate.reason, errors=gate.errors, baseline=BASELINES[(workload.op, device)])
     if call is None:
         return record
     try:
         timing = timing_for(call, device, quick=quick, cuda_graph=cuda_graph)
         peak, probe = peak_bytes(call, device, backend)
     except Exception as exc:  # e.g. out of memory while timing: record it and go on
-        record.update(gate="error", reason=f"timing: {type(exc).__name__}: {exc}")
-        return record
+        return replace(record, gate=Status.ERROR, reason=f"timing: {type(exc).__name__}: {exc}")
     tflops, gbps = rates(workload, timing.median_s)
-    ceiling = ceilings["matmul_tflops"] if tflops is not None else ceilings["copy_GBps"]
-    record.update(median_s=timing.median_s, iqr_s=timing.iqr_s, reps=timing.reps, timing=timing.method,
-                  tflops=tflops, gbps=gbps, fraction_of_ceiling=(tflops if tflops is not None else gbps) / ceiling,
-                  peak_extra_bytes=peak, peak_probe=probe)
-    return record
+    ceiling = ceilings.matmul_tflops if tflops is not None else ceilings.copy_gbps
+    return replace(record, median_s=timing.median_s, iqr_s=timing.iqr_s, reps=timing.reps, timing=timing.method,
+                   tflops=tflops, gbps=gbps, peak_extra_bytes=peak, peak_probe=probe,
+                   fraction_of_ceiling=(tflops if tflops is not None else gbps) / ceiling if ceiling else None)
 
 
-def add_speedups(records: list[dict[str, Any]]) -> None:
+def add_speedups(records: list[BenchRecord]) -> None:
     """Fill ``speedup`` (baseline median / median) and ``flag`` of every timed record, in place."""
-    timed = {(r["op"], r["label"], r["dtype"], r["device"], r["backend"]): r for r in records
-             if r["median_s"] is not None}
+    timed = {(r.op, r.label, r.dtype, r.device, r.backend): r for r in records if r.median_s is not None}
     for r in records:
         flags = []
-        base = timed.get((r["op"], r["label"], r["dtype"], r["device"], r["baseline"]))
-        r["speedup"] = base["median_s"] / r["median_s"] if base is not None and r["median_s"] else None
+        base = timed.get((r.op, r.label, r.dtype, r.device, r.baseline))
+        r.speedup = base.median_s / r.median_s if base is not None and base.median_s and r.median_s else None
         # Both flags are for CUDA only. On the CPU small workloads run from cache, above the DRAM copy
         # bandwidth, legitimately, and a vendor baseline's thread pool loses 10-50x when other processes hold
         # the cores, so a large speed-up there says more about the machine's load than about the timing.
-        if (r["device"] == "cuda" and r["speedup"] is not None and r["speedup"] > SUSPICIOUS_SPEEDUP
-                and r["baseline"] in VENDOR_BASELINES and r["backend"] != r["baseline"]):
-            flags.append(f"suspicious: {r['speedup']:.1f}x over the vendor baseline {r['baseline']}")
-        if r["device"] == "cuda" and r["fraction_of_ceiling"] is not None and r["fraction_of_ceiling"] > 1.0:
+        if (r.device == "cuda" and r.speedup is not None and r.speedup > SUSPICIOUS_SPEEDUP
+                and r.baseline in VENDOR_BASELINES and r.backend != r.baseline):
+            flags.append(f"suspicious: {r.speedup:.1f}x over the vendor baseline {r.baseline}")
+        if r.device == "cuda" and r.fraction_of_ceiling is not None and r.fraction_of_ceiling > 1.0:
             flags.append("suspicious: above the measured ceiling")
-        r["flag"] = "; ".join(flags) or None
+        r.flag = "; ".join(flags) or None
 
 
 def computes_with_numpy(backend: BackendLike) -> bool:
@@ -180,7 +183,7 @@ def _peak_of(backend: BackendLike, workload: Workload, device: str) -> int | Non
     return peak_bytes(call, device, backend)[0]
 
 
-def memory_scaling(entries: list[RegistryEntry], device: str) -> list[dict[str, Any]]:
+def memory_scaling(entries: list[RegistryEntry], device: str) -> list[MemoryRecord]:
     """Peak extra memory of attention forward and backward over ``MEMORY_SEQ_LENS[device]`` per backend,
     with the least-squares log-log slope over the measured points (None with fewer than two)."""
     results = []
@@ -212,9 +215,10 @@ def memory_scaling(entries: list[RegistryEntry], device: str) -> list[dict[str, 
                 notes.append("no probe sees this backend's allocations on this device")
             points = [(s, p) for s, p in zip(seqs, peaks) if p]
             slope = loglog_slope([s for s, _ in points], [p for _, p in points]) if len(points) >= 2 else None
-            results.append({"backend": entry.name, "op": op, "device": device, "dtype": dtype_name(sweep[0].dtype),
-                            "workload": {"B": 1, "H": sweep[0].H, "D": sweep[0].D, "causal": False},
-                            "S": seqs, "peak_extra_bytes": peaks, "slope": slope, "reason": "; ".join(notes) or None})
+            results.append(MemoryRecord(
+                backend=entry.name, op=op, device=device, dtype=dtype_name(sweep[0].dtype),
+                workload={"B": 1, "H": sweep[0].H, "D": sweep[0].D, "causal": False}, S=seqs, peak_extra_bytes=peaks,
+                slope=slope, reason="; ".join(notes) or None))
     return results
 
 
@@ -222,78 +226,65 @@ def memory_scaling(entries: list[RegistryEntry], device: str) -> list[dict[str, 
 # Output
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` atomically (a temporary file, then rename); non-finite floats become null."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(doc), indent=1))
-    os.replace(tmp, path)
-
-
 def _fmt(x: float | None, fmt: str) -> str:
     return "" if x is None else format(x, fmt)
 
 
-def summary_table(records: list[dict[str, Any]]) -> Table:
+def summary_table(records: list[BenchRecord]) -> Table:
     """One row per record: the figures of timed ones, the reason of the others."""
     table = Table(title="attnspec bench")
     for col in ("op", "backend", "workload", "gate", "median ms", "IQR ms", "rate", "% ceil", "peak MiB",
                 "speed-up", "flag / reason"):
         table.add_column(col, overflow="fold")
     for r in records:
-        rate = (f"{r['tflops']:.3g} TFLOP/s" if r["tflops"] is not None
-                else f"{r['gbps']:.3g} GB/s" if r["gbps"] is not None else "")
-        style = {"unsupported": "dim", "failed": "red", "error": "red"}.get(r["gate"])
-        note = r["flag"] or r["reason"] or ""
-        table.add_row(r["op"], r["backend"], f"{r['label']} {r['dtype']}", r["gate"],
-                      _fmt(r["median_s"] and r["median_s"] * 1e3, ".4g"), _fmt(r["iqr_s"] and r["iqr_s"] * 1e3, ".2g"),
-                      rate, _fmt(r["fraction_of_ceiling"] and r["fraction_of_ceiling"] * 100, ".3g"),
-                      _fmt(r["peak_extra_bytes"] and r["peak_extra_bytes"] / 2**20, ".4g"),
-                      _fmt(r["speedup"], ".3g"), note if len(note) <= 80 else note[:77] + "...", style=style)
+        rate = (f"{r.tflops:.3g} TFLOP/s" if r.tflops is not None else f"{r.gbps:.3g} GB/s" if r.gbps is not None
+                else "")
+        style = "red" if r.gate is not None and r.gate.bad else "dim" if r.gate is Status.UNSUPPORTED else None
+        note = r.flag or r.reason or ""
+        table.add_row(r.op, r.backend, f"{r.label} {r.dtype}", r.gate.value if r.gate else "",
+                      _fmt(r.median_s and r.median_s * 1e3, ".4g"), _fmt(r.iqr_s and r.iqr_s * 1e3, ".2g"),
+                      rate, _fmt(r.fraction_of_ceiling and r.fraction_of_ceiling * 100, ".3g"),
+                      _fmt(r.peak_extra_bytes and r.peak_extra_bytes / 2**20, ".4g"),
+                      _fmt(r.speedup, ".3g"), note if len(note) <= 80 else note[:77] + "...", style=style)
     return table
 
 
-def memory_table(rows: list[dict[str, Any]]) -> Table:
+def memory_table(rows: list[MemoryRecord]) -> Table:
     table = Table(title="peak extra memory against S")
     for col in ("backend", "op", "S", "peak MiB", "slope", "reason"):
         table.add_column(col, overflow="fold")
     for m in rows:
-        table.add_row(m["backend"], m["op"], " ".join(map(str, m["S"])),
-                      " ".join("-" if p is None else f"{p / 2**20:.1f}" for p in m["peak_extra_bytes"]),
-                      _fmt(m["slope"], ".2f"), m["reason"] or "")
+        table.add_row(m.backend, m.op, " ".join(f"{s:g}" for s in m.S if s is not None),
+                      " ".join("-" if p is None else f"{p / 2**20:.1f}" for p in m.peak_extra_bytes),
+                      _fmt(m.slope, ".2f"), m.reason or "")
     return table
 
 
 # ------------------------------------------------------------------------------------------------
 
 
-def run_plan(plan: list[tuple[Workload, RegistryEntry]], args: argparse.Namespace, device: str,
-             doc: dict[str, Any], progress_console: Console) -> None:
-    """Gate and time each (workload, backend) of ``plan`` into ``doc["records"]``, rewriting ``args.output``
+def run_plan(plan: list[tuple[Workload, RegistryEntry]], args: argparse.Namespace, run: BenchRun,
+             progress_console: Console) -> None:
+    """Gate and time each (workload, backend) of ``plan`` into ``run.records``, rewriting ``args.output``
     after every record so an interrupted run keeps what it measured."""
-    records, cache = doc["records"], ReferenceCache()
+    cache = ReferenceCache()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=progress_console, transient=True) as progress:
         task = progress.add_task("bench", total=len(plan))
         for workload, entry in plan:
-            assert entry.backend is not None
+            assert entry.backend is not None and run.device is not None
             progress.update(task, description=f"{workload.op} {entry.name} {workload.label}")
             seed = seed_for(f"{workload.op}-{workload.label}-{dtype_name(workload.dtype)}", args.seed)
-            records.append(measure(entry.backend, workload, device, seed, quick=args.quick,
-                                   cuda_graph=args.cuda_graph, ceilings=doc["ceilings"], cache=cache))
-            add_speedups(records)
-            write_json(args.output, doc)
+            run.records.append(measure(entry.backend, workload, run.device, seed, quick=args.quick,
+                                       cuda_graph=args.cuda_graph, ceilings=run.ceilings, cache=cache))
+            add_speedups(run.records)
+            write_bench(args.output, run)
             progress.advance(task)
+
+
+def _listing(entry: RegistryEntry) -> BackendListing:
+    return BackendListing(name=entry.name, origin=entry.origin, available=entry.available, reason=entry.unavailable,
+                          description=(getattr(entry.backend, "description", "") or None) if entry.backend else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,49 +304,43 @@ def main(argv: list[str] | None = None) -> int:
     ops = args.op or list(OPS)
     try:
         entries = bench_backends(args.backend, ops, device)
-    except ValueError as exc:
+    except (DiscoveryError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
     available = [e for e in entries if e.available]
     for e in entries:
         if not e.available:
             progress_console.print(f"[dim]backend {e.name} unavailable: {e.unavailable}[/dim]")
-
     provenance = collect()
-    started = time.monotonic()
-    ceilings = measure_ceilings(device)
-    ceilings["device"] = provenance["gpu"] if device == "cuda" else provenance["cpu"]
-    ceilings["seconds"] = time.monotonic() - started
-    records: list[dict[str, Any]] = []
-    doc: dict[str, Any] = {
-        "kind": "bench", "provenance": provenance, "argv": sys.argv[1:] if argv is None else argv,
-        "device": device, "quick": args.quick, "ceilings": ceilings,
-        "backends": [{"name": e.name, "origin": e.origin, "available": e.available, "reason": e.unavailable}
-                     for e in entries],
-        "records": records, "memory_scaling": [], "interrupted": False, "finished": None,
-    }
+    run = BenchRun(device=device, provenance=provenance, argv=sys.argv[1:] if argv is None else argv,
+                   quick=args.quick, backends=[_listing(e) for e in entries],
+                   ceilings=measure_ceilings(device, (provenance.gpu if device == "cuda" else provenance.cpu) or ""))
     plan = [] if args.no_timing else [(w, e) for op in ops for w in workloads(op, device, args.quick)
                                       for e in available if e.origin != BASELINE_ORIGIN or implements(e, op)]
     try:
-        run_plan(plan, args, device, doc, progress_console)
+        run_plan(plan, args, run, progress_console)
         if args.memory_scaling:
-            doc["memory_scaling"] = memory_scaling(available, device)
-            write_json(args.output, doc)
+            run.memory_scaling = memory_scaling(available, device)
+            write_bench(args.output, run)
     except KeyboardInterrupt:
-        doc["interrupted"] = True
-        write_json(args.output, doc)
-        console.print(f"[yellow]interrupted; {len(records)} records written to {args.output}[/yellow]")
+        run.interrupted = True
+        write_bench(args.output, run)
+        console.print(f"[yellow]interrupted; {len(run.records)} records written to {args.output}[/yellow]")
         return 130
-    doc["finished"] = now()
-    write_json(args.output, doc)
-    if records:
-        console.print(summary_table(records))
-    if doc["memory_scaling"]:
-        console.print(memory_table(doc["memory_scaling"]))
-    console.print(f"ceilings on {ceilings['device']}: matmul {ceilings['matmul_tflops']:.2f} TFLOP/s "
-                  f"({ceilings['matmul']}), copy {ceilings['copy_GBps']:.1f} GB/s; results in {args.output}")
-    bad = [r for r in records if r["gate"] in ("failed", "error")]
-    return 1 if args.strict and bad else 0
+    run.finished = now()
+    write_bench(args.output, run)
+    _print_summary(console, run, args.output)
+    return 1 if args.strict and any(r.gate is not None and r.gate.bad for r in run.records) else 0
+
+
+def _print_summary(console: Console, run: BenchRun, output: Path) -> None:
+    if run.records:
+        console.print(summary_table(run.records))
+    if run.memory_scaling:
+        console.print(memory_table(run.memory_scaling))
+    c = run.ceilings
+    console.print(f"ceilings on {c.device}: matmul {c.matmul_tflops:.2f} TFLOP/s ({c.matmul}), copy "
+                  f"{c.copy_gbps:.1f} GB/s; results in {output}")
 
 
 if __name__ == "__main__":

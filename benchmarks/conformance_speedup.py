@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from conformance.codec import read_records, to_json
 from conformance.provenance import collect
-from conformance.supervisor import read_records
+from conformance.records import CaseRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +42,7 @@ def timed_run(options: list[str], results: Path) -> tuple[float, int, list[tuple
     start = time.perf_counter()
     code = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
     seconds = time.perf_counter() - start
-    cases = [(r["id"], r["status"]) for r in read_records(results) if r.get("kind") == "case"]
+    cases = [(r.id, r.status.value) for r in read_records(results) if isinstance(r, CaseRecord)]
     return seconds, code, cases
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {"options": extra, "seconds": round(seconds, 2), "exit": code, "cases": len(cases),
                       "results": results.name, "_cases": cases}
     same = runs["base"].pop("_cases") == runs["spread"].pop("_cases") and runs["base"]["exit"] == runs["spread"]["exit"]
-    doc = {"kind": "conformance-speedup", "provenance": collect(), "options": common, "runs": runs,
+    doc = {"kind": "conformance-speedup", "provenance": to_json(collect()), "options": common, "runs": runs,
            "speedup": round(runs["base"]["seconds"] / runs["spread"]["seconds"], 3), "same_cases_and_exit": same}
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({k: doc[k] for k in ("runs", "speedup", "same_cases_and_exit")}))

@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.workloads import KD_TEMPERATURE, OUTPUTS, AttentionWorkload, Workload, bind, make_inputs, not_supported
 from conformance import oracle
+from conformance.results import Status
 from implementations.base import BackendLike, dtype_name, poisoned_outputs
 
 #: relative-error bound of the gate, by the workload's dtype
@@ -38,10 +39,10 @@ Index = tuple[object, ...] | None
 
 @dataclass
 class GateResult:
-    """``status`` is ``passed``, ``failed``, ``unsupported`` or ``error``; ``errors`` the relative error
-    of each compared output; ``reason`` says why a non-passing gate did not pass."""
+    """``status`` is passed, failed, unsupported or error; ``errors`` the relative error of each compared
+    output; ``reason`` says why a non-passing gate did not pass."""
 
-    status: str
+    status: Status
     reason: str | None = None
     errors: dict[str, float] = field(default_factory=dict)
 
@@ -142,7 +143,7 @@ def run_gate(backend: BackendLike, workload: Workload, device: str, seed: int,
     """
     reasons = not_supported(backend, workload, device)
     if reasons:
-        return GateResult("unsupported", "; ".join(reasons)), None
+        return GateResult(Status.UNSUPPORTED, "; ".join(reasons)), None
     cache = cache or ReferenceCache()
     try:
         inputs = make_inputs(workload, device, seed)
@@ -152,10 +153,10 @@ def run_gate(backend: BackendLike, workload: Workload, device: str, seed: int,
             outputs = call()
         _synchronize(device)
     except Exception as exc:  # a backend may fail in any way; the bench records it and goes on
-        return GateResult("error", f"{type(exc).__name__}: {exc}"), None
+        return GateResult(Status.ERROR, f"{type(exc).__name__}: {exc}"), None
     names = OUTPUTS[workload.op]
     if not isinstance(outputs, tuple | list) or len(outputs) != len(names):
-        return GateResult("failed", f"expected outputs {names}, got {type(outputs).__name__}"), None
+        return GateResult(Status.FAILED, f"expected outputs {names}, got {type(outputs).__name__}"), None
     bound = GATE_RTOL[workload.dtype]
     errors: dict[str, float] = {}
     problems: list[str] = []
@@ -169,5 +170,5 @@ def run_gate(backend: BackendLike, workload: Workload, device: str, seed: int,
         if not errors[name] <= bound:
             problems.append(f"{name}: relative error {errors[name]:.3g} > {bound:g} ({dtype_name(workload.dtype)})")
     if problems:
-        return GateResult("failed", "; ".join(problems), errors), None
-    return GateResult("passed", None, errors), call
+        return GateResult(Status.FAILED, "; ".join(problems), errors), None
+    return GateResult(Status.PASSED, None, errors), call

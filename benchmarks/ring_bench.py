@@ -167,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _provenance() -> dict[str, Any]:
+    from conformance.codec import to_json
     from conformance.provenance import collect
 
-    return collect()
+    return to_json(collect())
 
 
 if __name__ == "__main__":

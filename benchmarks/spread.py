@@ -11,17 +11,17 @@ run is interrupted or unfinished when any part is. The exit status is the worst 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
+from conformance.codec import read_bench, write_bench
 from conformance.dispatch import Slot, run_units
+from conformance.records import BenchPart, BenchRun
 from conformance.spread import slots_for
 
 #: bench options that take a value and that each process gets its own of
@@ -66,26 +66,22 @@ def plan(argv: list[str], args: Namespace, ops: list[str]) -> list[BenchUnit]:
     return units
 
 
-def merge(units: list[BenchUnit]) -> dict[str, Any]:
-    """One bench document of the parts, in unit order (module docstring)."""
-    docs = [json.loads(u.part.read_text()) for u in units if u.part.exists()]
-    if not docs:
-        return {"kind": "bench", "records": [], "memory_scaling": [], "interrupted": True, "finished": None}
-    merged = dict(docs[0])
-    merged["records"] = [r for d in docs for r in d.get("records", [])]
-    merged["memory_scaling"] = [r for d in docs for r in d.get("memory_scaling", [])]
-    merged["backends"] = list({b["name"]: b for d in docs for b in d.get("backends", [])}.values())
-    merged["interrupted"] = any(d.get("interrupted") for d in docs) or len(docs) < len(units)
-    merged["finished"] = None if merged["interrupted"] or not all(d.get("finished") for d in docs) else \
-        max(d["finished"] for d in docs)
-    merged["parts"] = [{"argv": d.get("argv"), "ceilings": d.get("ceilings")} for d in docs]
-    return merged
+def merge(units: list[BenchUnit]) -> BenchRun:
+    """One bench run of the parts, in unit order (module docstring)."""
+    runs = [read_bench(u.part, []) for u in units if u.part.exists()]
+    if not runs:
+        return BenchRun(interrupted=True)
+    interrupted = any(r.interrupted for r in runs) or len(runs) < len(units)
+    finished = None if interrupted or not all(r.finished for r in runs) else max(r.finished for r in runs)
+    return replace(runs[0], records=[x for r in runs for x in r.records],
+                   memory_scaling=[m for r in runs for m in r.memory_scaling],
+                   backends=list({b.name: b for r in runs for b in r.backends}.values()),
+                   interrupted=interrupted, finished=finished,
+                   parts=[BenchPart(argv=r.argv, ceilings=r.ceilings) for r in runs])
 
 
 def run(argv: list[str], args: Namespace, ops: list[str]) -> int:
     """Run the bench spread over the slots ``args.gpus`` / ``args.jobs`` name and write the merged file."""
-    from benchmarks.bench import write_json
-
     try:
         slots = slots_for(args.gpus, args.jobs)
     except ValueError as exc:
@@ -102,9 +98,9 @@ def run(argv: list[str], args: Namespace, ops: list[str]) -> int:
     try:
         run_units(units, slots, execute, stop)
     except KeyboardInterrupt:
-        write_json(args.output, merge(units))
+        write_bench(args.output, merge(units))
         return 130
-    write_json(args.output, merge(units))
+    write_bench(args.output, merge(units))
     for unit in units:
         unit.part.unlink(missing_ok=True)
     codes = [u.code if u.code is not None else 1 for u in units]

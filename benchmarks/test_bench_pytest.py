@@ -24,6 +24,7 @@ from benchmarks.bench import BASELINE_ORIGIN, bench_backends, implements
 from benchmarks.gate import run_gate
 from benchmarks.workloads import OPS, Workload, rates, workloads
 from conformance.cases import seed_for
+from conformance.results import Status
 from implementations.base import dtype_name
 from implementations.registry import RegistryEntry
 
@@ -47,9 +48,9 @@ def test_bench(benchmark: Any, entry: RegistryEntry, workload: Workload) -> None
     assert entry.backend is not None
     seed = seed_for(f"{workload.op}-{workload.label}-{dtype_name(workload.dtype)}")
     gate, call = run_gate(entry.backend, workload, DEVICE, seed)
-    if gate.status == "unsupported":
+    if gate.status is Status.UNSUPPORTED:
         pytest.skip(f"unsupported: {gate.reason}")
-    assert gate.status == "passed" and call is not None, f"gate {gate.status}: {gate.reason}"
+    assert gate.status is Status.PASSED and call is not None, f"gate {gate.status}: {gate.reason}"
 
     def synchronized() -> None:
         call()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from conformance.records import Ceilings
 from implementations.base import dtype_name
 
 #: bytes written between timed GPU calls to evict the L2 cache
@@ -127,12 +128,14 @@ def timing_for(fn: Callable[[], object], device: str, *, quick: bool, cuda_graph
     return cpu_timing(fn, budget_s=0.1 if quick else 0.5, min_reps=3 if quick else 5)
 
 
-def measure_ceilings(device: str) -> dict[str, object]:
+def measure_ceilings(device: str, name: str) -> Ceilings:
     """The machine's matmul rate and copy bandwidth on ``device``, measured now.
 
     GPU: bfloat16 ``8192³`` matmul and a 1 GiB device-to-device copy. CPU: float32 ``1024³`` matmul and a
     64 MiB copy (about a second in all, so that fractions of ceiling are meaningful on a CPU run too).
+    ``name`` is the GPU's or CPU's name the record carries.
     """
+    started = time.monotonic()
     if device == "cuda":
         n, dtype, copy_bytes = 8192, torch.bfloat16, 1 << 30
     else:
@@ -147,9 +150,7 @@ def measure_ceilings(device: str) -> dict[str, object]:
     else:
         mm = cpu_timing(lambda: torch.matmul(a, b), budget_s=0.3, min_reps=3)
         cp = cpu_timing(lambda: dst.copy_(src), budget_s=0.3, min_reps=3)
-    return {
-        "matmul_tflops": 2 * n**3 / mm.median_s / 1e12,
-        "copy_GBps": 2 * copy_bytes / cp.median_s / 1e9,
-        "matmul": f"{dtype_name(dtype)} {n}x{n} @ {n}x{n}",
-        "copy": f"{copy_bytes >> 20} MiB copy_, read + write counted",
-    }
+    return Ceilings(matmul_tflops=2 * n**3 / mm.median_s / 1e12, copy_gbps=2 * copy_bytes / cp.median_s / 1e9,
+                    matmul=f"{dtype_name(dtype)} {n}x{n} @ {n}x{n}",
+                    copy=f"{copy_bytes >> 20} MiB copy_, read + write counted", device=name,
+                    seconds=time.monotonic() - started)

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
+from conformance.codec import read_records
 from conformance.provenance import now
 from conformance.results import ORDER
 from conformance.results_lock import ResultsLock
-from conformance.supervisor import BackendRun, Outcome, RunProgress, read_records, run_backend
+from conformance.supervisor import BackendRun, Outcome, RunProgress, run_backend
 from conformance.verdicts import print_verdicts
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def _run_one(console: Console, label: str, selector: str, results: Path, pytest_
         if time.monotonic() - last[0] >= args.progress_interval:
             last[0] = time.monotonic()
             flight = progress.in_flight()
-            running = f"; running {flight[0]['id']} for {time.monotonic() - flight[1]:.0f} s" if flight else ""
+            running = f"; running {flight[0].id} for {time.monotonic() - flight[1]:.0f} s" if flight else ""
             console.print(Text(f"{label}: {_summary(progress)}{running}"), soft_wrap=True)
 
     return run_backend(selector, results, pytest_args, case_timeout=args.case_timeout, log_dir=log_dir,

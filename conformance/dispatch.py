@@ -22,8 +22,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from conformance.records import CaseRecord, ConformanceRecord
 from conformance.spec import AREAS, CLAUSES, MODULES
 from conformance.supervisor import BackendRun
 
@@ -87,14 +88,13 @@ def _threads(slots: int) -> str:
     return str(max(1, (os.cpu_count() or 1) // slots))
 
 
-def plan(runnable: dict[str, list[Listing]], chosen_clauses: list[str], previous: list[dict[str, Any]],
+def plan(runnable: dict[str, list[Listing]], chosen_clauses: list[str], previous: list[ConformanceRecord],
          parts_dir: Path) -> list[Unit]:
     """The units of a run in matrix order, each with its estimate and part file."""
     durations: dict[tuple[str, str], float] = defaultdict(float)
     for rec in previous:
-        if rec.get("kind") == "case" and isinstance(rec.get("duration"), int | float):
-            area = rec.get("area") or str(rec.get("clause", "")).split("-")[0]  # packed evidence drops "area"
-            durations[(str(rec.get("backend")), str(area))] += float(rec["duration"])
+        if isinstance(rec, CaseRecord) and rec.duration is not None:
+            durations[(rec.backend, rec.area)] += rec.duration
     units = []
     for selector, entries in runnable.items():
         names = tuple(e.name for e in entries)

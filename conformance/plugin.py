@@ -28,17 +28,19 @@ import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conformance import cases as casegen
+from conformance import reaper
+from conformance.codec import ResultsWriter, done_ids
 from conformance.deviations import BUILTIN_XFAILS, read_xfails
 from conformance.interrupts import SignalWatch, watch_signals
 from conformance.provenance import collect, now
-from conformance.records import ResultsWriter, done_ids, json_safe
+from conformance.records import BackendListing, CaseRecord, CaseStart, Ended, EndRecord, RunRecord
 from conformance.results import Status
 from conformance.sharding import Shard, parse_shard
 from conformance.spec import CLAUSES, clause_of
@@ -79,6 +81,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="call only these registry factories (default: every one)")
     group.addoption("--shard", default=None, metavar="K/N",
                     help="run only shard K of N of the test ids (conformance.sharding)")
+    group.addoption("--reap-group", action="store_true",
+                    help="this process leads a process group of its own: kill the group when it dies "
+                         "(conformance/reaper.py)")
     group.addoption("--every-case", action="store_true",
                     help="give backends that declare an emulator (Triton's interpreter) every case of a clause, "
                          f"not {casegen.EMULATED_SAMPLE} spread over them")
@@ -103,7 +108,7 @@ class _State:
     shard: Shard | None = None
     #: the signal that stopped the run, if one did
     signals: SignalWatch = field(default_factory=SignalWatch)
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[CaseRecord] = field(default_factory=list)
     used_xfails: set[str] = field(default_factory=set)
     trial_by_node: dict[str, Trial] = field(default_factory=dict)
     reports: dict[str, dict[str, pytest.TestReport]] = field(default_factory=lambda: defaultdict(dict))
@@ -153,23 +158,23 @@ def pytest_configure(config: pytest.Config) -> None:
         shard=shard,
     )
     config.stash[_KEY] = state
+    if config.getoption("--reap-group"):
+        reaper.start()
     state.signals = watch_signals(config)
-    state.writer.write(json_safe({
-        "kind": "resume" if state.skip_ids else "run",
-        "run_id": state.run_id,
-        "started": config.getoption("--run-started") or now(),
-        "pid": os.getpid(),
-        "provenance": collect(),
-        "argv": list(config.invocation_params.args),
-        "quick": state.quick,
-        "shard": config.getoption("--shard"),
-        "every_case": state.every_case,
-        "backends": [
-            {"name": e.name, "origin": e.origin, "available": e.available, "reason": e.unavailable,
-             "capabilities": e.backend.capabilities.describe() if e.backend is not None else None}
-            for e in chosen
-        ],
-    }))
+    state.writer.write(RunRecord(
+        run_id=state.run_id, started=config.getoption("--run-started") or now(), pid=os.getpid(),
+        provenance=collect(), argv=list(config.invocation_params.args), quick=state.quick,
+        shard=config.getoption("--shard"), every_case=state.every_case, backends=[listing(e) for e in chosen],
+        resumed=bool(state.skip_ids)))
+
+
+def listing(entry: RegistryEntry) -> BackendListing:
+    """How a run record lists a backend: found or not, its description and what it declares."""
+    backend = entry.backend
+    return BackendListing(
+        name=entry.name, origin=entry.origin, available=entry.available, reason=entry.unavailable,
+        description=(getattr(backend, "description", "") or None) if backend is not None else None,
+        capabilities=backend.capabilities.describe() if backend is not None else None)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -260,7 +265,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
         yield
         return
     repro = repro_command(item, t)
-    state.writer.write(json_safe(_base_record(t) | {"kind": "start", "repro": repro}))
+    state.writer.write(_start(t, repro))
     state.started[item.nodeid] = time.perf_counter()
     watchdog = threading.Timer(state.timeout, _on_timeout, args=(state, t, repro))
     watchdog.daemon = True
@@ -274,8 +279,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  #
 def _on_timeout(state: _State, t: Trial, repro: str) -> None:
     """A case ran past --case-timeout: record it and end the process (a hung kernel cannot be interrupted).
     A hang that holds the GIL stops this thread too; the supervisor's own deadline covers that."""
-    state.writer.write(json_safe(_base_record(t) | {"status": Status.TIMEOUT.value, "duration": state.timeout,
-                                                   "reason": f"no result after {state.timeout:g} s", "repro": repro}))
+    state.writer.write(CaseRecord.ended(_start(t, repro), Status.TIMEOUT, f"no result after {state.timeout:g} s",
+                                        state.timeout))
     state.writer.close()
     os._exit(TIMEOUT_EXIT)
 
@@ -293,10 +298,9 @@ def repro_command(item: pytest.Item, t: Trial) -> str:
     return shlex.join(args + ["-p", "no:cacheprovider"])
 
 
-def _base_record(t: Trial) -> dict[str, Any]:
-    return {"kind": "case", "id": t.id, "clause": t.clause, "area": t.clause.split("-")[0],
-            "backend": t.backend.name, "device": t.device, "dtype": dtype_name(t.dtype),
-            "op": t.op, "shape": t.case.label, "seed": t.seed}
+def _start(t: Trial, repro: str) -> CaseStart:
+    return CaseStart(id=t.id, clause=t.clause, backend=t.backend.name, device=t.device, dtype=dtype_name(t.dtype),
+                     op=t.op, shape=t.case.label, seed=t.seed, repro=repro)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -308,7 +312,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     report = outcome.get_result()
     declared = call.excinfo.value if call.excinfo is not None else None
     if isinstance(declared, Unsupported | NotImplementedOperation):  # the status by type, never by text
-        report.user_properties.append(("attnspec_status", declared.status.value))
+        report.user_properties.append(("attnspec_status", declared.status))
     state.reports[item.nodeid][call.when] = report
     if call.when == "teardown":
         _finish(state, item)
@@ -329,7 +333,7 @@ def _status(reports: dict[str, pytest.TestReport]) -> tuple[Status, str | None]:
             message = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             message = message.removeprefix("Skipped: ")
             declared = dict(rep.user_properties).get("attnspec_status")
-            return Status.parse(declared) or Status.SKIPPED, message
+            return declared if isinstance(declared, Status) else Status.SKIPPED, message
         if rep.failed:
             status = Status.ERROR if rep.when == "setup" else Status.FAILED
             text = rep.longreprtext.strip().splitlines()
@@ -341,16 +345,11 @@ def _status(reports: dict[str, pytest.TestReport]) -> tuple[Status, str | None]:
 def _finish(state: _State, item: pytest.Item) -> None:
     t = state.trial_by_node[item.nodeid]
     status, reason = _status(state.reports.pop(item.nodeid))
-    record = _base_record(t) | t.summary() | {
-        "status": status.value,
-        "reason": reason,
-        "test": item.originalname if isinstance(item, pytest.Function) else item.name,
-        "duration": round(time.perf_counter() - state.started.pop(item.nodeid, time.perf_counter()), 4),
-        "metrics": t.metrics,
-    }
-    if status.bad:
-        record["repro"] = repro_command(item, t)
-    record = json_safe(record)
+    start = _start(t, repro_command(item, t) if status.bad else None)
+    record = replace(
+        CaseRecord.ended(start, status, reason, round(time.perf_counter() - state.started.pop(item.nodeid,
+                                                                                             time.perf_counter()), 4)),
+        test=item.originalname if isinstance(item, pytest.Function) else item.name, metrics=t.metrics, **t.summary())
     state.records.append(record)
     state.writer.write(record)
 
@@ -374,10 +373,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = _state(session.config)
     if state is None:
         return
-    counts = Counter(r["status"] for r in state.records)
+    counts = Counter(r.status for r in state.records)
     completed = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED)
     stopped_by = state.signals.stopped_by
-    ended = "interrupted" if stopped_by else ("completed" if completed else "aborted")
-    state.writer.write({"kind": "end", "run_id": state.run_id, "finished": now(), "ended": ended,
-                        "stopped_by": stopped_by, "exitstatus": int(exitstatus), "counts": dict(counts)})
+    ended = Ended.INTERRUPTED if stopped_by else (Ended.COMPLETED if completed else Ended.ABORTED)
+    state.writer.write(EndRecord(run_id=state.run_id, finished=now(), ended=ended, stopped_by=stopped_by,
+                                 exitstatus=int(exitstatus), counts=dict(counts)))
     state.writer.close()

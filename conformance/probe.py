@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from conformance import reaper
 from implementations.ops import OPS
 from implementations.registry import FactorySpec, factory_specs, instantiate, refuse_duplicate_names
 
@@ -80,7 +81,8 @@ def _probe(start: int, extra_specs: list[str], timeout: float) -> tuple[str, str
     for running past ``timeout``."""
     from conformance.supervisor import DIE_WITH_PARENT
 
-    proc = subprocess.Popen([sys.executable, "-m", "conformance.probe", "--skip", str(start), *extra_specs],
+    proc = subprocess.Popen([sys.executable, "-m", "conformance.probe", "--reap-group", "--skip", str(start),
+                             *extra_specs],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=DIE_WITH_PARENT)
     try:
@@ -90,6 +92,10 @@ def _probe(start: int, extra_specs: list[str], timeout: float) -> tuple[str, str
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         late = True
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever the factories started and left behind
+    except ProcessLookupError:
+        pass
     return out, err, proc.returncode, late
 
 
@@ -142,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     """Child side: call the factories from ``--skip`` on, one JSON line before each and one per backend."""
     parser = argparse.ArgumentParser(prog="python -m conformance.probe")
     parser.add_argument("--skip", type=int, default=0, help="factories already probed")
+    parser.add_argument("--reap-group", action="store_true",
+                        help="this process leads a process group of its own: kill the group when it dies")
     parser.add_argument("specs", nargs="*")
     args = parser.parse_args(argv)
+    if args.reap_group:
+        reaper.start()
     channel = os.fdopen(os.dup(1), "w")  # the parent reads this; what factories print goes to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr

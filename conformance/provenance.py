@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from conformance.records import Provenance
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,24 +56,24 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def collect() -> dict[str, object]:
+def collect() -> Provenance:
     """Provenance of a run (docs/results-format.md); the commit from ``ATTNSPEC_COMMIT`` where the
     checkout has no git history (a copied working tree)."""
     cuda = torch.cuda.is_available()
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_name(),
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "driver": _driver() if cuda else None,
-        "cuda": torch.version.cuda if cuda else None,
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cupy": _version("cupy-cuda13x") or _version("cupy-cuda12x") or _version("cupy"),
-        "numpy": _version("numpy"),
-        "commit": _git("rev-parse", "HEAD") or os.environ.get("ATTNSPEC_COMMIT"),
-        "dirty": bool(status) if status is not None else None,
-        "timestamp": now(),
-    }
+    return Provenance(
+        hostname=socket.gethostname(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpu=_cpu_name(),
+        gpu=torch.cuda.get_device_name(0) if cuda else None,
+        driver=_driver() if cuda else None,
+        cuda=torch.version.cuda if cuda else None,
+        torch=torch.__version__,
+        triton=_version("triton"),
+        cupy=_version("cupy-cuda13x") or _version("cupy-cuda12x") or _version("cupy"),
+        numpy=_version("numpy"),
+        commit=_git("rev-parse", "HEAD") or os.environ.get("ATTNSPEC_COMMIT"),
+        dirty=bool(status) if status is not None else None,
+        timestamp=now(),
+    )

@@ -31,6 +31,11 @@ class Status(str, Enum):
         return self in BAD
 
     @property
+    def stopped(self) -> bool:
+        """A case that never finished in its process: it crashed, timed out or was interrupted."""
+        return self in STOPPED
+
+    @property
     def severity(self) -> int:
         """0 for the most severe status; cells and lists show the lowest severity number first."""
         return ORDER.index(self)
@@ -48,5 +53,5 @@ class Status(str, Enum):
 
 
 ORDER: tuple[Status, ...] = tuple(Status)
-BAD: frozenset[Status] = frozenset(
-    {Status.CRASHED, Status.TIMEOUT, Status.INTERRUPTED, Status.ERROR, Status.FAILED})
+STOPPED: frozenset[Status] = frozenset({Status.CRASHED, Status.TIMEOUT, Status.INTERRUPTED})
+BAD: frozenset[Status] = STOPPED | {Status.ERROR, Status.FAILED}

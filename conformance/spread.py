@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from conformance.codec import read_records
 from conformance.dispatch import Slot, Unit, cpu_slots, gpu_slots, longest_first, merge_parts, plan, run_units
 from conformance.probe import Listing
 from conformance.sharding import parse_shard
-from conformance.supervisor import BackendRun, Outcome, RunProgress, read_records, run_backend
+from conformance.supervisor import BackendRun, Outcome, RunProgress, run_backend
 
 
 @dataclass(frozen=True)

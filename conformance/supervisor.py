@@ -29,6 +29,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from conformance.codec import append_line, decode
+from conformance.records import CaseRecord, CaseStart, ConformanceRecord, Ended, EndRecord, RunRecord
 from conformance.results import Status
 
 CONFORMANCE_DIR = Path(__file__).resolve().parent
@@ -56,8 +58,8 @@ class RunProgress:
     """What the supervisor has read of one backend's run: results by status, the case in flight, the end."""
 
     statuses: Counter[Status] = field(default_factory=Counter)
-    open_cases: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
-    end: dict[str, Any] | None = None
+    open_cases: dict[str, tuple[CaseStart, float]] = field(default_factory=dict)
+    end: EndRecord | None = None
 
     @property
     def cases(self) -> int:
@@ -67,23 +69,20 @@ class RunProgress:
     def bad(self) -> int:
         return sum(n for s, n in self.statuses.items() if s.bad)
 
-    def in_flight(self) -> tuple[dict[str, Any], float] | None:
+    def in_flight(self) -> tuple[CaseStart, float] | None:
         """The latest start record with no result, and when the supervisor first saw it."""
         return next(reversed(self.open_cases.values()), None)
 
-    def take(self, records: list[dict[str, Any]], seen_at: float) -> None:
+    def take(self, records: list[ConformanceRecord], seen_at: float) -> None:
         for rec in records:
-            kind = rec.get("kind")
-            if kind == "start":
-                self.open_cases[rec["id"]] = (rec, seen_at)
-            elif kind == "case":
-                self.open_cases.pop(rec.get("id"), None)
-                status = Status.parse(rec.get("status"))
-                if status is not None:
-                    self.statuses[status] += 1
-            elif kind == "end":
+            if isinstance(rec, CaseStart):
+                self.open_cases[rec.id] = (rec, seen_at)
+            elif isinstance(rec, CaseRecord):
+                self.open_cases.pop(rec.id, None)
+                self.statuses[rec.status] += 1
+            elif isinstance(rec, EndRecord):
                 self.end = rec
-            elif kind in ("run", "resume"):
+            elif isinstance(rec, RunRecord):
                 self.end = None
 
 
@@ -111,7 +110,9 @@ class RecordTail:
         self.path = path
         self.offset = path.stat().st_size if path.exists() else 0
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[ConformanceRecord]:
+        """The records of the complete lines appended since the last read (a line cut by a crash, or one that
+        is not a record, is skipped)."""
         if not self.path.exists():
             return []
         with open(self.path, "rb") as fh:
@@ -122,39 +123,25 @@ class RecordTail:
         records = []
         for line in data[:end].splitlines():
             try:
-                rec = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-            if isinstance(rec, dict):
-                records.append(rec)
+            if isinstance(obj, dict) and (record := decode(obj, "", [])) is not None:
+                records.append(record)
         return records
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of a results file (a line cut by a crash is skipped)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def in_flight(records: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
+def in_flight(records: list[ConformanceRecord], run_id: str) -> CaseStart | None:
     """The last ``start`` record of ``run_id`` that has no result: the case a dead process was running."""
     current = False
-    started: dict[str, dict[str, Any]] = {}
+    started: dict[str, CaseStart] = {}
     for rec in records:
-        kind = rec.get("kind")
-        if kind in ("run", "resume"):
-            current = rec.get("run_id") == run_id
-        elif current and kind == "start":
-            started[rec["id"]] = rec
-        elif current and kind == "case":
-            started.pop(rec["id"], None)
+        if isinstance(rec, RunRecord):
+            current = rec.run_id == run_id
+        elif current and isinstance(rec, CaseStart):
+            started[rec.id] = rec
+        elif current and isinstance(rec, CaseRecord):
+            started.pop(rec.id, None)
     return list(started.values())[-1] if started else None
 
 
@@ -196,23 +183,6 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> Non
         pass
 
 
-def _append(results: Path, record: dict[str, Any]) -> None:
-    """Append one record on a line of its own (a line cut by the dead child is left as it is)."""
-    with open(results, "a+b") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell():
-            fh.seek(-1, os.SEEK_END)
-            newline = fh.read(1) != b"\n"
-        else:
-            newline = False
-        fh.write((b"\n" if newline else b"") + json.dumps(record).encode() + b"\n")
-
-
-def _resolve(results: Path, start: dict[str, Any], status: Status, reason: str, duration: float | None) -> None:
-    record = {k: v for k, v in start.items() if k != "kind"} | {
-        "kind": "case", "status": status.value, "reason": reason, "err": None, "ref_err": None, "ratio": None,
-        "duration": duration, "metrics": {}}
-    _append(results, record)
 
 
 def run_backend(
@@ -235,7 +205,7 @@ def run_backend(
     while True:
         cmd = [sys.executable, "-m", "pytest", str(CONFORMANCE_DIR), "--backend", backend, "--results",
                str(results), "--run-id", run.run_id, f"--case-timeout={case_timeout}", "-p", "no:cacheprovider",
-               "-q", "-rN", *pytest_args] + (["--resume"] if run.restarts else [])
+               "-q", "-rN", "--reap-group", *pytest_args] + (["--resume"] if run.restarts else [])
         cases_before = run.progress.cases
         with open(run.log, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(cmd)}\n")
@@ -254,18 +224,21 @@ def run_backend(
             start, seen_at = flight
             if killed_late:
                 limit = case_timeout + grace_s(case_timeout)
-                _resolve(results, start, Status.TIMEOUT, f"no result after {limit:g} s; the process did not "
-                         "respond and was killed", round(time.monotonic() - seen_at, 3))
-                run.timed_out_ids.append(start["id"])
+                append_line(results, CaseRecord.ended(
+                    start, Status.TIMEOUT, f"no result after {limit:g} s; the process did not respond and was killed",
+                    round(time.monotonic() - seen_at, 3)))
+                run.timed_out_ids.append(start.id)
             else:
-                _resolve(results, start, Status.CRASHED, f"the backend's process {describe_exit(code)}", None)
-                run.crashed_ids.append(start["id"])
+                append_line(results, CaseRecord.ended(start, Status.CRASHED,
+                                                      f"the backend's process {describe_exit(code)}", None))
+                run.crashed_ids.append(start.id)
             run.progress.take(tail.read(), time.monotonic())
         elif run.progress.end is not None:
-            ended = run.progress.end.get("ended")
-            run.outcome = Outcome.INTERRUPTED if ended == "interrupted" else Outcome.FINISHED
-            if ended not in ("completed", "interrupted"):
-                run.outcome, run.problem = Outcome.ABORTED, f"pytest ended with exit status {code} ({ended})"
+            ended = run.progress.end.ended
+            run.outcome = Outcome.INTERRUPTED if ended is Ended.INTERRUPTED else Outcome.FINISHED
+            if ended not in (Ended.COMPLETED, Ended.INTERRUPTED):
+                how = ended.value if ended else "no end status"
+                run.outcome, run.problem = Outcome.ABORTED, f"pytest ended with exit status {code} ({how})"
             return run
         elif run.progress.cases == cases_before:
             run.outcome = Outcome.ABORTED
@@ -306,7 +279,8 @@ def _stop(proc: subprocess.Popen[bytes], tail: RecordTail, progress: RunProgress
     progress.take(tail.read(), time.monotonic())
     flight = progress.in_flight()
     if flight is not None:
-        _resolve(results, flight[0], Status.INTERRUPTED, "the run was interrupted during this case", None)
+        append_line(results, CaseRecord.ended(flight[0], Status.INTERRUPTED, "the run was interrupted during this case",
+                                              None))
 
 
 def _safe(name: str) -> str:

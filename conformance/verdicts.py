@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from conformance.records import CaseRecord, ConformanceRecord
 from conformance.results import ORDER, Status
 from conformance.spec import CLAUSES
 
 
-def verdict_table(records: list[dict[str, Any]]) -> list[str]:
+def verdict_table(records: list[CaseRecord]) -> list[str]:
     """A plain-text clause x backend table: ``pass/total`` and the other statuses in short."""
-    backends = sorted({r["backend"] + "@" + r["device"] for r in records})
-    per: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    backends = sorted({r.row for r in records})
+    per: dict[tuple[str, str], Counter[Status]] = defaultdict(Counter)
     for r in records:
-        per[(r["clause"], r["backend"] + "@" + r["device"])][r["status"]] += 1
+        per[(r.clause, r.row)][r.status] += 1
     clauses = [c for c in CLAUSES if any((c, b) in per for b in backends)]
     width = max(14, *(len(b) for b in backends))
     lines = ["clause    " + "".join(b.ljust(width + 2) for b in backends)]
@@ -31,30 +31,34 @@ def verdict_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _cell(counts: Counter[str]) -> str:
+#: the short names of the statuses a plain cell counts after its head
+SHORT = ((Status.UNSUPPORTED, "uns"), (Status.NOT_IMPLEMENTED, "n/i"), (Status.XFAIL, "xf"), (Status.XPASS, "xp"))
+
+
+def _cell(counts: Counter[Status]) -> str:
     """``FAIL 3/40`` when a case is bad, ``ok 37/40`` when some passed and none is bad, ``none 0/36`` when
     nothing passed; then the unsupported/xfail counts."""
     total = sum(counts.values())
-    bad = sum(n for s, n in counts.items() if Status(s).bad)
-    head = f"FAIL {bad}/{total}" if bad else f"{'ok' if counts['passed'] else 'none'} {counts['passed']}/{total}"
-    extra = [f"{counts[k]} {short}" for k, short in
-             (("unsupported", "uns"), ("not_implemented", "n/i"), ("xfail", "xf"), ("xpass", "xp")) if counts[k]]
+    bad = sum(n for s, n in counts.items() if s.bad)
+    passed = counts[Status.PASSED]
+    head = f"FAIL {bad}/{total}" if bad else f"{'ok' if passed else 'none'} {passed}/{total}"
+    extra = [f"{counts[k]} {short}" for k, short in SHORT if counts[k]]
     return head + (" (" + ", ".join(extra) + ")" if extra else "")
 
 
 def _style(status: Status) -> str:
     if status.bad:
-        return "bold magenta" if status in (Status.CRASHED, Status.TIMEOUT, Status.INTERRUPTED) else "bold red"
+        return "bold magenta" if status.stopped else "bold red"
     return {Status.PASSED: "green", Status.XFAIL: "yellow", Status.XPASS: "yellow"}.get(status, "dim")
 
 
-def print_verdicts(console: Console, records: list[dict[str, Any]]) -> None:
+def print_verdicts(console: Console, records: list[ConformanceRecord]) -> None:
     """The clause x backend verdict table: the worst status of each cell, with counts."""
-    cases = [r for r in records if r.get("kind") == "case" and Status.parse(r.get("status")) is not None]
-    columns = sorted({f"{r.get('backend')}@{r.get('device')}" for r in cases})
+    cases = [r for r in records if isinstance(r, CaseRecord)]
+    columns = sorted({r.row for r in cases})
     cells: dict[tuple[str, str], Counter[Status]] = defaultdict(Counter)
     for r in cases:
-        cells[(r.get("clause"), f"{r.get('backend')}@{r.get('device')}")][Status(r["status"])] += 1
+        cells[(r.clause, r.row)][r.status] += 1
     table = Table(title="verdicts (clause x backend)")
     table.add_column("clause")
     for c in columns:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reports.fields import Record, as_number, describe, is_finite
+from conformance.fields import Record, as_number, describe, is_finite
 
 #: asv stores parameter values as their repr; the quotes are dropped in series names
 QUOTES = "'\""

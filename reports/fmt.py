@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from reports.fields import is_finite
+from conformance.fields import is_finite
 
 
 def fmt_num(value: float | int | None, digits: int = 3) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from conformance.fields import parse_time
 from reports.cases import Conformance
-from reports.fields import parse_time
 
 
 def join_key(conformance: Conformance, label: str | None, index: int) -> tuple[object, ...]:

@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conformance.records import Provenance
 from reports.cases import Conformance, load_conformance
 from reports.join import group_files, join_conformance
-from reports.provenance import Provenance
 from reports.timings import Bench, load_bench
 
 

@@ -10,8 +10,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from conformance.records import CaseRecord
 from conformance.results import Status
-from reports.cases import Case
 from reports.fmt import fmt_num, fmt_value
 from reports.load import ResultSet
 from reports.spec import Spec, clause_key
@@ -26,7 +26,7 @@ WORDS: dict[Status, str] = {
 TITLE_REASONS = 6
 
 #: backend@device -> clause -> the cases of one result set
-Grouped = dict[str, dict[str, list[Case]]]
+Grouped = dict[str, dict[str, list[CaseRecord]]]
 
 
 def page_name(text: str) -> str:
@@ -111,12 +111,11 @@ class AreaTable:
     groups: list[Group]
 
 
-def cell_title(row: str, cid: str, cases: list[Case]) -> str:
+def cell_title(row: str, cid: str, cases: list[CaseRecord]) -> str:
     """The hover text of a matrix cell: counts, then the reasons of non-passing cases with their counts."""
     counts = Counter(c.status for c in cases)
     lines = [f"{row} · {cid}: " + ", ".join(f"{n} {s}" for s, n in by_severity(counts))]
-    reasons = Counter(f"{c.status}: {c.reason or c.message}"
-                      for c in cases if c.status is not Status.PASSED and (c.reason or c.message))
+    reasons = Counter(f"{c.status}: {c.reason}" for c in cases if c.status is not Status.PASSED and c.reason)
     for text, n in reasons.most_common(TITLE_REASONS):
         lines.append(f"{text} (×{n})" if n > 1 else text)
     if len(reasons) > TITLE_REASONS:
@@ -124,7 +123,7 @@ def cell_title(row: str, cid: str, cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
-def cell(rs: ResultSet, row: str, cid: str, cases: list[Case]) -> Cell | None:
+def cell(rs: ResultSet, row: str, cid: str, cases: list[CaseRecord]) -> Cell | None:
     """The cell of one backend@device and clause (None without cases)."""
     if not cases:
         return None
@@ -173,12 +172,12 @@ class CaseRow:
     repro: str | None
 
 
-def case_rows(cases: list[Case]) -> list[CaseRow]:
+def case_rows(cases: list[CaseRecord]) -> list[CaseRow]:
     """The drill-down table's rows, most severe first."""
     return [CaseRow(
         id=c.id, shape=c.shape or "—", dtype=c.dtype or "—", seed="—" if c.seed is None else str(c.seed),
         err=fmt_num(c.err), worst=c.worst or "", ref_err=fmt_num(c.ref_err), ratio=fmt_num(c.ratio),
-        mult=fmt_num(c.mult), status=c.status, message=" — ".join(m for m in (c.reason, c.message) if m),
+        mult=fmt_num(c.mult), status=c.status, message=c.reason or "",
         duration=fmt_num(c.duration, 2), metrics=", ".join(f"{k}={fmt_value(v)}" for k, v in c.metrics.items()),
         repro=c.repro,
     ) for c in sorted(cases, key=lambda c: (c.status.severity, c.id))]

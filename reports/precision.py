@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
+from conformance.records import CaseRecord
 from conformance.results import Status
 from reports import charts
-from reports.cases import Case
 from reports.fmt import fmt_num
 from reports.load import ResultSet
 
@@ -45,9 +45,9 @@ class PrecisionView:
     summary: list[Summary]
 
 
-def scored(cases: list[Case]) -> dict[tuple[float, str, str], list[Case]]:
+def scored(cases: list[CaseRecord]) -> dict[tuple[float, str, str], list[CaseRecord]]:
     """Cases with a finite, non-negative ratio and a finite multiplier, by (multiplier, backend@device, dtype)."""
-    strips: dict[tuple[float, str, str], list[Case]] = defaultdict(list)
+    strips: dict[tuple[float, str, str], list[CaseRecord]] = defaultdict(list)
     for c in cases:
         if c.ratio is not None and c.mult is not None and math.isfinite(c.ratio) and c.ratio >= 0 \
                 and math.isfinite(c.mult) and c.mult > 0:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from markupsafe import Markup
 
+from conformance.fields import Scalar, is_finite
+from conformance.records import BenchRecord, Ceilings
 from conformance.results import Status
 from reports import charts
-from reports.fields import Scalar, is_finite
 from reports.fmt import fmt_bytes, fmt_ms, fmt_num
 from reports.load import ResultSet
-from reports.timings import Bench, Ceilings, Timing
+from reports.timings import Bench
 
 #: workload keys used as a chart's x axis, in order of preference (attention, KD loss, softmax statistics,
 #: reduction)
@@ -83,13 +84,13 @@ def x_axis(workloads: list[dict[str, Scalar]]) -> tuple[str, list[float]] | None
     return "×".join(varying), [float(np.prod([float(w[k]) for k in varying])) for w in workloads]
 
 
-def timing_order(t: Timing) -> tuple[object, ...]:
+def timing_order(t: BenchRecord) -> tuple[object, ...]:
     """Sort key of timings: op, device, dtype, workload (numbers by value), backend."""
     sizes = tuple((k, 0, float(v), "") if is_finite(v) else (k, 1, 0.0, str(v)) for k, v in sorted(t.workload.items()))
     return t.op, t.device, t.dtype, sizes, t.backend
 
 
-def chart_key(t: Timing) -> tuple[str, ...] | None:
+def chart_key(t: BenchRecord) -> tuple[str, ...] | None:
     """Which chart a timing is drawn in: ("tflops", op, device, dtype, D, causal) or ("gbps", op, device,
     dtype); None without a finite rate."""
     if is_finite(t.tflops):
@@ -100,7 +101,7 @@ def chart_key(t: Timing) -> tuple[str, ...] | None:
     return None
 
 
-def figure(key: tuple[str, ...], timings: list[Timing], ceilings: Ceilings, devices: set[str],
+def figure(key: tuple[str, ...], timings: list[BenchRecord], ceilings: Ceilings, devices: set[str],
            colors: dict[str, str]) -> Figure | None:
     """The chart of one group of timings: a line per backend against the x variable, the ceiling dashed."""
     axis = x_axis([t.workload for t in timings])
@@ -126,26 +127,25 @@ def figure(key: tuple[str, ...], timings: list[Timing], ceilings: Ceilings, devi
                                                          hlines=hlines)]))
 
 
-def gate_css(gate: str | None) -> str:
+def gate_css(gate: Status | None) -> str:
     """How the table marks a correctness gate: ``bad`` for a bad status (``Status.bad``), ``ok`` for passed."""
-    status = Status.parse(gate)
-    if status is None:
+    if gate is None:
         return ""
-    return "bad" if status.bad else "ok" if status is Status.PASSED else ""
+    return "bad" if gate.bad else "ok" if gate is Status.PASSED else ""
 
 
-def rate(t: Timing) -> str:
+def rate(t: BenchRecord) -> str:
     """A timing's throughput with its unit."""
     if is_finite(t.tflops):
         return f"{fmt_num(t.tflops)} TFLOP/s"
     return f"{fmt_num(t.gbps)} GB/s" if is_finite(t.gbps) else "—"
 
 
-def timing_row(t: Timing) -> TimingRow:
+def timing_row(t: BenchRecord) -> TimingRow:
     """A timing as a row of the speed table."""
     return TimingRow(
         op=t.op, label=t.label or "", workload=" ".join(f"{k}={v}" for k, v in t.workload.items() if k not in DERIVED),
-        dtype=t.dtype, backend=t.row, gate=t.gate or "—", gate_css=gate_css(t.gate),
+        dtype=t.dtype, backend=t.row, gate=t.gate.value if t.gate else "—", gate_css=gate_css(t.gate),
         reason=t.reason or "", median=fmt_ms(t.median_s), iqr=fmt_ms(t.iqr_s), rate=rate(t),
         fraction=f"{t.fraction_of_ceiling:.0%}" if is_finite(t.fraction_of_ceiling) else "—",
         memory=fmt_bytes(t.peak_extra_bytes), baseline=t.baseline or "—",
@@ -170,7 +170,7 @@ def ceiling_text(ceilings: Ceilings) -> str:
 def speed(rs: ResultSet, bench: Bench, colors: dict[str, str]) -> SpeedView:
     """Throughput charts of one bench file of ``rs`` and its timing table."""
     devices = {t.device for t in bench.records}
-    groups: dict[tuple[str, ...], list[Timing]] = defaultdict(list)
+    groups: dict[tuple[str, ...], list[BenchRecord]] = defaultdict(list)
     for t in bench.records:
         if key := chart_key(t):
             groups[key].append(t)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup
 
+from conformance.fields import describe, is_finite
 from implementations import schedule as schedules
 from reports import charts
 from reports.cases import Conformance
-from reports.fields import describe, is_finite
 from reports.fmt import fmt_num
 from reports.load import ResultSet
 

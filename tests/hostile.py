@@ -114,3 +114,27 @@ def factory_hangs() -> Backend:
     """A factory that never returns."""
     time.sleep(3600)
     raise AssertionError("unreachable within a test's time")
+
+
+#: the file a spawning backend or factory appends the pids of the processes it starts to (set by the test)
+PIDS_FILE = "ATTNSPEC_TEST_PIDS"
+
+
+def _spawn_sleeper() -> None:
+    """Start a process that outlives this one unless its group is killed, and note its pid."""
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    with open(os.environ[PIDS_FILE], "a", encoding="utf-8") as fh:
+        fh.write(f"{sleeper.pid}\n")
+
+
+def spawns_then_hangs() -> HostileSum:
+    """Starts a child process, then sleeps for an hour, on the first WD-0 case (n = 1)."""
+    return HostileSum("spawns-then-hangs", lambda: (_spawn_sleeper(), time.sleep(3600)), trigger=1)
+
+
+def factory_spawns() -> HostileSum:
+    """A factory that starts a child process and returns a correct backend."""
+    _spawn_sleeper()
+    return HostileSum("spawned", lambda: None)

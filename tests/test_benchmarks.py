@@ -6,6 +6,7 @@ No test here checks a speed: figures come from benchmark runs, not from unit tes
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from benchmarks import bench
 from benchmarks.bench import main, measure, memory_scaling
 from benchmarks.gate import ReferenceCache, relative_error, run_gate
 from benchmarks.workloads import OPS, AttentionWorkload, RowsWorkload, memory_workloads, rates, workloads
+from conformance.codec import read_bench
+from conformance.records import BenchRecord, Ceilings
+from conformance.results import Status
 from implementations.base import Backend, Capabilities, new_output
 from implementations.ops import kd_loss, reduce_sum, softmax_stats
 from implementations.ops.attention import forward_flops as attention_forward_flops
@@ -26,7 +30,7 @@ from implementations.ops.attention_backward import backward_flops as attention_b
 from implementations.reference import ReferenceBackend
 from implementations.registry import RegistryEntry
 
-CEILINGS = {"matmul_tflops": 1.0, "copy_GBps": 1.0}
+CEILINGS = Ceilings(matmul_tflops=1.0, copy_gbps=1.0)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -156,9 +160,9 @@ def test_wrong_backend_fails_the_gate_and_is_not_timed() -> None:
     w = workloads("attention", "cpu", quick=True)[0]
     record = measure(WrongReference(), w, "cpu", 1, quick=True, cuda_graph=False, ceilings=CEILINGS,
                      cache=ReferenceCache())
-    assert record["gate"] == "failed"
-    assert "out: relative error" in record["reason"]
-    assert record["median_s"] is None and record["tflops"] is None and record["peak_extra_bytes"] is None
+    assert record.gate is Status.FAILED
+    assert "out: relative error" in record.reason
+    assert record.median_s is None and record.tflops is None and record.peak_extra_bytes is None
 
 
 def test_unwritten_output_fails_the_gate() -> None:
@@ -171,7 +175,7 @@ def test_declared_unsupported_is_recorded_with_the_reason() -> None:
     causal = next(w for w in workloads("attention", "cpu", quick=True) if w.causal)
     record = measure(NoCausal(), causal, "cpu", 1, quick=True, cuda_graph=False, ceilings=CEILINGS,
                      cache=ReferenceCache())
-    assert record["gate"] == "unsupported" and "causal" in record["reason"] and record["median_s"] is None
+    assert record.gate is Status.UNSUPPORTED and "causal" in record.reason and record.median_s is None
 
 
 def test_backend_exception_is_an_error_record() -> None:
@@ -183,7 +187,7 @@ def test_backend_exception_is_an_error_record() -> None:
 
     w = workloads("softmax_stats", "cpu", quick=True)[0]
     record = measure(Broken(), w, "cpu", 1, quick=True, cuda_graph=False, ceilings=CEILINGS, cache=ReferenceCache())
-    assert record["gate"] == "error" and "kernel launch failed" in record["reason"]
+    assert record.gate is Status.ERROR and "kernel launch failed" in record.reason
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,12 +217,12 @@ class Linear(_Allocating):
 
 def test_memory_scaling_slope() -> None:
     entries = [RegistryEntry(b.name, "test", backend=b) for b in (Quadratic(), Linear())]
-    rows = {r["backend"]: r for r in memory_scaling(entries, "cpu")}
+    rows = {r.backend: r for r in memory_scaling(entries, "cpu")}
     assert set(rows) == {"quadratic", "linear"}  # no backward: that op is left out
-    assert rows["quadratic"]["S"] == [128, 256, 512, 1024]
-    assert rows["quadratic"]["slope"] == pytest.approx(2.0, abs=0.1)
-    assert rows["linear"]["slope"] == pytest.approx(1.0, abs=0.1)
-    assert rows["linear"]["peak_extra_bytes"][-1] >= 2 * 1024 * 64 * 8
+    assert rows["quadratic"].S == [128, 256, 512, 1024]
+    assert rows["quadratic"].slope == pytest.approx(2.0, abs=0.1)
+    assert rows["linear"].slope == pytest.approx(1.0, abs=0.1)
+    assert rows["linear"].peak_extra_bytes[-1] >= 2 * 1024 * 64 * 8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,6 +284,24 @@ def test_interrupted_run_keeps_its_records(tmp_path: Path, monkeypatch: pytest.M
     assert doc["interrupted"] and len(doc["records"]) == 1 and doc["records"][0]["gate"] == "passed"
 
 
+@pytest.mark.parametrize("factory", ["factory_segfaults", "factory_hangs"])
+def test_a_factory_that_crashes_or_hangs_does_not_stop_the_bench(tmp_path: Path, factory: str) -> None:
+    """Through the real CLI: the factory is called in a discovery child, listed unavailable with the reason,
+    and the other backend is timed."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "--quick", "--device", "cpu",
+                           "--backend", f"tests.hostile:{factory}", "--backend", "reference", "--op", "reduce_sum",
+                           "--output", str(out)], capture_output=True, text=True, timeout=400, cwd=ROOT,
+                          env=os.environ | {"ATTNSPEC_FACTORY_TIMEOUT": "20", "COLUMNS": "200"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = read_bench(out, problems := [])
+    assert problems == [] and run.finished
+    listed = {b.origin: b for b in run.backends}
+    hostile = listed[f"--backend tests.hostile:{factory}"]
+    assert not hostile.available and ("did not return" if factory == "factory_hangs" else "SIGSEGV") in hostile.reason
+    assert {r.backend for r in run.records if r.gate is Status.PASSED} >= {"reference"}
+
+
 def test_unknown_backend_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["--backend", "no-such-backend", "--output", str(tmp_path / "x.json")]) == 2
 
@@ -288,9 +310,9 @@ def test_unknown_backend_is_a_usage_error(tmp_path: Path) -> None:
 # Flags
 
 
-def _timed(backend: str, device: str, median_s: float, baseline: str) -> dict[str, object]:
-    return {"op": "reduce_sum", "label": "n2^16", "dtype": "float32", "device": device, "backend": backend,
-            "baseline": baseline, "median_s": median_s, "fraction_of_ceiling": 0.5}
+def _timed(backend: str, device: str, median_s: float, baseline: str) -> BenchRecord:
+    return BenchRecord(op="reduce_sum", label="n2^16", dtype="float32", device=device, backend=backend,
+                       baseline=baseline, median_s=median_s, fraction_of_ceiling=0.5)
 
 
 def test_a_large_speedup_is_suspicious_on_cuda_only() -> None:
@@ -299,10 +321,10 @@ def test_a_large_speedup_is_suspicious_on_cuda_only() -> None:
     for device in ("cpu", "cuda"):
         records = [_timed("torch.sum", device, 36e-4, "torch.sum"), _timed("mine", device, 1e-4, "torch.sum")]
         bench.add_speedups(records)
-        assert records[1]["speedup"] == pytest.approx(36.0)
-        flagged = records[1]["flag"] is not None and "36.0x over the vendor baseline torch.sum" in records[1]["flag"]
+        assert records[1].speedup == pytest.approx(36.0)
+        flagged = records[1].flag is not None and "36.0x over the vendor baseline torch.sum" in records[1].flag
         assert flagged == (device == "cuda"), records[1]
-        assert records[0]["flag"] is None
+        assert records[0].flag is None
 
 
 def test_listing_the_baselines_does_not_import_the_compiler() -> None:

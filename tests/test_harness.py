@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -15,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from conformance import oracle, spec
+from conformance.codec import done_ids, dumps, read_records
 from conformance.deviations import read_xfails
 from conformance.memory import loglog_slope
-from conformance.records import done_ids
+from conformance.records import CaseRecord, CaseStart
+from conformance.results import Status
 from conformance.spec import CLAUSES, SPEC_PATH, parse_spec
-from conformance.supervisor import in_flight, read_records, run_backend
+from conformance.supervisor import in_flight, run_backend
 from conformance.tolerance import compare, max_abs_err
 from implementations import schedule as sched
 from implementations.registry import discover, select
@@ -238,9 +239,10 @@ def test_third_party_backend_gets_verdicts(conformance_run) -> None:
 
 def test_truncated_results_are_still_read(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps({"kind": "case", "id": "A"}) + "\n" + '{"kind": "ca')
-    assert done_ids(path) == {"A"}
-    assert len(read_records(path)) == 1
+    done = CaseRecord("A[b-cpu]", "A", "b", "cpu", Status.PASSED)
+    path.write_text(dumps(done) + "\n" + dumps(CaseStart("B[b-cpu]", "B", "b", "cpu"))[:30])
+    assert done_ids(path) == {"A[b-cpu]"}
+    assert read_records(path) == [done]
 
 
 def test_xfails_file(tmp_path: Path, conformance_run) -> None:
@@ -260,11 +262,11 @@ def test_crash_and_hang_are_recorded_and_the_run_goes_on(tmp_path: Path) -> None
     run = run_backend("tests.thirdparty:crashy", results, ["--quick", "-k", "test_model_measures"],
                       case_timeout=5, log_dir=tmp_path)
     records = read_records(results)
-    cases = {r["id"]: r for r in records if r.get("kind") == "case"}
-    assert cases["WD-0[crashy-cpu-float32-1x7]"]["status"] == "crashed"
-    assert "SIGABRT" in cases["WD-0[crashy-cpu-float32-1x7]"]["reason"]
-    assert cases["WD-0[crashy-cpu-float32-1x100]"]["status"] == "timeout"
-    started = {r["id"] for r in records if r.get("kind") == "start"}
+    cases = {r.id: r for r in records if isinstance(r, CaseRecord)}
+    assert cases["WD-0[crashy-cpu-float32-1x7]"].status is Status.CRASHED
+    assert "SIGABRT" in cases["WD-0[crashy-cpu-float32-1x7]"].reason
+    assert cases["WD-0[crashy-cpu-float32-1x100]"].status is Status.TIMEOUT
+    started = {r.id for r in records if isinstance(r, CaseStart)}
     assert len(cases) >= 7 and set(cases) == started, sorted(cases)  # every size has a result: the run went on
     assert run.restarts == 2
     assert in_flight(records, run.run_id) is None

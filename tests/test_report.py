@@ -74,6 +74,7 @@ def conformance_records(backend: str = "torch", device: str = "cpu") -> list[dic
               for k, n in enumerate((64, 100, 1024))]
     run = {"kind": "run", "run_id": "r1", "started": "2025-01-02T03:04:05Z", "provenance": PROVENANCE, "argv": [],
            "backends": [{"name": backend, "origin": "builtin", "available": True, "reason": None,
+                         "description": f"{backend} kernels <i>described</i>",
                          "capabilities": {"reduce_schedule": "pairwise tree"}},
                         {"name": "cupy", "origin": "builtin", "available": False, "reason": "CuPy is not installed",
                          "capabilities": None}]}
@@ -259,6 +260,9 @@ def test_result_sets_side_by_side(site: Path) -> None:
     assert matrix.count('<tr class="group">') == 2 * 3  # two sets in each of the ATT, GRAD, WD tables
     assert "CPU run" in matrix and "NVIDIA H200 (h200-node)" in matrix
     assert "torch@cpu" in matrix and "triton@cuda" in matrix
+    sets = html[:html.index('id="matrix"')]  # each set lists its backends with their descriptions, as text
+    assert "<b>torch</b>: torch kernels &lt;i&gt;described&lt;/i&gt;" in sets
+    assert "<b>triton</b>: triton kernels" in sets
     prov = html[html.index('id="provenance"'):]
     for expected in ("ci-box", "NVIDIA H200", "580.65", "2.13.0+cpu", "0123456789ab (dirty)", "2025-01-02T03:04:05"):
         assert expected in prov, expected

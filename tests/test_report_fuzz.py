@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conformance.fields import as_number, is_finite, parse_time
 from conformance.results import Status
 from reports.asv import COMMIT, load_asv
 from reports.cases import load_conformance
-from reports.fields import as_number, is_finite, parse_time
 from reports.load import result_sets
 from reports.site import build_site
 from reports.timings import load_bench
@@ -52,9 +52,9 @@ def fuzz_inputs(tmp_path: Path, target: str, key: str, value: object) -> tuple[P
 
 #: per kind of record, the fields the fuzz replaces and what the format allows in each (None: absent)
 FIELDS: dict[str, dict[str, str]] = {
-    "run": {"provenance": "object", "backends": "objects", "started": "any"},
+    "run": {"provenance": "object", "backends": "objects", "started": "text"},
     "provenance": {"hostname": "text", "gpu": "text", "commit": "text", "dirty": "flag", "timestamp": "time"},
-    "backend": {"name": "text", "available": "flag", "reason": "text", "capabilities": "object"},
+    "backend": {"name": "name", "available": "flag", "reason": "text", "capabilities": "object"},
     "case": {"id": "name", "clause": "text", "backend": "name", "device": "text", "status": "status",
              "dtype": "text", "seed": "integer", "err": "number", "ratio": "number", "mult": "number",
              "reason": "text", "metrics": "object", "worst": "text", "repro": "text", "duration": "number"},

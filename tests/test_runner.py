@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from conformance.records import CaseRecord
+from conformance.results import Status
 from conformance.verdicts import verdict_table
+from tests.hostile import PIDS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the cases of one backend in these tests: WD-0's sizes, one of which (n = 7) triggers the hostile act
@@ -157,10 +160,16 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def _start_hanging_run(results: Path) -> subprocess.Popen[str]:
+def _start_hanging_run(results: Path, backend: str = "hangs_first",
+                       env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "conformance.cli", "conformance", "--backend",
-                             "tests.hostile:hangs_first", "--results", str(results), *CLAUSE],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             f"tests.hostile:{backend}", "--results", str(results), *CLAUSE],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | (env or {}))
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -175,6 +184,30 @@ def test_the_child_dies_with_its_parent(tmp_path: Path, sig: signal.Signals) -> 
         assert proc.returncode == 143, out
         assert "interrupted (SIGTERM)" in out
         assert cases(results)["WD-0[hangs-first-cpu-float32-1x1]"]["status"] == "interrupted"
+
+
+def test_what_a_backend_starts_dies_with_the_run_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL to attnspec: its pytest child dies with it, and so does the process the backend started there
+    (the child's process group is reaped)."""
+    pids = tmp_path / "pids"
+    proc = _start_hanging_run(tmp_path / "r.jsonl", "spawns_then_hangs", {PIDS_FILE: str(pids)})
+    child = _wait_for_case_in_flight(tmp_path / "r.jsonl", proc)
+    deadline = time.monotonic() + 60
+    while not _pids(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _gone(child) and _pids(pids)
+    assert all(_gone(pid) for pid in _pids(pids)), f"the backend's process {_pids(pids)} outlived the run"
+
+
+def test_the_results_lock_is_removed_when_the_run_ends(tmp_path: Path) -> None:
+    """The lock file goes when the run ends, with results or with an error."""
+    done, results = conformance(tmp_path, "wrong")
+    lock = results.with_name(results.name + ".lock")
+    assert done.returncode == 1 and results.exists() and not lock.exists(), done.stdout
+    refused = attnspec("conformance", "--backend", "no-such-backend", "--results", str(results))
+    assert refused.returncode == 2 and not lock.exists(), refused.stdout
 
 
 def test_a_second_run_on_the_same_results_file_is_refused(tmp_path: Path) -> None:
@@ -199,6 +232,17 @@ def test_factories_that_end_their_process_are_listed_unavailable() -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "sys.exit(7)" in done.stdout and "SIGSEGV" in done.stdout and "exited with status 9" in done.stdout
     assert "thirdparty-sum" in done.stdout and "reference-tiled" in done.stdout
+
+
+def test_a_process_a_factory_starts_ends_with_discovery(tmp_path: Path) -> None:
+    """The factory's process holds the discovery child's output pipes: discovery ends anyway, and the
+    process with it."""
+    pids = tmp_path / "pids"
+    started = time.monotonic()
+    done = attnspec("backends", "--backend", "tests.hostile:factory_spawns", env={PIDS_FILE: str(pids)}, timeout=300)
+    assert done.returncode == 0 and "spawned" in done.stdout, done.stdout
+    assert time.monotonic() - started < 240  # the process sleeps for 600 s
+    assert _pids(pids) and all(_gone(pid) for pid in _pids(pids))
 
 
 def test_a_factory_that_hangs_is_listed_unavailable() -> None:
@@ -249,7 +293,7 @@ def test_backends_listing_is_compact_with_details_on_request() -> None:
 
 
 def test_a_cell_where_nothing_passed_is_not_ok() -> None:
-    recs = [{"clause": "GRAD-1", "backend": "b", "device": "cpu", "status": "not_implemented"}] * 36
+    recs = [CaseRecord(f"GRAD-1[b-cpu-{i}]", "GRAD-1", "b", "cpu", Status.NOT_IMPLEMENTED) for i in range(36)]
     assert "none 0/36 (36 n/i)" in verdict_table(recs)[1]
-    recs += [{"clause": "GRAD-1", "backend": "b", "device": "cpu", "status": "interrupted"}]
+    recs += [CaseRecord("GRAD-1[b-cpu-x]", "GRAD-1", "b", "cpu", Status.INTERRUPTED)]
     assert "FAIL 1/37" in verdict_table(recs)[1]

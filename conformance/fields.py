@@ -1,10 +1,11 @@
-"""Reading the fields of one JSON record into the types the report shows, noting each field that is wrong.
+"""Reading the fields of one JSON record into typed values, noting each field that is wrong (the decoding half
+of ``conformance.codec``).
 
-Result files are written by backends and tools the report does not trust: any field may hold a list, a
+Result files are written by backends and tools the reader does not trust: any field may hold a list, a
 string, null, a nested object, a huge number or markup. A reader asks for each field as the type it needs;
 a value of another type is left out (None) and named in a problem line, so nothing downstream meets a type it
-did not expect. Non-finite numbers are accepted in both encodings the writers use: JSON numbers and the
-strings ``"nan"``, ``"inf"``, ``"-inf"`` (docs/results-format.md).
+did not expect. Non-finite numbers are read from the strings ``"nan"``, ``"inf"``, ``"-inf"`` the codec writes
+(docs/results-format.md), and from JSON numbers out of float range.
 """
 
 from __future__ import annotations
@@ -116,6 +117,43 @@ class Fields:
             return value
         self.wrong(key, "true or false")
         return None
+
+    def time(self, key: str) -> dt.datetime | None:
+        """An ISO-8601 time field, parsed (:func:`parse_time`); None when absent or not a time."""
+        value = self.record.get(key)
+        return parse_time(value) if isinstance(value, str) else None
+
+    def strings(self, key: str) -> list[str]:
+        """A list of strings (e.g. argv); a value of another type is left out and noted."""
+        value = self.record.get(key)
+        if value is None:
+            return []
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        self.wrong(key, "a list of strings")
+        return []
+
+    def numbers(self, key: str) -> list[float | None]:
+        """A list of numbers (non-finite spellings included), each entry that is not one read as None."""
+        value = self.record.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.wrong(key, "a list")
+            return []
+        return [as_number(v) for v in value]
+
+    def number_map(self, key: str) -> dict[str, float]:
+        """An object of numbers (e.g. an error per output); entries that are not numbers are left out, noted."""
+        kept: dict[str, float] = {}
+        for name, value in self.mapping(key).items():
+            number = as_number(value)
+            if number is None:
+                self.problems.append(f"{self.where}: {key}.{describe(name)} is {describe(value)}, not a number; "
+                                     "left out")
+            else:
+                kept[name] = number
+        return kept
 
     def mapping(self, key: str) -> Record:
         """An object field; empty when absent or null."""
