@@ -289,7 +289,7 @@ def test_a_factory_that_crashes_or_hangs_does_not_stop_the_bench(tmp_path: Path,
     """Through the real CLI: the factory is called in a discovery child, listed unavailable with the reason,
     and the other backend is timed."""
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "--quick", "--device", "cpu",
+    done = subprocess.run([sys.executable, "-m", "reports.command", "bench", "--quick", "--device", "cpu",
                            "--backend", f"tests.hostile:{factory}", "--backend", "reference", "--op", "reduce_sum",
                            "--output", str(out)], capture_output=True, text=True, timeout=400, cwd=ROOT,
                           env=os.environ | {"ATTNSPEC_FACTORY_TIMEOUT": "20", "COLUMNS": "200"})
