@@ -25,11 +25,11 @@
 # tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
 # the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
 # afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
-# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants", "adapters"
-# and "dist" (2 GPUs: ATTNSPEC_STEPS=dist on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the
-# evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS the row operations
-# benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the backends asv
-# parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
+# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants", "adapters",
+# "cupy-tests" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist on the 2-GPU machine, skipped with a message on one GPU)
+# are opt-in), so the evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS
+# the row operations benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the
+# backends asv parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-reports/gpu}"
@@ -128,6 +128,10 @@ if wants variants; then
     step kernels-variants "${ATTNSPEC_VARIANT_BENCH_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.bench_variants \
         --out "$out/kernels/bench_variants.json"
 fi
+# CuPy kernel tests (opt-in step "cupy-tests"): tests/test_cupy_backend_gpu.py and tests/test_cupy_variants_gpu.py
+# against their oracles on the GPU; a JUnit file per run goes to the logs (ATTNSPEC_LOG_DIR), not to OUTDIR.
+wants cupy-tests && step cupy-tests "${ATTNSPEC_CUPY_TESTS_SECONDS:-300}" "$python" -m pytest -q -p no:cacheprovider \
+    tests/test_cupy_backend_gpu.py tests/test_cupy_variants_gpu.py --junitxml "$logs/cupy-tests.xml"
 # DIST (opt-in step "dist", needs 2 GPUs; run it alone in a call): into OUTDIR/dist/, the DIST chapter of
 # ring-triton over NCCL (dist-conformance.jsonl), the GPU backends' conformance spread over 2 GPUs against 1
 # (speedup.json; both runs' results, which must hold the same cases and statuses, go to ATTNSPEC_LOG_DIR), and
