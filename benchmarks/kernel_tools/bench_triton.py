@@ -328,12 +328,18 @@ def bench_stats(rec: Recorder, copy_gbs: float) -> dict[str, object]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("triton_bench.json"))
-    parser.add_argument("--sections", default="attention,kd,stats,reduce")
+def tool_arguments(description: str | None, out: str, sections: str) -> argparse.Namespace:
+    """The command line of a Triton kernel tool: ``--out`` (its JSON file, default ``out``), ``--sections``
+    (comma-separated, default ``sections``) and ``--small``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--sections", default=sections)
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke run (CPU: TRITON_INTERPRET=1)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = tool_arguments(__doc__, "triton_bench.json", "attention,kd,stats,reduce")
     if args.small:
         SIZES.update(SMALL)
     sections = set(args.sections.split(","))

@@ -17,16 +17,14 @@ no host reads of ``cu_seqlens`` / ``kv_lens`` inside the timed call); times are 
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 
 from benchmarks.kernel_tools import bench_triton
-from benchmarks.kernel_tools.bench_triton import DEVICE, Recorder, copy_bandwidth, median_ms
+from benchmarks.kernel_tools.bench_triton import DEVICE, Recorder, copy_bandwidth, median_ms, tool_arguments
 
 D = 128
 BF16 = torch.bfloat16
@@ -143,11 +141,7 @@ def bench_fp8(found: dict, sizes: dict) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("variants_bench.json"))
-    parser.add_argument("--sections", default="decode,varlen,window,fp8")
-    parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke run (CPU: TRITON_INTERPRET=1)")
-    args = parser.parse_args()
+    args = tool_arguments(__doc__, "variants_bench.json", "decode,varlen,window,fp8")
     sizes = SMALL if args.small else FULL
     if args.small:
         bench_triton.SIZES.update(bench_triton.SMALL)  # the copy-rate buffer too
