@@ -13,10 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 Record = dict[str, Any]
+T = TypeVar("T")
 
 #: the string spellings of non-finite numbers in result files
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
@@ -82,41 +84,32 @@ class Fields:
         """Note that ``key`` does not hold ``expected``."""
         self.problems.append(f"{self.where}: {key} is {describe(self.record.get(key))}, not {expected}; left out")
 
+    def _scalar(self, key: str, read: Callable[[object], T | None], expected: str) -> T | None:
+        """Field ``key`` as ``read`` makes it (None: not ``expected``, which is noted); None when absent or null."""
+        value = self.record.get(key)
+        if value is None:
+            return None
+        got = read(value)
+        if got is None:
+            self.wrong(key, expected)
+        return got
+
     def text(self, key: str) -> str | None:
         """A string field; None when absent or null."""
-        value = self.record.get(key)
-        if value is None or isinstance(value, str):
-            return value
-        self.wrong(key, "a string")
-        return None
+        return self._scalar(key, lambda v: v if isinstance(v, str) else None, "a string")
 
     def number(self, key: str) -> float | None:
         """A number field (``"nan"``/``"inf"`` strings included); None when absent or null."""
-        value = self.record.get(key)
-        if value is None:
-            return None
-        number = as_number(value)
-        if number is None:
-            self.wrong(key, "a number")
-        return number
+        return self._scalar(key, as_number, "a number")
 
     def integer(self, key: str) -> int | None:
         """An integer field (a whole float counts); None when absent or null."""
-        value = self.record.get(key)
-        if value is None:
-            return None
-        if is_finite(value) and float(value).is_integer():
-            return int(value)
-        self.wrong(key, "an integer")
-        return None
+        return self._scalar(key, lambda v: int(v) if is_finite(v) and float(v).is_integer() else None,
+                            "an integer")
 
     def flag(self, key: str) -> bool | None:
         """A true/false field; None when absent or null."""
-        value = self.record.get(key)
-        if value is None or isinstance(value, bool):
-            return value
-        self.wrong(key, "true or false")
-        return None
+        return self._scalar(key, lambda v: v if isinstance(v, bool) else None, "true or false")
 
     def time(self, key: str) -> dt.datetime | None:
         """An ISO-8601 time field, parsed (:func:`parse_time`); None when absent or not a time."""
