@@ -126,15 +126,19 @@ class Fields:
         self.wrong(key, "a list of strings")
         return []
 
-    def numbers(self, key: str) -> list[float | None]:
-        """A list of numbers (non-finite spellings included), each entry that is not one read as None."""
+    def _list(self, key: str) -> list[Any]:
+        """A list field as it is; empty when absent or null, and when not a list (noted)."""
         value = self.record.get(key)
         if value is None:
             return []
         if not isinstance(value, list):
             self.wrong(key, "a list")
             return []
-        return [as_number(v) for v in value]
+        return value
+
+    def numbers(self, key: str) -> list[float | None]:
+        """A list of numbers (non-finite spellings included), each entry that is not one read as None."""
+        return [as_number(v) for v in self._list(key)]
 
     def number_map(self, key: str) -> dict[str, float]:
         """An object of numbers (e.g. an error per output); entries that are not numbers are left out, noted."""
@@ -160,12 +164,7 @@ class Fields:
 
     def records(self, key: str) -> list[Record]:
         """A list of objects; entries that are not objects are left out and noted."""
-        value = self.record.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.wrong(key, "a list")
-            return []
+        value = self._list(key)
         kept = [v for v in value if isinstance(v, dict)]
         if len(kept) < len(value):
             self.problems.append(f"{self.where}: {len(value) - len(kept)} entries of {key} are not objects; left out")
