@@ -34,3 +34,17 @@ def test_dist_mutants_caught_and_control_passes(tmp_path: Path) -> None:
     assert statuses[("mutant-ring-gathers-kv", "DIST-1")] == {"passed"}, output
     assert statuses[("mutant-ring-gathers-kv", "DIST-7")] == {"failed"}, output
     assert done.returncode == 1, output
+
+
+def test_ring_benchmark_runs_over_gloo(tmp_path: Path) -> None:
+    """benchmarks/ring_bench.py, the GPU step's ring benchmark, on 2 CPU processes over gloo: it writes the
+    one-device time, every rank's ring, transfer and computation times, and figures within their ranges."""
+    out = tmp_path / "ring.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.ring_bench", "--device", "cpu", "--inner",
+                           "reference-tiled", "--seq-len", "256", "--heads", "2", "--head-dim", "16", "--causal",
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(out.read_text())
+    assert sorted(doc["per_rank_s"]) == ["0", "1"] and doc["layout"] == "zigzag"
+    assert all(t[k] > 0 for t in doc["per_rank_s"].values() for k in ("ring", "comm", "compute"))
+    assert doc["one_device_s"] > 0 and doc["scaling_efficiency"] > 0 and 0 <= doc["overlap"] <= 1
