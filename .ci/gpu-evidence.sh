@@ -133,7 +133,7 @@ fi
 wants cupy-tests && step cupy-tests "${ATTNSPEC_CUPY_TESTS_SECONDS:-300}" "$python" -m pytest -q -p no:cacheprovider \
     tests/test_cupy_backend_gpu.py tests/test_cupy_variants_gpu.py --junitxml "$logs/cupy-tests.xml"
 # DIST (opt-in step "dist", needs 2 GPUs; run it alone in a call): into OUTDIR/dist/, the DIST chapter of
-# ring-triton over NCCL (dist-conformance.jsonl), the GPU backends' conformance spread over 2 GPUs against 1
+# ring-triton and torch-cp over NCCL (dist-conformance.jsonl), the GPU backends' conformance spread over 2 GPUs against 1
 # (speedup.json; both runs' results, which must hold the same cases and statuses, go to ATTNSPEC_LOG_DIR), and
 # ring attention at S = 128k over 2 GPUs against 1 GPU, not causal and causal (ring-bench.json,
 # ring-bench-causal.json).
@@ -144,7 +144,8 @@ if wants dist; then
     else
         mkdir -p "$out/dist"
         step dist-conformance "${ATTNSPEC_DIST_SECONDS:-150}" "$python" -m conformance.cli conformance --quick \
-            --device cuda --backend ring-triton --clause DIST --results "$out/dist/dist-conformance.jsonl"
+            --device cuda --backend ring-triton --backend torch-cp --clause DIST \
+            --results "$out/dist/dist-conformance.jsonl"
         step dist-speedup "${ATTNSPEC_DIST_SPEEDUP_SECONDS:-300}" "$python" -m benchmarks.conformance_speedup \
             --base "--gpus 1 --jobs ${ATTNSPEC_DIST_JOBS:-8}" --spread "--gpus 2 --jobs ${ATTNSPEC_DIST_JOBS:-8}" \
             --output "$out/dist/speedup.json" --results-dir "$logs" -- --quick --device cuda --case-timeout 120 "${args[@]}"

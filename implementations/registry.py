@@ -31,6 +31,7 @@ BUILTIN_FACTORIES: dict[str, str] = {
     "flash-attn": "implementations.flashattn:backends",
     "xformers": "implementations.xformers_fmha:backends",
     "flashinfer": "implementations.flashinfer_prefill:backends",
+    "torch-cp": "implementations.torch_context_parallel:backends",
 }
 
 
