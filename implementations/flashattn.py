@@ -58,8 +58,10 @@ class FlashAttnBackend(TorchAttention):
         )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """flash-attn's output as ``[B, Hq, Sq, D]`` and, when asked, its lse ``[B, Hq, Sq]``."""
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """flash-attn's output as ``[B, Hq, Sq, D]`` and, when asked, its lse ``[B, Hq, Sq]``.
+        ``bias`` is always None (not declared: the boundary check refuses it)."""
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
         result = self.flash_attn_func(qt, kt, vt, dropout_p=0.0, softmax_scale=scale, causal=variant is not None,
                                       return_attn_probs=need_lse)

@@ -60,8 +60,10 @@ class FlashInferBackend(TorchAttention):
         )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Outputs of one prefill per batch entry, stacked to ``[B, Hq, Sq, D]`` and ``[B, Hq, Sq]`` (natural log)."""
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs of one prefill per batch entry, stacked to ``[B, Hq, Sq, D]`` and ``[B, Hq, Sq]`` (natural log).
+        ``bias`` is always None (not declared: the boundary check refuses it)."""
         outs, lses = [], []
         for b in range(q.shape[0]):
             qb, kb, vb = (x[b].transpose(0, 1).contiguous() for x in (q, k, v))

@@ -188,9 +188,11 @@ class FlexBackend(TorchAttention):
         return TorchAttention.attention_backward.__wrapped__(self, inp)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``flex_attention`` with the block mask of ``variant`` and the window, and the score_mod of the softcap
-        and ALiBi of ``call_variants``; ``(out, lse)``, lse None unless asked for."""
+        and ALiBi of ``call_variants``; ``(out, lse)``, lse None unless asked for. ``bias`` is always None: the
+        bias variant is not declared, so the boundary check refuses it."""
         extra = self.call_variants
         Sq, Sk = q.shape[2], k.shape[2]
         kwargs: dict[str, object] = {"block_mask": self.block_mask(variant, extra.window, Sq, Sk, q.device),

@@ -77,8 +77,10 @@ class XformersBackend(TorchAttention):
         return masks.LowerTriangularMask() if variant == "top_left" else masks.LowerTriangularFromBottomRightMask()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
-                scale: float, *, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """xFormers' output as ``[B, Hq, Sq, D]`` and, when asked, its lse as ``[B, Hq, Sq]``."""
+                scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """xFormers' output as ``[B, Hq, Sq, D]`` and, when asked, its lse as ``[B, Hq, Sq]``.
+        ``bias`` is always None (not declared: the boundary check refuses it)."""
         B, Hq, Sq, D = q.shape
         xq, xk, xv = to_xformers(q, k, v)
         if not need_lse:
