@@ -101,6 +101,12 @@ def sdpa_mask(bias: torch.Tensor | None, variant: CausalVariant | None, q: torch
     return torch.broadcast_to(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
 
 
+def bias_argument(bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``forward``'s ``bias`` keyword, given only when there is a bias: a subclass that declares no "bias"
+    variant (the boundary refuses one) keeps the ``forward`` signature without it."""
+    return {} if bias is None else {"bias": bias}
+
+
 def shift_of(m: torch.Tensor) -> torch.Tensor:
     """The point to subtract before ``exp``: ``m``, or 0 where ``m = -inf`` (so -inf rows give 0, not NaN)."""
     return torch.where(m == NEG_INF, torch.zeros_like(m), m)
@@ -218,7 +224,7 @@ class TorchAttention(Backend):
         q, k, v, variant, scale, bias = inp.q, inp.k, inp.v, inp.causal, inp.scale, inp.variants.bias
         self.refuse_unsupported(q, k, v, variant, backward=False)
         with torch.no_grad():
-            out, lse = self.forward(q, k, v, variant, scale, need_lse=True, bias=bias)
+            out, lse = self.forward(q, k, v, variant, scale, need_lse=True, **bias_argument(bias))
             if lse is None:
                 lse = lse_from_scores(q, k, variant, scale, bias)
         lse_out = new_output(q.shape[:3], wide_dtype(q.dtype), q.device)
@@ -235,7 +241,8 @@ class TorchAttention(Backend):
         leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
         self.refuse_unsupported(*leaves, variant, backward=True)
         with torch.enable_grad():
-            recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False, bias=inp.variants.bias)
+            recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False,
+                                         **bias_argument(inp.variants.bias))
             dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
         return dq, dk, dv
 
