@@ -15,7 +15,9 @@ finish in minutes (docs/benchmarks.md, "asv"):
   synchronize); on CUDA (on the CPU with ``ATTNSPEC_ASV_FULL=1``) also ``track_tflops`` / ``track_gbps``
   (the rate at the median of benchmarks/timing.py's timing, L2 flushed on CUDA; TFLOP/s for attention, GB/s
   over the minimal bytes for the rest); with ``ATTNSPEC_ASV_FULL=1`` ``track_peak_extra_bytes`` (the CUDA
-  allocator's peak extra bytes of one call; ``tracemalloc`` for NumPy backends on the CPU).
+  allocator's peak extra bytes of one call; ``tracemalloc`` for NumPy backends on the CPU); on CUDA the
+  attention classes also ``track_vs_flex`` / ``track_vs_cudnn`` (compiled FlexAttention's and SDPA cuDNN's
+  median over the backend's, both timed in the process: the ratios ``attnspec bench`` writes as ``vs``).
 
 On the CPU ``time_call`` is single-threaded CPU time (``time.process_time`` with torch's and the BLAS
 thread pools held to one thread): other processes taking the cores slow the wall clock but not the
@@ -158,6 +160,32 @@ class _FlopsOperation(_Operation):
 
         track_tflops.unit = "TFLOP/s"  # type: ignore[attr-defined]
         track_tflops.rounds = 1  # type: ignore[attr-defined]  # its own timing loop takes the samples
+
+    def _ratio_to(self, reference: str, label: str) -> float | None:
+        """The reference row's median / this backend's median on the workload, both timed in this process
+        (benchmarks/baselines.py ``REFERENCE_ROWS``); None where the reference cannot run the workload here."""
+        try:
+            reference_call = _prepare(reference, self.op, label)[2]
+        except NotImplementedError:
+            return None
+        reference_call()  # warm-up (compilation) outside the timed calls
+        _synchronize()
+        mine = timing_for(self.call, DEVICE, quick=True).median_s
+        return timing_for(reference_call, DEVICE, quick=True).median_s / mine
+
+    if DEVICE == "cuda":
+        def track_vs_flex(self, backend: str, workload: str) -> float | None:
+            """Compiled FlexAttention's time / this backend's (above 1: faster than flex)."""
+            return self._ratio_to("flex", workload)
+
+        def track_vs_cudnn(self, backend: str, workload: str) -> float | None:
+            """SDPA cuDNN's time / this backend's (above 1: faster than cuDNN)."""
+            return self._ratio_to("torch-cudnn", workload)
+
+        for _track in (track_vs_flex, track_vs_cudnn):
+            _track.unit = "ratio"  # type: ignore[attr-defined]
+            _track.rounds = 1  # type: ignore[attr-defined]  # its own timing loops take the samples
+        del _track
 
 
 class _BytesOperation(_Operation):

@@ -35,6 +35,11 @@ BASELINES: dict[tuple[str, str], str] = {
     ("reduce_sum", "cuda"): "torch.sum",
     ("reduce_sum", "cpu"): "torch.sum",
 }
+#: (benchmark operation, device) -> the rows every record of that operation is also set beside: the ratio of
+#: each one's median to the record's (above 1: faster than it) is the record's ``vs[name]`` (issue 14: compiled
+#: FlexAttention and SDPA cuDNN beside every attention row on the GPU)
+REFERENCE_ROWS: dict[tuple[str, str], tuple[str, ...]] = {
+    (op, "cuda"): ("flex", "torch-cudnn") for op in ("attention", "attention_backward", "attention_fwd_bwd")}
 #: baselines that are vendor libraries: a speed-up above SUSPICIOUS_SPEEDUP over one of them is flagged
 VENDOR_BASELINES = frozenset({"torch-flash", "torch-compile", "torch", "torch-eager", "torch.sum"})
 SUSPICIOUS_SPEEDUP = 10.0

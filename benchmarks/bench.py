@@ -32,7 +32,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.baselines import BASELINES, SUSPICIOUS_SPEEDUP, VENDOR_BASELINES, baseline_backends
+from benchmarks.baselines import (
+    BASELINES,
+    REFERENCE_ROWS,
+    SUSPICIOUS_SPEEDUP,
+    VENDOR_BASELINES,
+    baseline_backends,
+)
 from benchmarks.gate import ReferenceCache, run_gate
 from benchmarks.timing import measure_ceilings, timing_for
 from benchmarks.workloads import (
@@ -89,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
                    isolate: bool = True) -> list[RegistryEntry]:
-    """The selected backends (all when ``names`` is empty) plus the baselines of ``ops`` on ``device``.
+    """The selected backends (all when ``names`` is empty) plus the baselines and reference rows of ``ops`` on
+    ``device``.
 
     With ``isolate`` the registry's factories are first called in child processes (``conformance.probe``), so
     a factory that crashes or hangs is listed unavailable with the reason instead of ending the bench; only the
@@ -105,7 +112,7 @@ def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
         entries = discover(specs)
     entries += [RegistryEntry(b.name, BASELINE_ORIGIN, backend=b) for b in baseline_backends()]
     chosen = select(entries, names)
-    wanted = {BASELINES[(op, device)] for op in ops}
+    wanted = {BASELINES[(op, device)] for op in ops} | {n for op in ops for n in REFERENCE_ROWS.get((op, device), ())}
     return chosen + [e for e in entries if e.name in wanted and e not in chosen]
 
 
@@ -141,12 +148,16 @@ def measure(backend: BackendLike, workload: Workload, device: str, seed: int, *,
 
 
 def add_speedups(records: list[BenchRecord]) -> None:
-    """Fill ``speedup`` (baseline median / median) and ``flag`` of every timed record, in place."""
+    """Fill ``speedup`` (baseline median / median), ``vs`` (each reference row's median / median, REFERENCE_ROWS)
+    and ``flag`` of every timed record, in place."""
     timed = {(r.op, r.label, r.dtype, r.device, r.backend): r for r in records if r.median_s is not None}
     for r in records:
         flags = []
         base = timed.get((r.op, r.label, r.dtype, r.device, r.baseline))
         r.speedup = base.median_s / r.median_s if base is not None and base.median_s and r.median_s else None
+        beside = [(n, timed.get((r.op, r.label, r.dtype, r.device, n)))
+                  for n in REFERENCE_ROWS.get((r.op, r.device), ())]
+        r.vs = {n: ref.median_s / r.median_s for n, ref in beside if ref is not None and ref.median_s and r.median_s}
         # Both flags are for CUDA only. On the CPU small workloads run from cache, above the DRAM copy
         # bandwidth, legitimately, and a vendor baseline's thread pool loses 10-50x when other processes hold
         # the cores, so a large speed-up there says more about the machine's load than about the timing.

@@ -266,7 +266,7 @@ def _bench_record(f: Fields) -> BenchRecord | None:
     if gate is not None and Status.parse(gate) is None:
         f.problems.append(f"{f.where}: gate {describe(gate)} is not a status of the format; left out")
     return _build(BenchRecord, f, **identity, dtype=f.text("dtype") or "?", workload=f.scalars("workload"),
-                  gate=Status.parse(gate), errors=f.number_map("errors"))
+                  gate=Status.parse(gate), errors=f.number_map("errors"), vs=f.number_map("vs"))
 
 
 def _memory_record(f: Fields) -> MemoryRecord | None:

@@ -246,6 +246,8 @@ class BenchRecord:
     peak_probe: str | None = None
     baseline: str | None = None
     speedup: float | None = None
+    #: each reference row's median over this one's (benchmarks/baselines.py REFERENCE_ROWS; above 1: faster)
+    vs: dict[str, float] = field(default_factory=dict)
     flag: str | None = None
 
     @property

@@ -55,6 +55,8 @@ class TimingRow:
     memory: str
     baseline: str
     speedup: str
+    #: the reference rows' medians over this one's, e.g. "flex 1.05×, torch-cudnn 0.91×"
+    vs: str
     flag: str
 
 
@@ -149,7 +151,8 @@ def timing_row(t: BenchRecord) -> TimingRow:
         reason=t.reason or "", median=fmt_ms(t.median_s), iqr=fmt_ms(t.iqr_s), rate=rate(t),
         fraction=f"{t.fraction_of_ceiling:.0%}" if is_finite(t.fraction_of_ceiling) else "—",
         memory=fmt_bytes(t.peak_extra_bytes), baseline=t.baseline or "—",
-        speedup=f"{fmt_num(t.speedup)}×" if is_finite(t.speedup) else "—", flag=t.flag or "",
+        speedup=f"{fmt_num(t.speedup)}×" if is_finite(t.speedup) else "—",
+        vs=", ".join(f"{name} {fmt_num(ratio)}×" for name, ratio in t.vs.items()) or "—", flag=t.flag or "",
     )
 
 
