@@ -1,6 +1,7 @@
 """The asv suite: the quick workload table of benchmarks/workloads.py, per backend, tracked over commits.
 
-One class per operation, ``params`` = backend × workload label. Nothing is discovered at import: ``params``
+One class per benchmark operation (``implementations.ops.BENCH_OPS``, named by its ``asv_class``),
+``params`` = backend × workload label. Nothing is discovered at import: ``params``
 hold names, and ``setup`` finds the backend (cached per process), raising ``NotImplementedError`` (asv:
 skipped) when it is unavailable here, does not implement the operation, or declares the workload
 unsupported. asv runs every parameter combination in a fresh process, so the default set is sized to
@@ -37,12 +38,13 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.baselines import BASELINES
+from benchmarks.baselines import baseline_of
 from benchmarks.bench import bench_backends, implements, peak_bytes
-from benchmarks.timing import timing_for
-from benchmarks.workloads import ATTENTION_OPS, Workload, bind, make_inputs, not_supported, rates, workloads
+from benchmarks.timing import synchronized, timing_for
+from benchmarks.workloads import AttentionWorkload, Workload, bind, make_inputs, not_supported, rates, workloads
 from conformance.cases import seed_for
 from implementations.base import BackendLike, dtype_name
+from implementations.ops import BENCH_OPS, BenchOp
 from implementations.registry import RegistryEntry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,7 +64,7 @@ RATES = FULL or DEVICE == "cuda"
 def backend_names(op: str) -> list[str]:
     """The backend parameter of ``op``: the selected (or default) backends and the operation's baseline."""
     names = list(SELECTED_BACKENDS or DEFAULT_BACKENDS[DEVICE])
-    baseline = BASELINES[(op, DEVICE)]
+    baseline = baseline_of(op, DEVICE)
     return sorted(names + [baseline] if baseline not in names else names)
 
 
@@ -71,11 +73,10 @@ def workload_table(op: str) -> dict[str, Workload]:
     quick workload (for attention the largest of each causal setting)."""
     table = workloads(op, DEVICE, quick=True)
     if not FULL:
-        if op in ATTENTION_OPS:
-            groups = [[w for w in table if w.causal is causal] for causal in (False, True)]
-            table = [max(group, key=lambda w: w.flops) for group in groups if group]
-        else:
-            table = [max(table, key=lambda w: w.min_bytes)]
+        groups: dict[bool, list[Workload]] = {}
+        for w in table:
+            groups.setdefault(isinstance(w, AttentionWorkload) and w.causal, []).append(w)
+        table = [max(group, key=lambda w: w.flops if w.flops is not None else w.min_bytes) for group in groups.values()]
     return {f"{w.label}-{dtype_name(w.dtype)}": w for w in table}
 
 
@@ -111,11 +112,6 @@ def _single_threaded() -> None:
     threadpool_limits(1)
 
 
-def _synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 class _Operation:
     """Shared set-up and benchmarks; subclasses set ``op`` and ``params``."""
 
@@ -134,12 +130,11 @@ class _Operation:
         if DEVICE == "cpu":
             _single_threaded()
         self.backend, self.workload, self.call = _prepare(backend, self.op, workload)
-        self.call()  # warm-up (compilation, autotuning) outside the timed calls
-        _synchronize()
+        self.timed = synchronized(self.call, DEVICE)
+        self.timed()  # warm-up (compilation, autotuning) outside the timed calls
 
     def time_call(self, backend: str, workload: str) -> None:
-        self.call()
-        _synchronize()
+        self.timed()
 
     def _rates(self) -> tuple[float | None, float | None]:
         return rates(self.workload, timing_for(self.call, DEVICE, quick=True).median_s)
@@ -168,8 +163,7 @@ class _FlopsOperation(_Operation):
             reference_call = _prepare(reference, self.op, label)[2]
         except NotImplementedError:
             return None
-        reference_call()  # warm-up (compilation) outside the timed calls
-        _synchronize()
+        synchronized(reference_call, DEVICE)()  # warm-up (compilation) outside the timed calls
         mine = timing_for(self.call, DEVICE, quick=True).median_s
         return timing_for(reference_call, DEVICE, quick=True).median_s / mine
 
@@ -201,31 +195,11 @@ def _params(op: str) -> list[list[str]]:
     return [backend_names(op), list(workload_table(op))]
 
 
-class AttentionForward(_FlopsOperation):
-    op = "attention"
-    params = _params(op)
+def _suite_class(bench: BenchOp) -> type[_Operation]:
+    """The asv class of ``bench``, named ``bench.asv_class`` (the name its history is kept under)."""
+    base = _FlopsOperation if bench.flops is not None else _BytesOperation
+    return type(bench.asv_class, (base,), {"op": bench.name, "params": _params(bench.name), "__module__": __name__})
 
 
-class AttentionBackward(_FlopsOperation):
-    op = "attention_backward"
-    params = _params(op)
-
-
-class AttentionForwardBackward(_FlopsOperation):
-    op = "attention_fwd_bwd"
-    params = _params(op)
-
-
-class KDLoss(_BytesOperation):
-    op = "kd_loss"
-    params = _params(op)
-
-
-class SoftmaxStats(_BytesOperation):
-    op = "softmax_stats"
-    params = _params(op)
-
-
-class ReduceSum(_BytesOperation):
-    op = "reduce_sum"
-    params = _params(op)
+# one class per benchmark operation, at module level where asv looks for them
+globals().update({bench.asv_class: _suite_class(bench) for bench in BENCH_OPS.values()})

@@ -7,9 +7,9 @@ backend: the correctness gate (benchmarks/gate.py) runs first; a backend that fa
 case unsupported is not timed and the record says why. A passing one is timed (benchmarks/timing.py) and its
 peak extra memory measured (``conformance.memory.peak_extra``). Figures per record: median and IQR seconds,
 TFLOP/s (attention) or GB/s over the minimal bytes (KD, softmax statistics, reduction), the fraction of the
-ceiling measured at the start of the run, and the speed-up over the operation's baseline
-(benchmarks/baselines.py ``BASELINES``); on CUDA, speed-ups above 10x over a vendor library and figures above
-the measured ceiling are flagged ``suspicious``.
+ceiling measured at the start of the run, and the speed-up over the operation's baseline (``BenchOp.baselines``,
+read by benchmarks/baselines.py); on CUDA, speed-ups above 10x over a vendor library and figures above the
+measured ceiling are flagged ``suspicious``.
 
 ``--memory-scaling`` adds the peak extra memory of attention forward and backward against S per backend,
 with the fitted log-log slope (about 1 for linear memory, 2 for a materialised score matrix).
@@ -32,17 +32,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.baselines import (
-    BASELINES,
-    REFERENCE_ROWS,
-    SUSPICIOUS_SPEEDUP,
-    VENDOR_BASELINES,
-    baseline_backends,
-)
+from benchmarks.baselines import REFERENCE_ROWS, SUSPICIOUS_SPEEDUP, baseline_backends, baseline_of, is_vendor
 from benchmarks.gate import ReferenceCache, run_gate
 from benchmarks.timing import measure_ceilings, timing_for
 from benchmarks.workloads import (
-    CONTRACT_OPS,
     OPS,
     Workload,
     bind,
@@ -60,6 +53,7 @@ from conformance.provenance import collect, now
 from conformance.records import BackendListing, BenchRecord, BenchRun, Ceilings, MemoryRecord
 from conformance.results import Status
 from implementations.base import BackendLike, dtype_name
+from implementations.ops import BENCH_OPS
 from implementations.registry import RegistryEntry, discover, select
 
 DEFAULT_OUTPUT = Path("results/bench.json")
@@ -112,14 +106,14 @@ def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
         entries = discover(specs)
     entries += [RegistryEntry(b.name, BASELINE_ORIGIN, backend=b) for b in baseline_backends()]
     chosen = select(entries, names)
-    wanted = {BASELINES[(op, device)] for op in ops} | {n for op in ops for n in REFERENCE_ROWS.get((op, device), ())}
+    wanted = {baseline_of(op, device) for op in ops} | {n for op in ops for n in REFERENCE_ROWS.get((op, device), ())}
     return chosen + [e for e in entries if e.name in wanted and e not in chosen]
 
 
 def implements(entry: RegistryEntry, op: str) -> bool:
     """Whether the entry's backend has every contract method ``op`` calls (internal baselines are planned
     only for the operation they implement)."""
-    return all(callable(getattr(entry.backend, name, None)) for name in CONTRACT_OPS[op])
+    return all(callable(getattr(entry.backend, name, None)) for name in BENCH_OPS[op].calls)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,7 +126,7 @@ def measure(backend: BackendLike, workload: Workload, device: str, seed: int, *,
     gate, call = run_gate(backend, workload, device, seed, cache)
     record = BenchRecord(op=workload.op, backend=backend.name, device=device, dtype=dtype_name(workload.dtype),
                          workload=workload.describe(), label=workload.label, seed=seed, gate=gate.status,
-                         reason=gate.reason, errors=gate.errors, baseline=BASELINES[(workload.op, device)])
+                         reason=gate.reason, errors=gate.errors, baseline=baseline_of(workload.op, device))
     if call is None:
         return record
     try:
@@ -162,7 +156,7 @@ def add_speedups(records: list[BenchRecord]) -> None:
         # bandwidth, legitimately, and a vendor baseline's thread pool loses 10-50x when other processes hold
         # the cores, so a large speed-up there says more about the machine's load than about the timing.
         if (r.device == "cuda" and r.speedup is not None and r.speedup > SUSPICIOUS_SPEEDUP
-                and r.baseline in VENDOR_BASELINES and r.backend != r.baseline):
+                and is_vendor(r.baseline) and r.backend != r.baseline):
             flags.append(f"suspicious: {r.speedup:.1f}x over the vendor baseline {r.baseline}")
         if r.device == "cuda" and r.fraction_of_ceiling is not None and r.fraction_of_ceiling > 1.0:
             flags.append("suspicious: above the measured ceiling")

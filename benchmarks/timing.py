@@ -64,6 +64,27 @@ def cpu_timing(fn: Callable[[], object], *, budget_s: float = 0.5, min_reps: int
     return summarize(samples, "perf_counter")
 
 
+def synchronized(fn: Callable[[], object], device: str) -> Callable[[], None]:
+    """``fn`` followed, on CUDA, by a device synchronize: one call as a host clock times it (asv's
+    ``time_call``, pytest-benchmark), with the kernels it queued inside the interval."""
+
+    def call() -> None:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return call
+
+
+def l2_flusher(device: str) -> Callable[[], None]:
+    """What runs before each timed call, outside the interval: on CUDA, zeroing an ``L2_FLUSH_BYTES`` buffer
+    (allocated now), which evicts the L2 cache so no call finds its inputs there; nothing on the CPU."""
+    if device != "cuda":
+        return lambda: None
+    buffer = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    return buffer.zero_
+
+
 def _capture_graph(fn: Callable[[], object]) -> Callable[[], object]:
     """Capture ``fn`` in a CUDA graph (after warm-up on a side stream) and return its replay."""
     side = torch.cuda.Stream()
@@ -96,12 +117,11 @@ def cuda_timing(fn: Callable[[], object], *, budget_s: float = 1.0, min_reps: in
         except Exception as exc:  # a backend may not be capturable (host sync, CuPy streams): time it eagerly
             torch.cuda.synchronize()
             method = f"cuda-events (graph capture failed: {type(exc).__name__}: {exc})"
-    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda") if flush_l2 else None
+    flush = l2_flusher("cuda") if flush_l2 else (lambda: None)
     for _ in range(warmup):
         call()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    if flush is not None:
-        flush.zero_()
+    flush()
     start.record()
     call()
     end.record()
@@ -111,8 +131,7 @@ def cuda_timing(fn: Callable[[], object], *, budget_s: float = 1.0, min_reps: in
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
-        if flush is not None:
-            flush.zero_()
+        flush()
         starts[i].record()
         call()
         ends[i].record()

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import torch
 
 from conformance import cases as casegen
-from conformance import oracle
 from conformance.memory import loglog_slope, peak_extra
 from conformance.tolerance import compare, max_abs_logit
 from conformance.trial import SealedCall, Trial
 from implementations.base import AttentionCase, CausalVariant
+from implementations.ops import OPS
 
 
 def default_scale(D: int) -> float:
@@ -59,9 +59,8 @@ def judge_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """The tolerance rule on a forward's ``outputs`` (ATT-1, ATT-2) against the float64 oracle of q, k, v (with
     the variant arguments of SPEC VAR)."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
-    ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=causal, scale=sc, **variants)
-    with torch.no_grad():
-        naive_out, naive_lse = oracle.attention(q, k, v, causal=causal, scale=sc, compute=q.dtype, **variants)
+    ref_out, ref_lse = OPS["attention"].oracle(q, k, v, causal=causal, scale=sc, **variants)
+    naive_out, naive_lse = OPS["attention"].naive(q, k, v, causal=causal, scale=sc, dtype=q.dtype, **variants)
     # a kernel rounds each logit s to its accumulator (|δs| <= eps/2·max|s|); the softmax carries that to out
     # with gain <= 2·max|v| (δout_i = Σ_j p_ij δs_ij (v_j - out_i)) and to lse with gain <= 1
     logit = max_abs_logit(q, k, sc) + variant_logit_bound(q, k, **variants)
@@ -89,8 +88,8 @@ def judge_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """The tolerance rule on ``grads = (dq, dk, dv)`` against the oracle's autograd gradients (GRAD-1), with the
     variant arguments of SPEC VAR."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
-    refs = oracle.oracle_grads(q, k, v, dout, causal=causal, scale=sc, **variants)
-    naives = oracle.attention_grads(q, k, v, dout, causal=causal, scale=sc, compute=q.dtype, **variants)
+    refs = OPS["attention_backward"].oracle(q, k, v, dout, causal=causal, scale=sc, **variants)
+    naives = OPS["attention_backward"].naive(q, k, v, dout, causal=causal, scale=sc, dtype=q.dtype, **variants)
     # the longest sums behind a gradient element: over the queries of a KV head (dk, dv), over the keys (dq),
     # and over D in dP = dO·v and delta = dO·o, whose difference every dS takes (with one key it cancels to 0)
     terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2], q.shape[3])

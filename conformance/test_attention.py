@@ -8,13 +8,13 @@ import torch
 from hypothesis import strategies as st
 
 from conformance import cases as C
-from conformance import oracle
 from conformance.checks import call_attention, check_forward, default_scale, expect_input_error, memory_growth
 from conformance.properties import falsify
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import SealedCall, Trial, cases, unsupported
 from implementations.base import AttentionCase, BackendLike
+from implementations.ops import OPS
 
 MASKED_SEQS = ((239, 1), (200, 77), (64, 63), (5, 3))
 
@@ -81,9 +81,8 @@ def test_causal_true_is_declared_default(trial: Trial) -> None:
     out_true, lse_true = call_attention(trial, q, k, v, causal=True)
     check_forward(trial, q, k, v, causal=default)
     sc = default_scale(q.shape[-1])
-    ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=default, scale=sc)
-    with torch.no_grad():
-        naive_out, naive_lse = oracle.attention(q, k, v, causal=default, scale=sc, compute=q.dtype)
+    ref_out, ref_lse = OPS["attention"].oracle(q, k, v, causal=default, scale=sc)
+    naive_out, naive_lse = OPS["attention"].naive(q, k, v, causal=default, scale=sc, dtype=q.dtype)
     trial.check(compare("out", out_true, ref_out, naive_out, dtype=q.dtype, terms=k.shape[2]),
                 compare("lse", lse_true, ref_lse, naive_lse, dtype=lse_true.dtype, terms=k.shape[2]))
 

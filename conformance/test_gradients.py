@@ -7,12 +7,13 @@ from collections.abc import Callable
 import torch
 
 from conformance import cases as C
-from conformance import oracle
 from conformance.checks import check_backward, default_scale, memory_growth, randn_like
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import SealedCall, Trial, cases, unsupported
 from implementations.base import AttentionCase, BackendLike
+from implementations.ops import OPS
+from implementations.ops import attention as attention_op
 
 
 def _grad1(b: BackendLike, device: str, quick: bool) -> list[AttentionCase]:
@@ -118,17 +119,17 @@ def test_delta(trial: Trial) -> None:
     case = trial.case
     q, k, v = C.attention_inputs(case, trial.seed)
     sc = default_scale(case.D)
-    out64, _ = oracle.oracle_attention(q, k, v, causal=case.causal, scale=sc)
+    out64, _ = OPS["attention"].oracle(q, k, v, causal=case.causal, scale=sc)
     out = out64.to(case.dtype).to(case.device)
     dout = randn_like(out, trial.generator(salt=7))
     delta = trial.call("attention_delta", out, dout)
-    ref = (dout.double().cpu() * out.double().cpu()).sum(-1)
-    naive = (dout.float() * out.float()).sum(-1)
+    ref = OPS["attention_delta"].oracle(out, dout)
+    naive = OPS["attention_delta"].naive(out, dout, torch.float32)
     trial.check(compare("delta", delta, ref, naive, dtype=torch.float32, terms=case.D))
     # the identity on the oracle: rowsum(dO ∘ O) = rowsum(P ∘ dP) with dP = dO Vᵀ
     kx, vx = (x.double().cpu().repeat_interleave(case.Hq // case.Hk, dim=1) for x in (k, v))
     scores = (q.double().cpu() @ kx.transpose(-1, -2)) * sc
-    visible = oracle.visibility(case.Sq, case.Sk, case.causal)
+    visible = attention_op.visibility(case.Sq, case.Sk, case.causal)
     if visible is not None:
         scores = scores.masked_fill(~visible, float("-inf"))
     p = torch.softmax(scores, dim=-1).nan_to_num(0.0)

@@ -8,7 +8,6 @@ import torch
 from hypothesis import strategies as st
 
 from conformance import cases as C
-from conformance import oracle
 from conformance.checks import expect_input_error
 from conformance.memory import peak_extra
 from conformance.properties import falsify
@@ -16,6 +15,8 @@ from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import Trial, cases, unsupported
 from implementations.base import BackendLike, RowsCase
+from implementations.ops import OPS
+from implementations.ops.exact import stat_dtype
 
 IGNORE = -100
 
@@ -41,10 +42,10 @@ def check_kd(trial: Trial, s: torch.Tensor, t: torch.Tensor, *, temperature: flo
     ``loss_magnitude`` sets the rounding floor's magnitude where the loss is 0 by cancellation (KD-3)."""
     kwargs = {"temperature": temperature, "alpha": alpha, "labels": labels, "ignore_index": IGNORE}
     loss, ds = trial.call("kd_loss", s, t, **kwargs)
-    ref = oracle.kd_loss(s.cpu(), t.cpu(), **kwargs, compute=torch.float64)
-    naive = oracle.kd_loss(s, t, **kwargs, compute=oracle.stat_dtype(s.dtype), naive=True)
+    ref = OPS["kd_loss"].oracle(s, t, **kwargs)
+    naive = OPS["kd_loss"].naive(s, t, **kwargs, dtype=stat_dtype(s.dtype))
     got = {"loss": loss, "ds": ds}
-    floor_dtype = {"loss": oracle.stat_dtype(s.dtype), "ds": s.dtype}
+    floor_dtype = {"loss": stat_dtype(s.dtype), "ds": s.dtype}
     magnitude = {"loss": loss_magnitude, "ds": None}
     trial.check(*(compare(name, got[name], r, n, dtype=floor_dtype[name], terms=s.shape[-1],
                           magnitude=magnitude[name])
@@ -98,7 +99,7 @@ def test_kd_gradient(trial: Trial) -> None:
         loss, ds = trial.call("kd_loss", s, t, temperature=T)
         s64, t64 = s.double().cpu(), t.double().cpu()
         closed = T * (torch.softmax(s64 / T, -1) - torch.softmax(t64 / T, -1)) / case.rows
-        naive = oracle.kd_loss(s, t, temperature=T, compute=oracle.stat_dtype(s.dtype), naive=True)[1]
+        naive = OPS["kd_loss"].naive(s, t, temperature=T, dtype=stat_dtype(s.dtype))[1]
         trial.check(compare("ds", ds, closed, naive, dtype=s.dtype, terms=case.cols))
         row_sums = ds.double().sum(-1).abs().max().item()
         floor = case.cols * torch.finfo(s.dtype).eps * float(closed.abs().max())
@@ -156,15 +157,15 @@ def test_kd_shift_invariance(trial: Trial) -> None:
         size, side, with_labels = example
         alpha = 0.4 if with_labels else 1.0
         kwargs = {"temperature": T, "alpha": alpha, "labels": labels if with_labels else None, "ignore_index": IGNORE}
-        ref = oracle.kd_loss(s.cpu(), t.cpu(), **kwargs)[0]
+        ref = OPS["kd_loss"].oracle(s, t, **kwargs)[0]
         c = (size * spread).to(case.dtype).to(case.device)
         ss, tt = ((s + c).to(case.dtype), t) if side == "s" else (s, (t + c).to(case.dtype))
         loss, _ = trial.call("kd_loss", ss, tt, **kwargs)
-        naive = oracle.kd_loss(ss, tt, **kwargs, compute=oracle.stat_dtype(case.dtype), naive=True)[0]
+        naive = OPS["kd_loss"].naive(ss, tt, **kwargs, dtype=stat_dtype(case.dtype))[0]
         # a kernel's log-softmax of logits of size Z (z - lse with lse stored) rounds to eps·Z/T: the KD term
         # T²·Σ p_t (log p_t - log p_s) moves by up to 2·α·T·eps·Z, the cross-entropy by (1 - α)·eps·Z
         Z = max(float(ss.abs().max()), float(tt.abs().max()))
-        trial.check(compare("loss", loss, ref, naive, dtype=oracle.stat_dtype(case.dtype), terms=case.cols,
+        trial.check(compare("loss", loss, ref, naive, dtype=stat_dtype(case.dtype), terms=case.cols,
                             propagated=(2 * alpha * T + (1 - alpha)) * Z))
 
     shifts = st.tuples(st.floats(-1000.0, 1000.0, allow_nan=False), st.sampled_from(("s", "t")), st.booleans())

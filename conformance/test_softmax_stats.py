@@ -8,13 +8,14 @@ import torch
 from hypothesis import strategies as st
 
 from conformance import cases as C
-from conformance import oracle
 from conformance.checks import call_attention, default_scale
 from conformance.properties import falsify
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import Trial, cases
 from implementations.base import AttentionCase, BackendLike, InvalidInputError, RowsCase
+from implementations.ops import OPS
+from implementations.ops.exact import stat_dtype
 
 BLOCKS = (None, 7, 128, 1000)
 #: a block length is asked for where it cuts a row into at most this many blocks (block 7 on a row of 65537
@@ -35,14 +36,14 @@ def _draw_rows(case: RowsCase, g: torch.Generator, spread: float = 3.0) -> torch
 
 def _check_stats(trial: Trial, x: torch.Tensor, m: torch.Tensor, l: torch.Tensor) -> None:
     """m exactly the row max; l and lse = m + log l by the tolerance rule (naive: one-shot float32)."""
-    ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
-    naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(x.dtype))
+    ref_m, ref_l = OPS["softmax_stats"].oracle(x)
+    naive_m, naive_l = OPS["softmax_stats"].naive(x, stat_dtype(x.dtype))
     assert m.shape == ref_m.shape and l.shape == ref_l.shape, f"m {tuple(m.shape)}, l {tuple(l.shape)}"
     exact = torch.equal(m.double().cpu(), ref_m)
     assert exact, f"m differs from the row max (max |diff| {float((m.double().cpu() - ref_m).abs().max()):.3e})"
-    trial.check(compare("l", l, ref_l, naive_l, dtype=oracle.stat_dtype(x.dtype), terms=x.shape[-1]),
+    trial.check(compare("l", l, ref_l, naive_l, dtype=stat_dtype(x.dtype), terms=x.shape[-1]),
                 compare("lse_stats", m.double() + torch.log(l.double()), ref_m + torch.log(ref_l),
-                        naive_m.double() + torch.log(naive_l.double()), dtype=oracle.stat_dtype(x.dtype),
+                        naive_m.double() + torch.log(naive_l.double()), dtype=stat_dtype(x.dtype),
                         terms=x.shape[-1]))
 
 
@@ -89,15 +90,13 @@ def test_merge_algebra(trial: Trial) -> None:
     Guards against: exp(-inf - -inf) = NaN on empty partials, a merge that adds l without rescaling.
     """
     case, g = trial.case, trial.generator()
-    n, dt, dev = case.cols, oracle.stat_dtype(case.dtype), case.device
+    n, dt, dev = case.cols, stat_dtype(case.dtype), case.device
     (m1, l1), (m2, l2), (m3, l3) = (_random_stats(n, g, dt, dev) for _ in range(3))
     merge = trial.backend.softmax_merge
     ab, ba = trial.call("softmax_merge", m1, l1, m2, l2), merge(m2, l2, m1, l1)
-    ref_m = torch.maximum(m1, m2).double().cpu()
-    ref_l = (l1.double() * torch.exp(m1.double() - torch.maximum(m1, m2).double())
-             + l2.double() * torch.exp(m2.double() - torch.maximum(m1, m2).double())).cpu()
+    ref_m, ref_l = OPS["softmax_merge"].oracle(m1, l1, m2, l2)
     assert torch.equal(ab[0].double().cpu(), ref_m), "merged m is not max(m1, m2)"
-    trial.check(compare("l", ab[1], ref_l, _naive_merge(m1, l1, m2, l2)[1], dtype=dt))
+    trial.check(compare("l", ab[1], ref_l, OPS["softmax_merge"].naive(m1, l1, m2, l2, dt)[1], dtype=dt))
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(((a.double() - b.double()).abs() / b.double().abs().clamp_min(1e-30)).max())
@@ -123,13 +122,6 @@ def test_merge_algebra(trial: Trial) -> None:
     elif not (torch.all(empty[0] == float("-inf")) and torch.all(empty[1] == 0)):
         problems.append("(-inf,0) ⊕ (-inf,0) is not (-inf,0)")
     assert not problems, "; ".join(problems)
-
-
-def _naive_merge(m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor, l2: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SMX-2 formula in the inputs' dtype (the naive implementation of the tolerance rule)."""
-    m = torch.maximum(m1, m2)
-    return m, l1 * torch.exp(m1 - m) + l2 * torch.exp(m2 - m)
 
 
 def _split_cases(b: BackendLike, device: str, quick: bool) -> list[RowsCase]:
@@ -161,8 +153,8 @@ def test_any_split_any_tree(trial: Trial) -> None:
     """
     x = _draw_rows(trial.case, trial.generator())
     merge = trial.backend.softmax_merge
-    ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
-    naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(x.dtype))
+    ref_m, ref_l = OPS["softmax_stats"].oracle(x)
+    naive_m, naive_l = OPS["softmax_stats"].naive(x, stat_dtype(x.dtype))
     naive_lse = naive_m.double() + torch.log(naive_l.double())
     L = x.shape[1]
 
@@ -174,7 +166,7 @@ def test_any_split_any_tree(trial: Trial) -> None:
                   "random": _tree_merge(merge, parts, rng)}
         for m, l in orders.values():
             trial.check(compare("lse_stats", m.double() + torch.log(l.double()), ref_m + torch.log(ref_l),
-                                naive_lse, dtype=oracle.stat_dtype(x.dtype), terms=L))
+                                naive_lse, dtype=stat_dtype(x.dtype), terms=L))
 
     cuts = st.lists(st.integers(1, L - 1), min_size=1, max_size=min(12, L - 1), unique=True).map(sorted)
     falsify(trial, "split", st.tuples(cuts, st.randoms(use_true_random=False)), merges_to_one_shot, SPLITS)
@@ -210,9 +202,8 @@ def test_split_kv_merge(trial: Trial) -> None:
     L = torch.logaddexp(la64, lb64)
     merged = (torch.exp(la64 - L)[..., None] * oa.double() + torch.exp(lb64 - L)[..., None] * ob.double())
     sc = default_scale(case.D)
-    ref_out, ref_lse = oracle.oracle_attention(q, k, v, causal=None, scale=sc)
-    with torch.no_grad():
-        naive_out, naive_lse = oracle.attention(q, k, v, causal=None, scale=sc, compute=q.dtype)
+    ref_out, ref_lse = OPS["attention"].oracle(q, k, v, causal=None, scale=sc)
+    naive_out, naive_lse = OPS["attention"].naive(q, k, v, causal=None, scale=sc, dtype=q.dtype)
     trial.metrics["cut"] = cut
     trial.check(compare("out", merged, ref_out, naive_out, dtype=q.dtype, terms=case.Sk),
                 compare("lse", L, ref_lse, naive_lse, dtype=la.dtype, terms=case.Sk))

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from conformance import cases as C
-from conformance import oracle
 from conformance.spec import clause
 from conformance.tolerance import compare
 from conformance.trial import Trial, cases, unsupported
 from implementations import schedule as sched
 from implementations.base import BackendLike, RowsCase
+from implementations.ops import OPS
+from implementations.ops.exact import stat_dtype
 
 SIZES = (1, 2, 7, 64, 100, 1000, 4097)
 PROCESSORS = (1, 2, 3, 4, 8, 64)
@@ -63,10 +64,10 @@ def test_model_measures(trial: Trial) -> None:
     lower = math.ceil(math.log2(n)) if n > 1 else 0
     assert schedule.work >= n - 1 and lower <= schedule.depth <= max(schedule.work, 0), \
         f"W={schedule.work}, D={schedule.depth} impossible for n={n}"
-    ref = x.double().sum().cpu()
+    ref = OPS["reduce_sum"].oracle(x)
     # each input passes through at most D roundings of partial sums, each bounded by Σ|x| (the condition of
     # the sum), not by |sum|: the floor's noise is sqrt(D)·eps·Σ|x|
-    trial.check(compare("sum", value.reshape(()), ref, x.float().sum(), dtype=torch.float32,
+    trial.check(compare("sum", value.reshape(()), ref, OPS["reduce_sum"].naive(x, torch.float32), dtype=torch.float32,
                         terms=schedule.depth, summands=float(x.double().abs().sum())))
 
 
@@ -142,7 +143,7 @@ def test_merge_tree_depth(trial: Trial) -> None:
     case = trial.case
     block = 16
     x = C.randn((case.rows, case.cols * block), case.dtype, case.device, trial.generator(), scale=4.0)
-    parts = x.reshape(case.rows, case.cols, block).to(oracle.stat_dtype(case.dtype))
+    parts = x.reshape(case.rows, case.cols, block).to(stat_dtype(case.dtype))
     m = parts.amax(-1)
     l = torch.exp(parts - m[..., None]).sum(-1)
     tree = sched.pairwise_tree(case.cols)
@@ -154,8 +155,8 @@ def test_merge_tree_depth(trial: Trial) -> None:
         rounds += 1
     b = case.cols
     assert rounds == tree.depth == math.ceil(math.log2(b)), f"{rounds} rounds for b={b}"
-    ref_m, ref_l = oracle.softmax_stats(x.cpu(), torch.float64)
-    naive_m, naive_l = oracle.softmax_stats(x, oracle.stat_dtype(case.dtype))
+    ref_m, ref_l = OPS["softmax_stats"].oracle(x)
+    naive_m, naive_l = OPS["softmax_stats"].naive(x, stat_dtype(case.dtype))
     trial.metrics.update({"blocks": b, "rounds": rounds})
     trial.check(compare("lse_stats", m[:, 0].double() + torch.log(l[:, 0].double()), ref_m + torch.log(ref_l),
                         naive_m.double() + torch.log(naive_l.double()), dtype=torch.float32,
@@ -196,7 +197,8 @@ def test_scans(trial: Trial) -> None:
     assert isinstance(schedule, sched.ScanSchedule), f"prefix_sum returned {type(schedule).__name__}"
     assert schedule.kind in SCAN_MEASURES, f"unknown scan kind {schedule.kind!r} (known: {list(SCAN_MEASURES)})"
     trial.metrics.update({"n": n, "W": schedule.work, "D": schedule.depth, "schedule": schedule.kind})
-    trial.check(compare("scan", y, x.double().cpu().cumsum(0), x.cumsum(0), dtype=torch.float32, terms=n))
+    trial.check(compare("scan", y, OPS["prefix_sum"].oracle(x), OPS["prefix_sum"].naive(x, x.dtype),
+                        dtype=torch.float32, terms=n))
     expected = schedule.evaluate(x.cpu().numpy(), np.float32)
     assert np.array_equal(y.cpu().numpy(), expected), "y differs from the declared schedule evaluated in float32"
     if n > 1:

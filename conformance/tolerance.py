@@ -3,6 +3,7 @@
 ``err(x) = max|x - oracle|``; a backend's output in dtype ``t`` passes when
 ``err(backend) <= mult * err(naive_t) + atol_floor(t, |oracle|)``. Multipliers: out 2, lse 2, dq/dk/dv 3;
 this suite also uses 2 for other values (softmax statistics, KD loss) and 3 for other gradients (KD ds).
+Each operation states the multipliers of the values its clauses compare (``OpSpec.multipliers``).
 NaN or Inf where the oracle is finite always fails; where the oracle is ±inf the output must equal it.
 The ratio ``err(backend) / err(naive_t)`` is the backend's precision score.
 
@@ -18,8 +19,22 @@ from dataclasses import dataclass
 
 import torch
 
-MULTIPLIERS: dict[str, float] = {"out": 2.0, "lse": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0,
-                                 "m": 2.0, "l": 2.0, "lse_stats": 2.0, "loss": 2.0, "ds": 3.0, "delta": 2.0}
+from implementations.ops import OPS
+
+
+def operation_multipliers() -> dict[str, float]:
+    """The multiplier of every compared value, from the operations (``OpSpec.multipliers``); a name two
+    operations compare (``m``, ``l``) must have one multiplier (ValueError otherwise)."""
+    table: dict[str, float] = {}
+    for spec in OPS.values():
+        for name, mult in spec.multipliers.items():
+            if table.setdefault(name, mult) != mult:
+                raise ValueError(f"{spec.name} gives {name!r} the multiplier {mult}, another operation {table[name]}")
+    return table
+
+
+#: the multiplier of each compared value by name
+MULTIPLIERS: dict[str, float] = operation_multipliers()
 #: ulps of the output dtype, at the oracle's magnitude, always allowed where the accumulator is the output
 #: dtype (float32, float64): there the naive error can be 0 or a few ulps, and a correct kernel that sums in
 #: another order differs from the oracle by a few ulps of its own
@@ -134,7 +149,8 @@ class Comparison:
 def compare(name: str, x: torch.Tensor, oracle: torch.Tensor, naive: torch.Tensor | None,
             dtype: torch.dtype | None = None, mult: float | None = None, terms: int = 1,
             magnitude: float | None = None, summands: float | None = None, propagated: float = 0.0) -> Comparison:
-    """Apply the rule to output ``name`` (``naive`` None means the naive error is taken as 0).
+    """Apply the rule to output ``name``, a value some operation lists in its multipliers (KeyError otherwise;
+    ``mult`` overrides); ``naive`` None means the naive error is taken as 0.
 
     ``terms`` is the length of the longest sum behind one output element (Sk for attention outputs);
     ``magnitude``, ``summands`` and ``propagated`` are :func:`atol_floor`'s.
@@ -143,6 +159,6 @@ def compare(name: str, x: torch.Tensor, oracle: torch.Tensor, naive: torch.Tenso
         name=name,
         err=max_abs_err(x, oracle),
         ref_err=max_abs_err(naive, oracle) if naive is not None else 0.0,
-        mult=MULTIPLIERS.get(name, 2.0) if mult is None else mult,
+        mult=MULTIPLIERS[name] if mult is None else mult,
         floor=atol_floor(dtype or x.dtype, oracle, terms, magnitude, summands, propagated),
     )

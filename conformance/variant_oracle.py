@@ -1,5 +1,5 @@
 """The oracles and naive forms of the packed, paged and fp8 operations (SPEC VLEN, DEC, FP8), built on the dense
-definition of :mod:`conformance.oracle`: each sequence of a packed batch, each paged sequence's gathered keys,
+definition (``implementations.ops.attention``): each sequence of a packed batch, each paged sequence's gathered keys,
 or the dequantized fp8 inputs, as a dense problem. ``dtype`` None gives the float64 oracle; a dtype gives the
 naive form in it."""
 
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from conformance import oracle
 from implementations.base import CausalVariant
+from implementations.ops import attention as attention_op
+from implementations.ops import attention_backward as backward_op
+from implementations.ops.exact import stat_dtype
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -19,16 +21,16 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: CausalVariant | None, scale: float,
              dtype: torch.dtype | None, **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
     if dtype is None:
-        return oracle.oracle_attention(q, k, v, causal=causal, scale=scale, **variants)
+        return attention_op.oracle(q, k, v, causal=causal, scale=scale, **variants)
     with torch.no_grad():
-        return oracle.attention(q, k, v, causal=causal, scale=scale, compute=dtype, **variants)
+        return attention_op.materialised(q, k, v, causal=causal, scale=scale, compute=dtype, **variants)
 
 
 def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, *,
            causal: CausalVariant | None, scale: float, dtype: torch.dtype | None = None,
            **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
     """``out [total_q, Hq, D]`` and ``lse [Hq, total_q]``: each sequence's dense attention (VLEN-1), on the CPU."""
-    wide = torch.float64 if dtype is None else oracle.stat_dtype(dtype)
+    wide = torch.float64 if dtype is None else stat_dtype(dtype)
     out = torch.zeros(q.shape, dtype=dtype or torch.float64)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=wide)
     for b in range(len(cu_q) - 1):
@@ -51,9 +53,9 @@ def varlen_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.
             continue
         dense = (_dense(q[rows]), _dense(k[keys]), _dense(v[keys]), _dense(dout[rows]))
         if dtype is None:
-            got = oracle.oracle_grads(*dense, causal=causal, scale=scale, **variants)
+            got = backward_op.oracle(*dense, causal=causal, scale=scale, **variants)
         else:
-            got = oracle.attention_grads(*dense, causal=causal, scale=scale, compute=dtype, **variants)
+            got = backward_op.naive(*dense, causal=causal, scale=scale, dtype=dtype, **variants)
         for dst, where, g in zip(grads, (rows, keys, keys), got):
             dst[where] = g[0].transpose(0, 1).cpu()
     return grads  # type: ignore[return-value]
@@ -80,7 +82,7 @@ def fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tens
         v_descale: torch.Tensor, *, causal: CausalVariant | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The float64 oracle of FP8-1: attention on ``descale · float(x)``."""
     deq = (x.double() * float(d) for x, d in ((q, q_descale), (k, k_descale), (v, v_descale)))
-    return oracle.oracle_attention(*deq, causal=causal, scale=scale)
+    return attention_op.oracle(*deq, causal=causal, scale=scale)
 
 
 def fp8_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tensor, k_descale: torch.Tensor,
@@ -91,6 +93,6 @@ def fp8_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torc
     in float32, out rounded to bfloat16."""
     qd, kd = q.float() * q_descale, k.float() * k_descale
     with torch.no_grad():
-        out, lse = oracle.attention(qd, kd, v.float(), causal=causal, scale=scale, compute=torch.float32,
+        out, lse = attention_op.materialised(qd, kd, v.float(), causal=causal, scale=scale, compute=torch.float32,
                                     p_round=q.dtype)
     return (out * v_descale).to(torch.bfloat16), lse

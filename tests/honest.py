@@ -23,12 +23,16 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from conformance import oracle
 from conformance.spec import clause_of
 from conformance.trial import Trial
 from implementations import schedule as sched
 from implementations import validate
 from implementations.base import Backend, BackendLike, Capabilities, Case, CausalVariant, new_output
+from implementations.ops import attention as attention_op
+from implementations.ops import attention_backward as backward_op
+from implementations.ops import kd_loss as kd_op
+from implementations.ops import softmax_stats as stats_op
+from implementations.ops.exact import LOW_PRECISION, stat_dtype
 
 FORMULATIONS = ("oracle", "online")
 #: keys (attention) or row elements (statistics, KD vocabulary) per block of the online formulation
@@ -72,18 +76,18 @@ class Honest(Backend):
         variant, scale = validate.attention_args(self.capabilities, q, k, v, causal=causal, scale=scale, tiles=tiles)
         with torch.no_grad():
             if self.formulation == "oracle":
-                o, lse = oracle.attention(q, k, v, causal=variant, scale=scale, compute=q.dtype, naive=False)
+                o, lse = attention_op.materialised(q, k, v, causal=variant, scale=scale, compute=q.dtype, naive=False)
             else:
                 o, lse = _online_attention(q, k, v, variant, scale)
         out = new_output(q.shape, q.dtype, q.device)
         out.copy_(o)
-        return out, lse.to(oracle.stat_dtype(q.dtype))
+        return out, lse.to(stat_dtype(q.dtype))
 
     def attention_backward(self, q, k, v, out, lse, dout, *, causal=None, scale=None):  # noqa: ANN001, ANN201
         variant, scale = validate.backward_args(self.capabilities, q, k, v, out, lse, dout, causal=causal,
                                                 scale=scale)
         wd = working_dtype(q.dtype)
-        grads = oracle.attention_grads(q, k, v, dout, causal=variant, scale=scale, compute=wd, naive=False)
+        grads = backward_op.naive(q, k, v, dout, causal=variant, scale=scale, dtype=wd, naive=False)
         return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
     # -- softmax statistics -------------------------------------------------------------------------
@@ -92,12 +96,12 @@ class Honest(Backend):
         validate.rows_arg(self.capabilities, "softmax_stats", x)
         xw = x.to(working_dtype(x.dtype))
         if self.formulation == "oracle":
-            return oracle.softmax_stats(xw, xw.dtype)
+            return stats_op.naive(xw, xw.dtype)
         width = block or BLOCK
         m = torch.full(x.shape[:-1], -math.inf, dtype=xw.dtype)
         l = torch.zeros_like(m)
         for c0 in range(0, x.shape[-1], width):
-            m, l = self.softmax_merge(m, l, *oracle.softmax_stats(xw[..., c0:c0 + width], xw.dtype))
+            m, l = self.softmax_merge(m, l, *stats_op.naive(xw[..., c0:c0 + width], xw.dtype))
         return m, l
 
     def softmax_merge(self, m1, l1, m2, l2):  # noqa: ANN001, ANN201
@@ -113,13 +117,13 @@ class Honest(Backend):
                                             labels=labels, ignore_index=ignore_index)
         wd = working_dtype(s.dtype)
         if self.formulation == "oracle":
-            loss, ds = oracle.kd_loss(s, t, temperature=temperature, alpha=alpha, labels=labels,
-                                      ignore_index=ignore_index, compute=wd)
+            loss, ds = kd_op.materialised(s, t, temperature=temperature, alpha=alpha, labels=labels,
+                                          ignore_index=ignore_index, compute=wd)
         else:
             loss, ds = _chunked_kd(s2.to(wd), t2.to(wd), float(temperature), alpha, y, ignore_index)
         grad = new_output(s.shape, s.dtype, s.device)
         grad.copy_(ds.reshape(s.shape))
-        return loss.to(oracle.stat_dtype(s.dtype)), grad
+        return loss.to(stat_dtype(s.dtype)), grad
 
     # -- reductions ---------------------------------------------------------------------------------
 
@@ -141,12 +145,12 @@ def _online_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
 
     Arithmetic in the working dtype; for float16 / bfloat16 inputs P is rounded to the input dtype before
     the P·V product, as FlashAttention-2 feeds it to the tensor cores."""
-    half = q.dtype if q.dtype in oracle.LOW_PRECISION else None
+    half = q.dtype if q.dtype in LOW_PRECISION else None
     wd = working_dtype(q.dtype)
     group = q.shape[1] // k.shape[1]
     q, k, v = q.to(wd), k.to(wd).repeat_interleave(group, dim=1), v.to(wd).repeat_interleave(group, dim=1)
     Sq, Sk = q.shape[2], k.shape[2]
-    visible = oracle.visibility(Sq, Sk, causal)
+    visible = attention_op.visibility(Sq, Sk, causal)
     m = torch.full(q.shape[:3], -math.inf, dtype=q.dtype)
     l = torch.zeros_like(m)
     acc = torch.zeros_like(q)

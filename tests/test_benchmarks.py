@@ -24,7 +24,7 @@ from conformance.codec import read_bench
 from conformance.records import BenchRecord, Ceilings
 from conformance.results import Status
 from implementations.base import Backend, Capabilities, new_output
-from implementations.ops import kd_loss, reduce_sum, softmax_stats
+from implementations.ops import BENCH_OPS, kd_loss, reduce_sum, softmax_stats
 from implementations.ops.attention import forward_flops as attention_forward_flops
 from implementations.ops.attention_backward import backward_flops as attention_backward_flops
 from implementations.reference import ReferenceBackend
@@ -63,13 +63,13 @@ def test_byte_counts() -> None:
     assert kd_loss.min_bytes(8192, 131072, 4) == 3 * 8192 * 131072 * 4  # read s, t; write ds
     assert reduce_sum.min_bytes(1 << 28, 4) == 1 << 30  # read once
     assert softmax_stats.min_bytes(8192, 131072, 2) == 8192 * 131072 * 2 + 8192 * 8  # read x, write m, l
-    assert RowsWorkload("kd_loss", 8192, 131072, torch.bfloat16).min_bytes == 3 * 8192 * 131072 * 2
+    assert RowsWorkload(BENCH_OPS["kd_loss"], 8192, 131072, torch.bfloat16).min_bytes == 3 * 8192 * 131072 * 2
 
 
 def test_rates_use_the_one_count_that_applies() -> None:
-    w = AttentionWorkload("attention", 1, 1, 1024, 64, False, torch.float32)
+    w = AttentionWorkload(BENCH_OPS["attention"], 1, 1, 1024, 64, False, torch.float32)
     assert rates(w, 1e-3) == pytest.approx((4 * 1024**2 * 64 / 1e-3 / 1e12, None))
-    r = RowsWorkload("reduce_sum", 1, 1 << 20, torch.float32)
+    r = RowsWorkload(BENCH_OPS["reduce_sum"], 1, 1 << 20, torch.float32)
     tflops, gbps = rates(r, 1e-3)
     assert tflops is None and gbps == pytest.approx(4 * 2**20 / 1e-3 / 1e9)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import oracle, spec
+from conformance import spec
 from conformance.codec import done_ids, dumps, read_records
 from conformance.deviations import read_xfails
 from conformance.memory import loglog_slope
@@ -23,6 +23,8 @@ from conformance.spec import CLAUSES, SPEC_PATH, parse_spec
 from conformance.supervisor import in_flight, run_backend
 from conformance.tolerance import compare, max_abs_err
 from implementations import schedule as sched
+from implementations.ops import OPS
+from implementations.ops import attention as attention_op
 from implementations.registry import discover, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +67,7 @@ def test_oracle_kd_equals_kl_div_batchmean_on_rows() -> None:
     s, t = torch.randn(2, 3, 50, generator=g, dtype=torch.float64), torch.randn(2, 3, 50, generator=g,
                                                                                 dtype=torch.float64)
     T = 2.5
-    loss, _ = oracle.kd_loss(s, t, temperature=T)
+    loss, _ = OPS["kd_loss"].oracle(s, t, temperature=T)
     rows = lambda x: x.reshape(-1, 50) / T  # noqa: E731
     batchmean = F.kl_div(F.log_softmax(rows(s), -1), F.log_softmax(rows(t), -1), log_target=True,
                          reduction="batchmean") * T * T
@@ -80,13 +82,13 @@ def test_oracle_kd_equals_kl_div_batchmean_on_rows() -> None:
 
 
 def test_oracle_masked_rows_and_alignment() -> None:
-    vis = oracle.visibility(3, 5, "bottom_right")
+    vis = attention_op.visibility(3, 5, "bottom_right")
     assert vis.tolist()[0] == [True, True, True, False, False]
-    vis = oracle.visibility(5, 3, "bottom_right")
+    vis = attention_op.visibility(5, 3, "bottom_right")
     assert not vis[0].any() and not vis[1].any() and vis[2, 0]
     q = torch.randn(1, 1, 5, 4, dtype=torch.float64)
     k = torch.randn(1, 1, 3, 4, dtype=torch.float64)
-    out, lse = oracle.oracle_attention(q, k, k, causal="bottom_right", scale=0.5)
+    out, lse = OPS["attention"].oracle(q, k, k, causal="bottom_right", scale=0.5)
     assert torch.all(out[0, 0, :2] == 0) and torch.all(lse[0, 0, :2] == float("-inf"))
     assert not torch.isnan(out).any()
 
@@ -94,8 +96,8 @@ def test_oracle_masked_rows_and_alignment() -> None:
 def test_naive_differs_from_oracle_by_rounding_only() -> None:
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 2, 33, 16, generator=g, dtype=torch.float64) for _ in range(3))
-    ref = oracle.oracle_attention(q, k, v, causal="top_left", scale=0.3)
-    naive = oracle.attention(q, k, v, causal="top_left", scale=0.3, compute=torch.float64)
+    ref = OPS["attention"].oracle(q, k, v, causal="top_left", scale=0.3)
+    naive = OPS["attention"].naive(q, k, v, causal="top_left", scale=0.3, dtype=torch.float64)
     for a, b in zip(ref, naive):
         assert torch.allclose(a, b, atol=1e-13) and not torch.equal(a, b)
 

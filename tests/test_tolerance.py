@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import oracle
 from conformance import test_attention as att
 from conformance import test_kd_loss as kd
 from conformance import test_work_depth as wd
@@ -24,6 +23,7 @@ from conformance.tolerance import LOW_PRECISION_FLOOR_ULPS, atol_floor, max_abs_
 from conformance.trial import Trial
 from implementations import schedule as sched
 from implementations.base import AttentionCase, RowsCase
+from implementations.ops import OPS
 from tests import mutants
 from tests.honest import Honest, run_clause
 
@@ -158,5 +158,5 @@ def test_half_accumulation_is_caught_by_the_floor_not_the_multiplier() -> None:
     with pytest.raises(AssertionError):
         check_forward(trial, *attention_inputs(case, 0), causal=None, outputs=("out",))
     c = trial.comparisons[0]
-    M = float(oracle.oracle_attention(*attention_inputs(case, 0), causal=None, scale=1 / 8)[0].abs().max())
+    M = float(OPS["attention"].oracle(*attention_inputs(case, 0), causal=None, scale=1 / 8)[0].abs().max())
     assert c.err <= c.mult * c.ref_err + 4 * torch.finfo(torch.bfloat16).eps * M

@@ -3,7 +3,8 @@
 ``OPS`` maps each operation's name to its :class:`~implementations.ops.spec.OpSpec`, in the order the suite
 checks them. A backend implements an operation with a method of that name; a ``Backend`` subclass writes it
 as ``@OPS[name].implementation`` over a method taking the validated inputs record, so the arguments are
-checked once, at the boundary.
+checked once, at the boundary. ``BENCH_OPS`` maps each benchmark operation's name to its
+:class:`~implementations.ops.workload.BenchOp`, in the order the benchmarks run them.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ from implementations.ops.reduce_sum import ReduceInputs
 from implementations.ops.softmax_merge import MergeInputs
 from implementations.ops.softmax_stats import StatsInputs
 from implementations.ops.spec import Expected, OpSpec
+from implementations.ops.workload import AttentionWorkload, BenchOp, RowsWorkload
 
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     attention.SPEC, attention_backward.SPEC, attention_delta.SPEC, softmax_stats.SPEC, softmax_merge.SPEC,
     kd_loss.SPEC, reduce_sum.SPEC, prefix_sum.SPEC, attention_varlen.SPEC, attention_varlen_backward.SPEC,
     attention_decode_paged.SPEC, attention_fp8.SPEC, attention_context_parallel.SPEC,
     attention_context_parallel_backward.SPEC)}
-
+BENCH_OPS: dict[str, BenchOp] = {bench.name: bench for spec in OPS.values() for bench in spec.benchmarks}
 
 
 def implementation(op: str):  # noqa: ANN201 - a decorator
@@ -53,7 +55,8 @@ def implementation(op: str):  # noqa: ANN201 - a decorator
     return OPS[op].implementation
 
 
-__all__ = ["OPS", "AttentionInputs", "BackwardInputs", "ContextParallelBackwardInputs", "ContextParallelInputs",
-           "DecodeInputs", "DeltaInputs", "Expected", "Fp8Inputs",
-           "KDInputs", "MergeInputs", "OpSpec", "ReduceInputs", "StatsInputs", "VarlenBackwardInputs", "VarlenInputs",
+__all__ = ["BENCH_OPS", "OPS", "AttentionInputs", "AttentionWorkload", "BackwardInputs", "BenchOp",
+           "ContextParallelBackwardInputs", "ContextParallelInputs", "DecodeInputs", "DeltaInputs", "Expected",
+           "Fp8Inputs", "KDInputs", "MergeInputs", "OpSpec", "ReduceInputs", "RowsWorkload", "StatsInputs",
+           "VarlenBackwardInputs", "VarlenInputs",
            "implementation"]

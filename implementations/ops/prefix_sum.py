@@ -2,6 +2,8 @@
 
 ``x [n]``; ``y`` the inclusive prefix sums, like x; ``schedule`` the ``implementations.schedule.ScanSchedule``
 (kind ``hillis-steele``, ``blelloch`` or ``sequential``) the kernel follows bit for bit.
+
+Oracle: the float64 cumulative sum; naive: the cumulative sum in dtype ``t``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ def expected(inputs: dict[str, torch.Tensor]) -> list[Expected]:
     return [Expected.like("y", inputs["x"])]
 
 
+def oracle(x: torch.Tensor) -> torch.Tensor:
+    """The inclusive prefix sums in float64, on the CPU."""
+    return x.double().cpu().cumsum(0)
+
+
+def naive(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inclusive prefix sums in ``dtype`` on the inputs' device."""
+    return x.to(dtype).cumsum(0)
+
+
 SPEC: OpSpec[ReduceInputs] = OpSpec(
     name="prefix_sum",
     signature="prefix_sum(x) -> (y, schedule)",
@@ -31,4 +43,7 @@ SPEC: OpSpec[ReduceInputs] = OpSpec(
     declared_dtypes=lambda caps: caps.reduce_dtypes,
     validate=check,
     expected=expected,
+    oracle=oracle,
+    naive=naive,
+    multipliers={"scan": 2.0},
 )

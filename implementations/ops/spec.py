@@ -3,21 +3,27 @@
 An operation's module (``implementations/ops/<name>.py``) holds its one definition: the signature, the
 positional inputs, the capability field declaring which input dtypes it accepts, the boundary check that
 turns a call's arguments into a validated inputs record, the outputs the contract promises (names, shapes,
-dtypes, device), and its cost model (FLOPs or the fewest bytes moved). The suite (conformance checks,
-benchmarks, report) reads operations from :data:`implementations.ops.OPS`; docs/adding-an-operation.md says
-how to add one.
+dtypes, device), its cost model (FLOPs or the fewest bytes moved), its oracle (the materialising float64
+definition) and the naive dtype-``t`` form the tolerance rule measures against, the tolerance multipliers of
+what it outputs, and its benchmark operations (:class:`~implementations.ops.workload.BenchOp`). The suite
+(conformance checks, benchmarks, report) reads operations from :data:`implementations.ops.OPS`;
+docs/adding-an-operation.md says how to add one.
+
+Backends import an operation's inputs record and ``implementation``, never its ``oracle`` or ``naive``: a bug
+must not hide in both the oracle and a kernel (``tests/test_layers.py`` holds them to it).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
 
 from implementations.base import Capabilities
+from implementations.ops.workload import BenchOp
 
 I = TypeVar("I")  # noqa: E741 - the operation's inputs record
 
@@ -56,6 +62,16 @@ class OpSpec(Generic[I]):
     #: the tensors the contract promises for the given positional inputs (a schedule is not a tensor: it is
     #: checked by the WD clauses)
     expected: Callable[[dict[str, torch.Tensor]], list[Expected]]
+    #: the float64 oracle: the operation's inputs (and keywords) -> its outputs, on the CPU (SPEC "Tolerance
+    #: rule"); None where the clauses compute their references in place
+    oracle: Callable[..., Any] | None = None
+    #: the naive form in dtype ``t``: the oracle's arguments plus ``dtype`` -> its outputs, on the inputs'
+    #: device, rounded as an honest dtype-``t`` implementation rounds
+    naive: Callable[..., Any] | None = None
+    #: the tolerance rule's multiplier of each value the clauses compare (SPEC "Tolerance rule")
+    multipliers: Mapping[str, float] = field(default_factory=dict)
+    #: the benchmark operations that time it
+    benchmarks: tuple[BenchOp, ...] = ()
     #: returns one tensor rather than a tuple
     bare: bool = False
 

@@ -1,0 +1,111 @@
+"""The operations' definitions and the layers that read them.
+
+Layers, lowest first: ``implementations`` (the contract, the operations' definitions, the backends),
+``conformance``, ``benchmarks``, ``reports``; no module imports from a layer above its own. Backends never
+import an operation's oracle (a bug must not hide in both the oracle and a kernel).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from conformance import tolerance
+from implementations.ops import BENCH_OPS, OPS
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("implementations", "conformance", "benchmarks", "reports")
+#: what the oracles are made of: names a backend must not reach
+ORACLE_NAMES = {"oracle", "naive", "materialised", "visibility", "exact"}
+
+
+def _modules(package: str) -> Iterator[Path]:
+    yield from (p for p in (ROOT / package).rglob("*.py") if ".venv" not in p.parts)
+
+
+def _imported(path: Path) -> Iterator[tuple[str, str | None]]:
+    """``(module, name)`` of every import in ``path``, at any depth (``name`` None for ``import module``)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, None) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield from ((node.module, alias.name) for alias in node.names)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_no_import_runs_from_a_lower_layer_up(layer: str) -> None:
+    above = LAYERS[LAYERS.index(layer) + 1:]
+    found = [f"{path.relative_to(ROOT)}: {module}" for path in _modules(layer) for module, _ in _imported(path)
+             if module.split(".")[0] in above]
+    assert found == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from benchmarks.gate import run_gate\n")
+    assert ("benchmarks.gate", "run_gate") in list(_imported(probe))
+
+
+def _backend_modules() -> Iterator[Path]:
+    return (p for p in _modules("implementations") if "ops" not in p.relative_to(ROOT).parts)
+
+
+def test_backends_import_no_oracle() -> None:
+    """Backends take the inputs records and ``implementation`` from ``implementations.ops``; never an
+    operation's module (which holds its oracle), the oracles' shared module, or an oracle function."""
+    op_modules = {f"implementations.ops.{name}" for name in OPS}
+    found = []
+    for path in _backend_modules():
+        for module, name in _imported(path):
+            full = f"{module}.{name}" if name else module
+            if (full in op_modules or module in op_modules or full == "implementations.ops.exact"
+                    or module == "implementations.ops.exact" or name in ORACLE_NAMES):
+                found.append(f"{path.relative_to(ROOT)}: {full}")
+    assert found == []
+
+
+def test_yardsticks_in_the_operations_modules_call_no_oracle() -> None:
+    """The baselines an operation's module defines (Backend subclasses) use none of its oracle's names."""
+    found, yardsticks = [], []
+    for path in (ROOT / "implementations" / "ops").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                    and any(isinstance(b, ast.Name) and b.id == "Backend" for b in n.bases)):
+            used = {n.id for n in ast.walk(cls) if isinstance(n, ast.Name)}
+            found += [f"{path.name}: {cls.name} uses {name}" for name in used & ORACLE_NAMES]
+            yardsticks.append(cls.name)
+    assert found == [] and sorted(yardsticks) == ["TorchCompileKD", "TorchEagerStats", "TorchSum"]
+
+
+def test_every_compared_value_has_one_multiplier() -> None:
+    assert tolerance.MULTIPLIERS == {name: m for spec in OPS.values() for name, m in spec.multipliers.items()}
+    assert {tolerance.MULTIPLIERS[n] for n in ("dq", "dk", "dv", "ds")} == {3.0}
+    with pytest.raises(KeyError):
+        tolerance.compare("no such value", torch.zeros(1), torch.zeros(1), None)
+
+
+def test_two_operations_cannot_disagree_on_a_multiplier(monkeypatch: pytest.MonkeyPatch) -> None:
+    stats = OPS["softmax_stats"]
+    clash = dataclasses.replace(stats, name="clash", multipliers={"l": 3.0})
+    monkeypatch.setattr(tolerance, "OPS", {**OPS, "clash": clash})
+    with pytest.raises(ValueError, match="'l' the multiplier 3.0"):
+        tolerance.operation_multipliers()
+
+
+def test_every_operation_with_an_oracle_has_its_naive_form() -> None:
+    for spec in OPS.values():
+        assert (spec.oracle is None) == (spec.naive is None), spec.name
+
+
+def test_each_benchmark_operation_is_defined_once_with_a_baseline_per_device() -> None:
+    benches = [b for spec in OPS.values() for b in spec.benchmarks]
+    assert len(benches) == len(BENCH_OPS) == len({b.name for b in benches})
+    for bench in BENCH_OPS.values():
+        assert {b.device for b in bench.baselines} == {"cpu", "cuda"}, bench.name
+        assert set(bench.calls) <= set(OPS), bench.name
+        assert (bench.flops is None) != (bench.min_bytes is None), bench.name
