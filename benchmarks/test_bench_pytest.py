@@ -8,7 +8,10 @@ the test (it is never timed). To guard a branch:
     pytest benchmarks/ --benchmark-only --benchmark-autosave            # on the base commit
     pytest benchmarks/ --benchmark-only --benchmark-compare --benchmark-compare-fail=median:25%
 
-Each result's ``extra_info`` holds the workload, its FLOP or byte count and TFLOP/s or GB/s at the median.
+Timing goes through ``benchmarks.timing``: each of ``ROUNDS`` rounds (after ``WARMUP`` untimed calls) is one
+call followed on CUDA by a synchronize (``synchronized``, as asv's ``time_call``), after the L2 flush
+``attnspec bench`` runs between its timed calls (``l2_flusher``), outside the interval. Each result's
+``extra_info`` holds the workload, its FLOP or byte count and TFLOP/s or GB/s at the median.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 
 from benchmarks.bench import BASELINE_ORIGIN, bench_backends, implements
 from benchmarks.gate import run_gate
+from benchmarks.timing import l2_flusher, synchronized
 from benchmarks.workloads import OPS, Workload, rates, workloads
 from conformance.cases import seed_for
 from conformance.results import Status
@@ -30,6 +33,9 @@ from implementations.registry import RegistryEntry
 
 DEVICE = os.environ.get("ATTNSPEC_BENCH_DEVICE", "cpu")
 QUICK = os.environ.get("ATTNSPEC_BENCH_FULL") != "1"
+#: timed calls per test (pytest-benchmark rounds of one call each) and untimed warm-up calls before them
+ROUNDS = 10 if QUICK else 50
+WARMUP = 1 if DEVICE == "cpu" else 3
 
 
 def _cases() -> Iterator[Any]:
@@ -52,12 +58,7 @@ def test_bench(benchmark: Any, entry: RegistryEntry, workload: Workload) -> None
         pytest.skip(f"unsupported: {gate.reason}")
     assert gate.status is Status.PASSED and call is not None, f"gate {gate.status}: {gate.reason}"
 
-    def synchronized() -> None:
-        call()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-
-    benchmark(synchronized)
+    benchmark.pedantic(synchronized(call, DEVICE), setup=l2_flusher(DEVICE), rounds=ROUNDS, warmup_rounds=WARMUP)
     tflops, gbps = rates(workload, benchmark.stats.stats.median)
     benchmark.extra_info.update(op=workload.op, backend=entry.name, workload=workload.describe(),
                                 dtype=dtype_name(workload.dtype), tflops=tflops, gbps=gbps)

@@ -2,9 +2,9 @@
 
 Each :class:`Honest` backend computes in one of these formulations:
 
-- ``"oracle"``: the oracle's own formulas (``conformance.oracle``) evaluated in the working dtype: float32
-  for float32 inputs, float64 for float64; attention in the input dtype itself (matrix products in float16 /
-  bfloat16, softmax in float32);
+- ``"oracle"``: the oracle's own formulas (the operations' ``materialised`` and ``naive``) evaluated in the
+  working dtype: float32 for float32 inputs, float64 for float64; attention in the input dtype itself (matrix
+  products in float16 / bfloat16, softmax in float32);
 - ``"online"``: the attention forward and the softmax statistics as an online softmax over blocks of keys
   (FlashAttention's running max, sum and rescaled accumulator), the KD loss with the vocabulary cut into
   chunks merged by a running log-sum-exp, and with entropy and cross-entropy summed apart; float32
