@@ -56,7 +56,8 @@ def test_pytest_benchmark_times_rounds_of_one_synchronized_call(tmp_path: Path) 
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            "benchmarks/test_bench_pytest.py", "-k", "reduce_sum-torch.sum", "--benchmark-only",
                            f"--benchmark-json={out}"], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+                               "CUDA_VISIBLE_DEVICES": ""})  # an xdist worker's variables disable pytest-benchmark
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (result,) = json.loads(out.read_text())["benchmarks"]
     assert result["stats"]["rounds"] == test_bench_pytest.ROUNDS and result["stats"]["iterations"] == 1
