@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from conformance import variant_oracle
 from conformance.checks import default_scale, randn_like
 from conformance.tolerance import compare, max_abs_logit
 from conformance.trial import Trial
+from implementations.ops import OPS
 from implementations.variants import VarlenCase
 
 
@@ -37,8 +37,9 @@ def check_varlen_forward(trial: Trial, inputs: tuple[torch.Tensor, ...]) -> tupl
     out, lse = trial.call("attention_varlen", q, k, v, cu_q, cu_k, max(case.seqlens_q), max(case.seqlens_k),
                           **kwargs)
     scale = default_scale(case.D)
-    ref_out, ref_lse = variant_oracle.varlen(q, k, v, cu_q, cu_k, scale=scale, **kwargs)
-    naive_out, naive_lse = variant_oracle.varlen(q, k, v, cu_q, cu_k, scale=scale, dtype=q.dtype, **kwargs)
+    spec = OPS["attention_varlen"]
+    ref_out, ref_lse = spec.oracle(q, k, v, cu_q, cu_k, scale=scale, **kwargs)
+    naive_out, naive_lse = spec.naive(q, k, v, cu_q, cu_k, scale=scale, dtype=q.dtype, **kwargs)
     logit = _logit_bound(q, k, scale) if q.numel() and k.numel() else 0.0
     terms = max(case.seqlens_k)
     vmax = float(v.abs().max()) if v.numel() else 0.0
@@ -59,8 +60,9 @@ def check_varlen_backward(trial: Trial, inputs: tuple[torch.Tensor, ...]) -> tup
     dout = randn_like(out, trial.generator(salt=7))
     grads = trial.call("attention_varlen_backward", q, k, v, out, lse, dout, cu_q, cu_k, *lengths, **kwargs)
     scale = default_scale(case.D)
-    refs = variant_oracle.varlen_grads(q, k, v, dout, cu_q, cu_k, scale=scale, **kwargs)
-    naives = variant_oracle.varlen_grads(q, k, v, dout, cu_q, cu_k, scale=scale, dtype=q.dtype, **kwargs)
+    spec = OPS["attention_varlen_backward"]
+    refs = spec.oracle(q, k, v, dout, cu_q, cu_k, scale=scale, **kwargs)
+    naives = spec.naive(q, k, v, dout, cu_q, cu_k, scale=scale, dtype=q.dtype, **kwargs)
     terms = max(max(case.seqlens_q) * (case.Hq // case.Hk), max(case.seqlens_k), case.D)
     magnitude = max(float(r.abs().max()) if r.numel() else 0.0 for r in refs)
     trial.check(*(compare(name, got, ref, naive, dtype=q.dtype, terms=terms, magnitude=magnitude)
@@ -76,8 +78,9 @@ def check_decode(trial: Trial, inputs: tuple[torch.Tensor, ...],
     kwargs = {"num_splits": num_splits} if num_splits is not None else {}
     out, lse = trial.call("attention_decode_paged", q, k_pages, v_pages, table, lens, **kwargs)
     scale = default_scale(q.shape[-1])
-    ref_out, ref_lse = variant_oracle.decode(q, k_pages, v_pages, table, lens, scale=scale)
-    naive_out, naive_lse = variant_oracle.decode(q, k_pages, v_pages, table, lens, scale=scale, dtype=q.dtype)
+    spec = OPS["attention_decode_paged"]
+    ref_out, ref_lse = spec.oracle(q, k_pages, v_pages, table, lens, scale=scale)
+    naive_out, naive_lse = spec.naive(q, k_pages, v_pages, table, lens, scale=scale, dtype=q.dtype)
     keys = k_pages.flatten(0, 1).transpose(0, 1)[None]  # every page of the pool, a bound for the logits
     logit = max_abs_logit(q, keys, scale)
     terms = int(lens.max())
@@ -93,8 +96,9 @@ def check_fp8(trial: Trial, inputs: tuple[torch.Tensor, ...], causal: str | None
     q, k, v, dq, dk, dv = inputs
     out, lse = trial.call("attention_fp8", q, k, v, dq, dk, dv, causal=causal)
     scale = default_scale(q.shape[-1])
-    ref_out, ref_lse = variant_oracle.fp8(q, k, v, dq, dk, dv, causal=causal, scale=scale)
-    naive_out, naive_lse = variant_oracle.fp8_naive(q, k, v, dq, dk, dv, causal=causal, scale=scale)
+    spec = OPS["attention_fp8"]
+    ref_out, ref_lse = spec.oracle(q, k, v, dq, dk, dv, causal=causal, scale=scale)
+    naive_out, naive_lse = spec.naive(q, k, v, dq, dk, dv, causal=causal, scale=scale)
     q32, k32 = q.float() * dq, k.float() * dk
     logit = max_abs_logit(q32, k32, scale)
     vmax = float((v.float() * dv).abs().max())

@@ -22,6 +22,8 @@ import torch
 
 from implementations import validate
 from implementations.base import Capabilities, wide_dtype
+from implementations.ops.attention import naive as dense_naive
+from implementations.ops.attention import oracle as dense_oracle
 from implementations.ops.spec import Expected, OpSpec
 
 
@@ -69,6 +71,39 @@ def kv_bytes(kv_lens: list[int], Hk: int, D: int, itemsize: int) -> int:
     return 2 * sum(kv_lens) * Hk * D * itemsize
 
 
+# ------------------------------------------------------------------------------------------------
+# Oracle: each sequence's keys gathered from its pages, dense bottom-right causal attention
+
+
+def _run(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
+         kv_lens: torch.Tensor, *, scale: float, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out [B, Hq, Sq, D]``, ``lse [B, Hq, Sq]`` on the CPU: key j of sequence b is row ``j % page_size`` of
+    page ``block_table[b, j // page_size]`` (DEC-1); the float64 oracle (``dtype`` None) or the naive form."""
+    page = k_pages.shape[1]
+    outs, lses = [], []
+    for b in range(q.shape[0]):
+        n = int(kv_lens[b])
+        pages = block_table[b, : -(-n // page)].long()
+        k, v = (x[pages].flatten(0, 1)[:n].transpose(0, 1)[None] for x in (k_pages, v_pages))
+        o, l = (dense_oracle(q[b:b + 1], k, v, causal="bottom_right", scale=scale) if dtype is None
+                else dense_naive(q[b:b + 1], k, v, causal="bottom_right", scale=scale, dtype=dtype))
+        outs.append(o.cpu())
+        lses.append(l.cpu())
+    return torch.cat(outs), torch.cat(lses)
+
+
+def oracle(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
+           kv_lens: torch.Tensor, *, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 oracle of DEC-1, on the CPU."""
+    return _run(q, k_pages, v_pages, block_table, kv_lens, scale=scale, dtype=None)
+
+
+def naive(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
+          kv_lens: torch.Tensor, *, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The naive form in ``dtype``, sequence by sequence."""
+    return _run(q, k_pages, v_pages, block_table, kv_lens, scale=scale, dtype=dtype)
+
+
 SPEC: OpSpec[DecodeInputs] = OpSpec(
     name="attention_decode_paged",
     signature="attention_decode_paged(q, k_pages, v_pages, block_table, kv_lens, *, scale=None, num_splits=None) "
@@ -78,4 +113,7 @@ SPEC: OpSpec[DecodeInputs] = OpSpec(
     declared_dtypes=lambda caps: caps.decode_dtypes,
     validate=check,
     expected=expected,
+    oracle=oracle,
+    naive=naive,
+    multipliers={"out": 2.0, "lse": 2.0},
 )

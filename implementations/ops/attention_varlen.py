@@ -20,6 +20,9 @@ import torch
 
 from implementations import validate
 from implementations.base import Capabilities, CausalVariant, resolve_causal, wide_dtype
+from implementations.ops.attention import naive as dense_naive
+from implementations.ops.attention import oracle as dense_oracle
+from implementations.ops.exact import stat_dtype
 from implementations.ops.spec import Expected, OpSpec
 from implementations.variants import Variants
 
@@ -86,6 +89,46 @@ def forward_flops(seqlens_q: list[int], seqlens_k: list[int], H: int, D: int) ->
     return 4 * H * D * sum(sq * sk for sq, sk in zip(seqlens_q, seqlens_k))
 
 
+# ------------------------------------------------------------------------------------------------
+# Oracle: each sequence as its own dense problem (the dense oracle of :mod:`implementations.ops.attention`)
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """Packed rows ``[S, H, D]`` of one sequence as a batch of one ``[1, H, S, D]``."""
+    return x.transpose(0, 1)[None]
+
+
+def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, *,
+         causal: CausalVariant | None, scale: float, dtype: torch.dtype | None,
+         **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out [total_q, Hq, D]`` and ``lse [Hq, total_q]`` of every sequence's dense attention, on the CPU: the
+    float64 oracle (``dtype`` None) or the naive form in ``dtype``."""
+    wide = torch.float64 if dtype is None else stat_dtype(dtype)
+    out = torch.zeros(q.shape, dtype=dtype or torch.float64)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=wide)
+    for b in range(len(cu_q) - 1):
+        rows, keys = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        if rows.stop > rows.start and keys.stop > keys.start:
+            dense = (_dense(q[rows]), _dense(k[keys]), _dense(v[keys]))
+            o, l = (dense_oracle(*dense, causal=causal, scale=scale, **variants) if dtype is None
+                    else dense_naive(*dense, causal=causal, scale=scale, dtype=dtype, **variants))
+            out[rows], lse[:, rows] = o[0].transpose(0, 1).cpu(), l[0].cpu()
+    return out, lse
+
+
+def oracle(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, *,
+           causal: CausalVariant | None, scale: float, **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 oracle of VLEN-1, on the CPU."""
+    return _run(q, k, v, cu_q, cu_k, causal=causal, scale=scale, dtype=None, **variants)
+
+
+def naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, *,
+          causal: CausalVariant | None, scale: float, dtype: torch.dtype,
+          **variants: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The naive form in ``dtype``, sequence by sequence."""
+    return _run(q, k, v, cu_q, cu_k, causal=causal, scale=scale, dtype=dtype, **variants)
+
+
 SPEC: OpSpec[VarlenInputs] = OpSpec(
     name="attention_varlen",
     signature="attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=None, "
@@ -95,4 +138,7 @@ SPEC: OpSpec[VarlenInputs] = OpSpec(
     declared_dtypes=lambda caps: caps.varlen_dtypes,
     validate=check,
     expected=expected,
+    oracle=oracle,
+    naive=naive,
+    multipliers={"out": 2.0, "lse": 2.0},
 )
