@@ -158,7 +158,7 @@ class _FlopsOperation(_Operation):
 
     def _ratio_to(self, reference: str, label: str) -> float | None:
         """The reference row's median / this backend's median on the workload, both timed in this process
-        (benchmarks/baselines.py ``REFERENCE_ROWS``); None where the reference cannot run the workload here."""
+        (``BenchOp.reference_rows``); None where the reference cannot run the workload here."""
         try:
             reference_call = _prepare(reference, self.op, label)[2]
         except NotImplementedError:

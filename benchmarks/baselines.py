@@ -3,7 +3,8 @@
 Each benchmark operation names its baseline backend per device (``BenchOp.baselines``, in its operation's
 module): a registered backend (``torch-flash``, ``reference``, ``torch``) or a yardstick, a vendor-library
 formulation the benchmarks gate and time like a backend though it is no kernel under test
-(``torch-compile``, ``torch.sum``, ``torch-eager``).
+(``torch-compile``, ``torch.sum``, ``torch-eager``). Its reference rows (``BenchOp.reference_rows``) are the
+backends each record is also set beside (compiled FlexAttention and SDPA cuDNN beside every GPU attention row).
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ from __future__ import annotations
 from implementations.base import BackendLike
 from implementations.ops import BENCH_OPS
 
-#: (benchmark operation, device) -> the rows every record of that operation is also set beside: the ratio of
-#: each one's median to the record's (above 1: faster than it) is the record's ``vs[name]`` (issue 14: compiled
-#: FlexAttention and SDPA cuDNN beside every attention row on the GPU)
-REFERENCE_ROWS: dict[tuple[str, str], tuple[str, ...]] = {
-    (op, "cuda"): ("flex", "torch-cudnn") for op in ("attention", "attention_backward", "attention_fwd_bwd")}
 #: a speed-up above this over a vendor baseline is flagged (on CUDA)
 SUSPICIOUS_SPEEDUP = 10.0
 
@@ -23,6 +19,13 @@ SUSPICIOUS_SPEEDUP = 10.0
 def baseline_of(op: str, device: str) -> str:
     """The backend every speed-up of benchmark operation ``op`` on ``device`` is measured against."""
     return BENCH_OPS[op].baseline(device).backend
+
+
+def reference_rows_of(op: str, device: str) -> tuple[str, ...]:
+    """The backends every record of benchmark operation ``op`` on ``device`` is set beside
+    (``BenchOp.reference_rows``; none for an operation the table does not define)."""
+    bench = BENCH_OPS.get(op)
+    return tuple(bench.reference_rows.get(device, ())) if bench is not None else ()
 
 
 def is_vendor(backend: str) -> bool:

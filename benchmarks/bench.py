@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.baselines import REFERENCE_ROWS, SUSPICIOUS_SPEEDUP, baseline_backends, baseline_of, is_vendor
+from benchmarks.baselines import SUSPICIOUS_SPEEDUP, baseline_backends, baseline_of, is_vendor, reference_rows_of
 from benchmarks.gate import ReferenceCache, run_gate
 from benchmarks.timing import measure_ceilings, timing_for
 from benchmarks.workloads import (
@@ -106,7 +106,7 @@ def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
         entries = discover(specs)
     entries += [RegistryEntry(b.name, BASELINE_ORIGIN, backend=b) for b in baseline_backends()]
     chosen = select(entries, names)
-    wanted = {baseline_of(op, device) for op in ops} | {n for op in ops for n in REFERENCE_ROWS.get((op, device), ())}
+    wanted = {baseline_of(op, device) for op in ops} | {n for op in ops for n in reference_rows_of(op, device)}
     return chosen + [e for e in entries if e.name in wanted and e not in chosen]
 
 
@@ -142,7 +142,7 @@ def measure(backend: BackendLike, workload: Workload, device: str, seed: int, *,
 
 
 def add_speedups(records: list[BenchRecord]) -> None:
-    """Fill ``speedup`` (baseline median / median), ``vs`` (each reference row's median / median, REFERENCE_ROWS)
+    """Fill ``speedup`` (baseline median / median), ``vs`` (each reference row's median / median, reference_rows_of)
     and ``flag`` of every timed record, in place."""
     timed = {(r.op, r.label, r.dtype, r.device, r.backend): r for r in records if r.median_s is not None}
     for r in records:
@@ -150,7 +150,7 @@ def add_speedups(records: list[BenchRecord]) -> None:
         base = timed.get((r.op, r.label, r.dtype, r.device, r.baseline))
         r.speedup = base.median_s / r.median_s if base is not None and base.median_s and r.median_s else None
         beside = [(n, timed.get((r.op, r.label, r.dtype, r.device, n)))
-                  for n in REFERENCE_ROWS.get((r.op, r.device), ())]
+                  for n in reference_rows_of(r.op, r.device)]
         r.vs = {n: ref.median_s / r.median_s for n, ref in beside if ref is not None and ref.median_s and r.median_s}
         # Both flags are for CUDA only. On the CPU small workloads run from cache, above the DRAM copy
         # bandwidth, legitimately, and a vendor baseline's thread pool loses 10-50x when other processes hold

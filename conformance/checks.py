@@ -55,12 +55,13 @@ def check_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 def judge_forward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, *, causal: CausalVariant | None, scale: float | None = None,
-                  outputs: tuple[str, ...] = ("out", "lse"), **variants: object) -> None:
-    """The tolerance rule on a forward's ``outputs`` (ATT-1, ATT-2) against the float64 oracle of q, k, v (with
-    the variant arguments of SPEC VAR)."""
+                  outputs: tuple[str, ...] = ("out", "lse"), op: str = "attention", **variants: object) -> None:
+    """The tolerance rule on a forward's ``outputs`` (ATT-1, ATT-2) against operation ``op``'s float64 oracle of
+    q, k, v (with the variant arguments of SPEC VAR)."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
-    ref_out, ref_lse = OPS["attention"].oracle(q, k, v, causal=causal, scale=sc, **variants)
-    naive_out, naive_lse = OPS["attention"].naive(q, k, v, causal=causal, scale=sc, dtype=q.dtype, **variants)
+    spec = OPS[op]
+    ref_out, ref_lse = spec.oracle(q, k, v, causal=causal, scale=sc, **variants)
+    naive_out, naive_lse = spec.naive(q, k, v, causal=causal, scale=sc, dtype=q.dtype, **variants)
     # a kernel rounds each logit s to its accumulator (|δs| <= eps/2·max|s|); the softmax carries that to out
     # with gain <= 2·max|v| (δout_i = Σ_j p_ij δs_ij (v_j - out_i)) and to lse with gain <= 1
     logit = max_abs_logit(q, k, sc) + variant_logit_bound(q, k, **variants)
@@ -84,12 +85,13 @@ def check_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def judge_backward(trial: Trial, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
                    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *, causal: CausalVariant | None,
-                   scale: float | None = None, **variants: object) -> None:
-    """The tolerance rule on ``grads = (dq, dk, dv)`` against the oracle's autograd gradients (GRAD-1), with the
-    variant arguments of SPEC VAR."""
+                   scale: float | None = None, op: str = "attention_backward", **variants: object) -> None:
+    """The tolerance rule on ``grads = (dq, dk, dv)`` against operation ``op``'s oracle (autograd gradients,
+    GRAD-1), with the variant arguments of SPEC VAR."""
     sc = default_scale(q.shape[-1]) if scale is None else scale
-    refs = OPS["attention_backward"].oracle(q, k, v, dout, causal=causal, scale=sc, **variants)
-    naives = OPS["attention_backward"].naive(q, k, v, dout, causal=causal, scale=sc, dtype=q.dtype, **variants)
+    spec = OPS[op]
+    refs = spec.oracle(q, k, v, dout, causal=causal, scale=sc, **variants)
+    naives = spec.naive(q, k, v, dout, causal=causal, scale=sc, dtype=q.dtype, **variants)
     # the longest sums behind a gradient element: over the queries of a KV head (dk, dv), over the keys (dq),
     # and over D in dP = dO·v and delta = dO·o, whose difference every dS takes (with one key it cancels to 0)
     terms = max(q.shape[2] * (q.shape[1] // k.shape[1]), k.shape[2], q.shape[3])

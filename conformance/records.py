@@ -246,7 +246,7 @@ class BenchRecord:
     peak_probe: str | None = None
     baseline: str | None = None
     speedup: float | None = None
-    #: each reference row's median over this one's (benchmarks/baselines.py REFERENCE_ROWS; above 1: faster)
+    #: each reference row's median over this one's (BenchOp.reference_rows; above 1: faster)
     vs: dict[str, float] = field(default_factory=dict)
     flag: str | None = None
 

@@ -19,6 +19,7 @@ from implementations.base import BackendLike
 from implementations.sequence_layout import positions
 
 OP = "attention_context_parallel"
+BACKWARD_OP = "attention_context_parallel_backward"
 #: (Hq, Hk, Sq, Sk, D) of the quick matrix; the full one adds longer and wider problems
 QUICK_SHAPES = ((2, 2, 64, 64, 32), (2, 2, 61, 61, 16))
 FULL_SHAPES = QUICK_SHAPES + ((4, 4, 515, 515, 64), (2, 2, 1024, 1024, 128))
@@ -97,11 +98,11 @@ def check_dist(trial: Trial, *, backward: bool) -> None:
     lse_like = torch.empty(q.shape[:3] + (1,), device=q.device)
     out = assemble(results, "out", ql, case, q)
     lse = assemble([_unsqueezed(r) for r in results], "lse", ql, case, lse_like).squeeze(-1)
-    judge_forward(trial, q, k, v, out, lse, causal=case.causal)
+    judge_forward(trial, q, k, v, out, lse, causal=case.causal, op=OP)
     if backward:
         grads = (assemble(results, "dq", ql, case, q), assemble(results, "dk", kl, case, k),
                  assemble(results, "dv", kl, case, v))
-        judge_backward(trial, q, k, v, dout, grads, causal=case.causal)
+        judge_backward(trial, q, k, v, dout, grads, causal=case.causal, op=BACKWARD_OP)
 
 
 def _unsqueezed(result: RankResult) -> RankResult:

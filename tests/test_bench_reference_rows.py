@@ -1,13 +1,13 @@
-"""Every GPU attention row is set beside compiled FlexAttention and SDPA cuDNN (benchmarks/baselines.py
-REFERENCE_ROWS): the reference rows join the run, each record's ``vs`` holds their median over its own, and the
-report's speed table shows it."""
+"""Every GPU attention row is set beside compiled FlexAttention and SDPA cuDNN (``BenchOp.reference_rows`` of
+the attention benchmark operations): the reference rows join the run, each record's ``vs`` holds their median
+over its own, and the report's speed table shows it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks.baselines import REFERENCE_ROWS
+from benchmarks.baselines import reference_rows_of
 from benchmarks.bench import add_speedups, bench_backends
 from conformance.codec import read_bench
 from conformance.records import BenchRecord
@@ -40,7 +40,10 @@ def test_rows_without_references_have_none() -> None:
 def test_reference_rows_join_the_run() -> None:
     """Asked for ``reference`` alone on CUDA attention, the run adds the reference rows it can find (flex is
     registered on every machine; torch-cudnn only where CUDA is), and none on the CPU."""
-    assert REFERENCE_ROWS[("attention", "cuda")] == ("flex", "torch-cudnn")
+    for op in ("attention", "attention_backward", "attention_fwd_bwd"):
+        assert reference_rows_of(op, "cuda") == ("flex", "torch-cudnn"), op
+        assert reference_rows_of(op, "cpu") == (), op
+    assert reference_rows_of("kd_loss", "cuda") == reference_rows_of("no such operation", "cuda") == ()
     assert {"reference", "flex"} <= {e.name for e in bench_backends(["reference"], ["attention"], "cuda",
                                                                      isolate=False)}
     assert "flex" not in {e.name for e in bench_backends(["reference"], ["attention"], "cpu", isolate=False)}

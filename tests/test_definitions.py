@@ -38,17 +38,48 @@ def _backend_modules() -> Iterator[Path]:
     return (p for p in _modules("implementations") if "ops" not in p.relative_to(ROOT).parts)
 
 
+#: the modules of implementations/ops a backend may import: the package (OPS, the inputs records,
+#: ``implementation``), the OpSpec record and the workload records; every other module holds oracle code
+CONTRACT_MODULES = {"__init__", "spec", "workload"}
+
+
+def oracle_modules() -> set[str]:
+    """Every module of implementations/ops that holds an oracle or its shared code (an operation's module,
+    ``exact``, ``variant_logits``)."""
+    return {f"implementations.ops.{p.stem}" for p in (ROOT / "implementations" / "ops").glob("*.py")
+            if p.stem not in CONTRACT_MODULES}
+
+
+def oracle_imports(path: Path) -> list[str]:
+    """The imports in ``path`` that reach an oracle module or an oracle function."""
+    forbidden = oracle_modules()
+    found = []
+    for module, name in _imported(path):
+        full = f"{module}.{name}" if name else module
+        if full in forbidden or module in forbidden or name in ORACLE_NAMES:
+            found.append(full)
+    return found
+
+
+def test_the_oracle_modules_include_every_operation_and_the_shared_oracle_code() -> None:
+    assert {f"implementations.ops.{name}" for name in OPS} | {"implementations.ops.exact",
+                                                             "implementations.ops.variant_logits"} \
+        <= oracle_modules()
+
+
+def test_a_backend_importing_shared_oracle_code_is_found(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_backend.py"
+    bad.write_text("from implementations.ops.variant_logits import capped_logits\n"
+                   "from implementations.ops import exact\n"
+                   "from implementations.ops import implementation, AttentionInputs\n")
+    assert oracle_imports(bad) == ["implementations.ops.variant_logits.capped_logits",
+                                   "implementations.ops.exact"]
+
+
 def test_backends_import_no_oracle() -> None:
     """Backends take the inputs records and ``implementation`` from ``implementations.ops``; never an
-    operation's module (which holds its oracle), the oracles' shared module, or an oracle function."""
-    op_modules = {f"implementations.ops.{name}" for name in OPS}
-    found = []
-    for path in _backend_modules():
-        for module, name in _imported(path):
-            full = f"{module}.{name}" if name else module
-            if (full in op_modules or module in op_modules or full == "implementations.ops.exact"
-                    or module == "implementations.ops.exact" or name in ORACLE_NAMES):
-                found.append(f"{path.relative_to(ROOT)}: {full}")
+    operation's module (which holds its oracle), the oracles' shared modules, or an oracle function."""
+    found = [f"{path.relative_to(ROOT)}: {full}" for path in _backend_modules() for full in oracle_imports(path)]
     assert found == []
 
 

@@ -31,23 +31,15 @@ from implementations.ops import attention as fwd
 from implementations.ops.attention import forward_flops, scores_shape
 from implementations.ops.spec import Expected, OpSpec
 from implementations.ops.workload import AttentionWorkload, BenchOp, Reference
-from implementations.variants import Variants
 
 
-@dataclass(frozen=True)
-class BackwardInputs:
-    """A validated backward call."""
+@dataclass(frozen=True, kw_only=True)
+class BackwardInputs(fwd.AttentionInputs):
+    """A validated backward call: the forward's record plus the forward's ``out``, ``lse`` and ``dout``."""
 
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
     out: torch.Tensor
     lse: torch.Tensor
     dout: torch.Tensor
-    causal: CausalVariant | None
-    scale: float
-    tiles: tuple[int, int] | None = None
-    variants: Variants = Variants()
 
 
 def check(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -60,8 +52,8 @@ def check(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                                tiles=tiles)
     variants = validate.variant_args(caps, scores_shape(q, k), q.device, window=window, softcap=softcap,
                                      bias=bias, alibi_slopes=alibi_slopes)
-    return BackwardInputs(q, k, v, out, lse, dout, variant, resolved, tuple(tiles) if tiles is not None else None,
-                          variants)
+    return BackwardInputs(q, k, v, variant, resolved, tuple(tiles) if tiles is not None else None, variants,
+                          out=out, lse=lse, dout=dout)
 
 
 def expected(inputs: dict[str, torch.Tensor]) -> list[Expected]:
@@ -152,7 +144,7 @@ BENCH: BenchOp[AttentionWorkload] = BenchOp(
     outputs=("dq", "dk", "dv"),
     table=fwd.attention_table, label=fwd.attention_label, describe=fwd.attention_describe,
     inputs=fwd.attention_inputs, bind=backward_call, reference=backward_reference, baselines=fwd.BASELINES,
-    flops=_backward_flops)
+    flops=_backward_flops, reference_rows=fwd.REFERENCE_ROWS)
 #: a forward then a backward: a benchmark notion only (the contract has no such operation)
 FORWARD_BACKWARD: BenchOp[AttentionWorkload] = BenchOp(
     name="attention_fwd_bwd", asv_class="AttentionForwardBackward", calls=("attention", "attention_backward"),
@@ -160,20 +152,15 @@ FORWARD_BACKWARD: BenchOp[AttentionWorkload] = BenchOp(
     table=fwd.attention_table, label=fwd.attention_label, describe=fwd.attention_describe,
     inputs=fwd.attention_inputs, bind=forward_backward_call,
     reference=lambda w, inputs: fwd.forward_reference(w, inputs) | backward_reference(w, inputs),
-    baselines=fwd.BASELINES, flops=lambda w: fwd.workload_flops(w) + _backward_flops(w))
+    baselines=fwd.BASELINES, flops=lambda w: fwd.workload_flops(w) + _backward_flops(w),
+    reference_rows=fwd.REFERENCE_ROWS)
 
 
 SPEC: OpSpec[BackwardInputs] = OpSpec(
     name="attention_backward",
     signature="attention_backward(q, k, v, out, lse, dout, *, causal=None, scale=None, tiles=None, window=None, "
               "softcap=None, bias=None, alibi_slopes=None) -> (dq, dk, dv)",
-    inputs=("q", "k", "v", "out", "lse", "dout"),
-    outputs=("dq", "dk", "dv"),
-    declared_dtypes=lambda caps: caps.backward_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"dq": 3.0, "dk": 3.0, "dv": 3.0},
-    benchmarks=(BENCH, FORWARD_BACKWARD),
+    inputs=("q", "k", "v", "out", "lse", "dout"), outputs=("dq", "dk", "dv"),
+    declared_dtypes=lambda caps: caps.backward_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
+    multipliers={"dq": 3.0, "dk": 3.0, "dv": 3.0}, benchmarks=(BENCH, FORWARD_BACKWARD),
 )

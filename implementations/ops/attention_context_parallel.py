@@ -10,6 +10,9 @@ bottom-right offset is ``Sk - Sq`` of the global lengths). Returns ``out`` like 
 (float32; float64 for float64 inputs), the rows of the single-device ``attention`` at the rank's positions.
 Every rank of the group calls it with the same ``layout``, ``causal`` and ``scale``.
 
+Oracle: the single-device ``attention`` oracle of the global problem, compared with the ranks' shards put
+back at their global positions (``implementations.sequence_layout.positions``).
+
 Cost: the single-device ``attention`` FLOPs of the global problem, spread over the ranks; each rank sends
 and receives ``(W - 1)`` K, V shards in a ring.
 """
@@ -22,23 +25,19 @@ from typing import Any
 import torch
 
 from implementations import validate
-from implementations.base import Capabilities, CausalVariant, InvalidInputError
+from implementations.base import Capabilities, InvalidInputError
 from implementations.ops import attention
 from implementations.ops.spec import OpSpec
 from implementations.sequence_layout import SEQUENCE_LAYOUTS, SequenceLayout
 
 
-@dataclass(frozen=True)
-class ContextParallelInputs:
-    """A validated context-parallel forward call: the rank's shards, its group, layout, causal variant, scale."""
+@dataclass(frozen=True, kw_only=True)
+class ContextParallelInputs(attention.AttentionInputs):
+    """A validated context-parallel forward call: the rank's shards as ``attention``'s record (no tiles, no
+    variants), its process group and sequence layout."""
 
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
     group: Any
     layout: SequenceLayout
-    causal: CausalVariant | None
-    scale: float
 
 
 def check_layout(caps: Capabilities, layout: object) -> SequenceLayout:
@@ -56,16 +55,16 @@ def check(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """The boundary check: the local shards as ``attention``'s inputs (validate.attention_args), the layout."""
     chosen = check_layout(caps, layout)
     variant, resolved = validate.attention_args(caps, q, k, v, causal=causal, scale=scale)
-    return ContextParallelInputs(q, k, v, group, chosen, variant, resolved)
+    return ContextParallelInputs(q, k, v, variant, resolved, group=group, layout=chosen)
 
 
 SPEC: OpSpec[ContextParallelInputs] = OpSpec(
     name="attention_context_parallel",
     signature="attention_context_parallel(q, k, v, *, group=None, layout='contiguous', causal=None, scale=None)"
               " -> (out, lse)",
-    inputs=("q", "k", "v"),
-    outputs=("out", "lse"),
-    declared_dtypes=lambda caps: caps.dtypes if caps.context_parallel else (),
-    validate=check,
+    inputs=("q", "k", "v"), outputs=("out", "lse"),
+    declared_dtypes=lambda caps: caps.dtypes if caps.context_parallel else (), validate=check,
     expected=attention.expected,  # the rank's shards, shaped as the single-device forward's
+    # DIST-1: the ranks' shards, put back at their global positions, against the global problem's dense oracle
+    oracle=attention.oracle, naive=attention.naive, multipliers=attention.SPEC.multipliers,
 )

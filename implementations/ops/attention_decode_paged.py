@@ -108,12 +108,7 @@ SPEC: OpSpec[DecodeInputs] = OpSpec(
     name="attention_decode_paged",
     signature="attention_decode_paged(q, k_pages, v_pages, block_table, kv_lens, *, scale=None, num_splits=None) "
               "-> (out, lse)",
-    inputs=("q", "k_pages", "v_pages", "block_table", "kv_lens"),
-    outputs=("out", "lse"),
-    declared_dtypes=lambda caps: caps.decode_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
+    inputs=("q", "k_pages", "v_pages", "block_table", "kv_lens"), outputs=("out", "lse"),
+    declared_dtypes=lambda caps: caps.decode_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
     multipliers={"out": 2.0, "lse": 2.0},
 )

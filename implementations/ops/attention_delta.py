@@ -47,15 +47,7 @@ def naive(out: torch.Tensor, dout: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 SPEC: OpSpec[DeltaInputs] = OpSpec(
-    name="attention_delta",
-    signature="attention_delta(out, dout) -> delta",
-    inputs=("out", "dout"),
-    outputs=("delta",),
-    declared_dtypes=lambda caps: caps.backward_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"delta": 2.0},
-    bare=True,
+    name="attention_delta", signature="attention_delta(out, dout) -> delta", inputs=("out", "dout"), outputs=("delta",),
+    declared_dtypes=lambda caps: caps.backward_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
+    multipliers={"delta": 2.0}, bare=True,
 )

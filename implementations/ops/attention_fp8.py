@@ -76,12 +76,7 @@ def naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Te
 SPEC: OpSpec[Fp8Inputs] = OpSpec(
     name="attention_fp8",
     signature="attention_fp8(q, k, v, q_descale, k_descale, v_descale, *, causal=None, scale=None) -> (out, lse)",
-    inputs=("q", "k", "v", "q_descale", "k_descale", "v_descale"),
-    outputs=("out", "lse"),
-    declared_dtypes=lambda caps: caps.fp8_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
+    inputs=("q", "k", "v", "q_descale", "k_descale", "v_descale"), outputs=("out", "lse"),
+    declared_dtypes=lambda caps: caps.fp8_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
     multipliers={"out": 2.0, "lse": 2.0},
 )

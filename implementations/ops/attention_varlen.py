@@ -133,12 +133,7 @@ SPEC: OpSpec[VarlenInputs] = OpSpec(
     name="attention_varlen",
     signature="attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=None, "
               "scale=None, window=None, softcap=None) -> (out, lse)",
-    inputs=("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"),
-    outputs=("out", "lse"),
-    declared_dtypes=lambda caps: caps.varlen_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
+    inputs=("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"), outputs=("out", "lse"),
+    declared_dtypes=lambda caps: caps.varlen_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
     multipliers={"out": 2.0, "lse": 2.0},
 )

@@ -99,12 +99,7 @@ SPEC: OpSpec[VarlenBackwardInputs] = OpSpec(
     name="attention_varlen_backward",
     signature="attention_varlen_backward(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, "
               "max_seqlen_k, *, causal=None, scale=None, window=None, softcap=None) -> (dq, dk, dv)",
-    inputs=("q", "k", "v", "out", "lse", "dout", "cu_seqlens_q", "cu_seqlens_k"),
-    outputs=("dq", "dk", "dv"),
-    declared_dtypes=lambda caps: caps.varlen_backward_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"dq": 3.0, "dk": 3.0, "dv": 3.0},
+    inputs=("q", "k", "v", "out", "lse", "dout", "cu_seqlens_q", "cu_seqlens_k"), outputs=("dq", "dk", "dv"),
+    declared_dtypes=lambda caps: caps.varlen_backward_dtypes, validate=check, expected=expected, oracle=oracle,
+    naive=naive, multipliers={"dq": 3.0, "dk": 3.0, "dv": 3.0},
 )

@@ -163,17 +163,9 @@ BENCH: BenchOp[RowsWorkload] = BenchOp(
 
 
 SPEC: OpSpec[KDInputs] = OpSpec(
-    name="kd_loss",
-    signature="kd_loss(s, t, *, temperature, alpha=1.0, labels=None, ignore_index=-100) -> (loss, ds)",
-    inputs=("s", "t"),
-    outputs=("loss", "ds"),
-    declared_dtypes=lambda caps: caps.kd_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"loss": 2.0, "ds": 3.0},
-    benchmarks=(BENCH,),
+    name="kd_loss", signature="kd_loss(s, t, *, temperature, alpha=1.0, labels=None, ignore_index=-100) -> (loss, ds)",
+    inputs=("s", "t"), outputs=("loss", "ds"), declared_dtypes=lambda caps: caps.kd_dtypes, validate=check,
+    expected=expected, oracle=oracle, naive=naive, multipliers={"loss": 2.0, "ds": 3.0}, benchmarks=(BENCH,),
 )
 
 

@@ -36,14 +36,7 @@ def naive(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 SPEC: OpSpec[ReduceInputs] = OpSpec(
-    name="prefix_sum",
-    signature="prefix_sum(x) -> (y, schedule)",
-    inputs=("x",),
-    outputs=("y", "schedule"),
-    declared_dtypes=lambda caps: caps.reduce_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
+    name="prefix_sum", signature="prefix_sum(x) -> (y, schedule)", inputs=("x",), outputs=("y", "schedule"),
+    declared_dtypes=lambda caps: caps.reduce_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
     multipliers={"scan": 2.0},
 )

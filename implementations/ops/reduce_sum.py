@@ -101,17 +101,9 @@ BENCH: BenchOp[RowsWorkload] = BenchOp(
 
 
 SPEC: OpSpec[ReduceInputs] = OpSpec(
-    name="reduce_sum",
-    signature="reduce_sum(x) -> (value, schedule)",
-    inputs=("x",),
-    outputs=("value", "schedule"),
-    declared_dtypes=lambda caps: caps.reduce_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"sum": 2.0},
-    benchmarks=(BENCH,),
+    name="reduce_sum", signature="reduce_sum(x) -> (value, schedule)", inputs=("x",), outputs=("value", "schedule"),
+    declared_dtypes=lambda caps: caps.reduce_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
+    multipliers={"sum": 2.0}, benchmarks=(BENCH,),
 )
 
 

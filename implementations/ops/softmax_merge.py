@@ -54,14 +54,7 @@ def oracle(m1: torch.Tensor, l1: torch.Tensor, m2: torch.Tensor,
 
 
 SPEC: OpSpec[MergeInputs] = OpSpec(
-    name="softmax_merge",
-    signature="softmax_merge(m1, l1, m2, l2) -> (m, l)",
-    inputs=("m1", "l1", "m2", "l2"),
-    outputs=("m", "l"),
-    declared_dtypes=lambda caps: caps.stats_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"m": 2.0, "l": 2.0},
+    name="softmax_merge", signature="softmax_merge(m1, l1, m2, l2) -> (m, l)", inputs=("m1", "l1", "m2", "l2"),
+    outputs=("m", "l"), declared_dtypes=lambda caps: caps.stats_dtypes, validate=check, expected=expected,
+    oracle=oracle, naive=naive, multipliers={"m": 2.0, "l": 2.0},
 )

@@ -101,17 +101,9 @@ BENCH: BenchOp[RowsWorkload] = BenchOp(
 
 
 SPEC: OpSpec[StatsInputs] = OpSpec(
-    name="softmax_stats",
-    signature="softmax_stats(x, *, block=None) -> (m, l)",
-    inputs=("x",),
-    outputs=("m", "l"),
-    declared_dtypes=lambda caps: caps.stats_dtypes,
-    validate=check,
-    expected=expected,
-    oracle=oracle,
-    naive=naive,
-    multipliers={"m": 2.0, "l": 2.0, "lse_stats": 2.0},
-    benchmarks=(BENCH,),
+    name="softmax_stats", signature="softmax_stats(x, *, block=None) -> (m, l)", inputs=("x",), outputs=("m", "l"),
+    declared_dtypes=lambda caps: caps.stats_dtypes, validate=check, expected=expected, oracle=oracle, naive=naive,
+    multipliers={"m": 2.0, "l": 2.0, "lse_stats": 2.0}, benchmarks=(BENCH,),
 )
 
 

@@ -10,7 +10,7 @@ what it outputs, and its benchmark operations (:class:`~implementations.ops.work
 docs/adding-an-operation.md says how to add one.
 
 Backends import an operation's inputs record and ``implementation``, never its ``oracle`` or ``naive``: a bug
-must not hide in both the oracle and a kernel (``tests/test_layers.py`` holds them to it).
+must not hide in both the oracle and a kernel (``tests/test_definitions.py`` holds them to it).
 """
 
 from __future__ import annotations

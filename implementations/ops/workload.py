@@ -7,14 +7,15 @@ benchmarks (``attnspec bench``, pytest-benchmark, asv) read them all from ``impl
 
 A definition says which contract calls it makes and what a bound call returns, the workload table per
 device, how to label and describe a workload, how to draw its inputs and bind the call, its FLOP or byte
-count, the float64 reference the correctness gate compares with, and the baseline backend per device.
+count, the float64 reference the correctness gate compares with, the baseline backend per device and the
+reference rows every record is set beside.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
@@ -76,6 +77,9 @@ class BenchOp(Generic[W]):
     flops: Callable[[W], int] | None = None
     #: the fewest bytes one call moves (memory-bound operations)
     min_bytes: Callable[[W], int] | None = None
+    #: device -> the backends every record is also set beside: the ratio of each one's median to the
+    #: record's (above 1: faster than it) is the record's ``vs[name]``
+    reference_rows: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def workloads(self, device: str, quick: bool = False) -> list[W]:
         """The table on ``device`` (``"cuda"`` or ``"cpu"``)."""
