@@ -36,22 +36,12 @@ class ReferenceBackend(Backend):
     name = "reference"
     description = "NumPy float64, materialising: the readable definition of every operation (the oracle)"
     capabilities = Capabilities(
-        devices=("cpu",),
-        dtypes=ALL_DTYPES,
-        backward_dtypes=ALL_DTYPES,
-        head_dims=(1, 1024),
-        memory="quadratic",
-        saves="scores",
-        deterministic=True,
-        stats_dtypes=ALL_DTYPES,
-        kd_dtypes=(torch.float32, torch.float64),
-        reduce_dtypes=(torch.float32,),
-        reduce_schedule="sequential",
-        attention_variants=frozenset(ATTENTION_VARIANTS),
-        varlen_dtypes=ALL_DTYPES,
-        varlen_backward_dtypes=ALL_DTYPES,
-        decode_dtypes=ALL_DTYPES,
-        fp8_dtypes=(torch.float8_e4m3fn,),
+        devices=("cpu",), dtypes=ALL_DTYPES, backward_dtypes=ALL_DTYPES, head_dims=(1, 1024), memory="quadratic",
+        saves="scores", deterministic=True,
+        stats_dtypes=ALL_DTYPES, kd_dtypes=(torch.float32, torch.float64),
+        reduce_dtypes=(torch.float32,), reduce_schedule="sequential",
+        attention_variants=frozenset(ATTENTION_VARIANTS), varlen_dtypes=ALL_DTYPES, varlen_backward_dtypes=ALL_DTYPES,
+        decode_dtypes=ALL_DTYPES, fp8_dtypes=(torch.float8_e4m3fn,),
         notes=(
             "computes in float64 whatever the input dtype",
             "backward recomputes P from q, k in float64; out and lse are checked, not used",

@@ -51,18 +51,9 @@ def _check_dtype(op: str, dtypes: tuple[torch.dtype, ...], tensors: dict[str, to
     return first.dtype
 
 
-def attention_args(
-    caps: Capabilities,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool | str | None,
-    scale: float | None,
-    tiles: tuple[int, int] | None = None,
-    backward: bool = False,
-    contiguous: bool = False,
-) -> tuple[CausalVariant | None, float]:
+def attention_args(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   causal: bool | str | None, scale: float | None, tiles: tuple[int, int] | None = None,
+                   backward: bool = False, contiguous: bool = False) -> tuple[CausalVariant | None, float]:
     """Check Q, K, V against SPEC shapes and ``caps``; return the causal variant and the scale.
 
     ``contiguous=True`` for backends that need contiguous inputs (they say so rather than read wrong memory).
@@ -112,20 +103,9 @@ def scale_arg(scale: float | None, D: int) -> float:
     return float(scale)
 
 
-def backward_args(
-    caps: Capabilities,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    dout: torch.Tensor,
-    *,
-    causal: bool | str | None,
-    scale: float | None,
-    tiles: tuple[int, int] | None = None,
-    contiguous: bool = False,
-) -> tuple[CausalVariant | None, float]:
+def backward_args(caps: Capabilities, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, dout: torch.Tensor, *, causal: bool | str | None, scale: float | None,
+                  tiles: tuple[int, int] | None = None, contiguous: bool = False) -> tuple[CausalVariant | None, float]:
     """:func:`attention_args` for backward, plus the shapes of ``out``, ``lse`` and ``dout``."""
     resolved = attention_args(caps, q, k, v, causal=causal, scale=scale, tiles=tiles, backward=True,
                               contiguous=contiguous)
