@@ -48,13 +48,13 @@ from benchmarks.workloads import (
 from conformance.cases import seed_for
 from conformance.codec import write_bench
 from conformance.memory import loglog_slope, peak_extra
-from conformance.probe import DiscoveryError, discover_isolated
+from conformance.probe import DiscoveryError, Listing, discover_isolated
 from conformance.provenance import collect, now
 from conformance.records import BackendListing, BenchRecord, BenchRun, Ceilings, MemoryRecord
 from conformance.results import Status
 from implementations.base import BackendLike, dtype_name
 from implementations.ops import BENCH_OPS
-from implementations.registry import RegistryEntry, discover, select
+from implementations.registry import RegistryEntry, SelectableT, discover, select
 
 DEFAULT_OUTPUT = Path("results/bench.json")
 MEMORY_OPS = ("attention", "attention_backward")
@@ -105,9 +105,25 @@ def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
     else:
         entries = discover(specs)
     entries += [RegistryEntry(b.name, BASELINE_ORIGIN, backend=b) for b in baseline_backends()]
+    return listed(entries, names, ops, device)
+
+
+def listed(entries: list[SelectableT], names: list[str], ops: Iterable[str], device: str) -> list[SelectableT]:
+    """What one bench process lists: the entries ``names`` selects (all when empty), then the baselines and
+    reference rows of ``ops`` on ``device`` it does not select, in ``entries`` order."""
     chosen = select(entries, names)
     wanted = {baseline_of(op, device) for op in ops} | {n for op in ops for n in reference_rows_of(op, device)}
     return chosen + [e for e in entries if e.name in wanted and e not in chosen]
+
+
+def listing_order(names: list[str], ops: Iterable[str], device: str) -> list[str]:
+    """The names one bench process lists for ``names`` and ``ops`` on ``device``, in its order, with no backend
+    made here: the registry as a probe child lists it, then the yardsticks by their baselines' names. Raises
+    as :func:`bench_backends` does."""
+    yardsticks = dict.fromkeys(b.backend for bench in BENCH_OPS.values() for b in bench.baselines if b.yardstick)
+    entries = discover_isolated([n for n in names if ":" in n]) + [Listing(name, BASELINE_ORIGIN, "")
+                                                                   for name in yardsticks]
+    return [e.name for e in listed(entries, names, ops, device)]
 
 
 def implements(entry: RegistryEntry, op: str) -> bool:

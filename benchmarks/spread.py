@@ -4,7 +4,8 @@ The slots are conformance's (``conformance.dispatch``: one process per GPU at a 
 seeing its GPU alone; or ``--jobs`` CPU processes). Each operation's workloads run in a process of their own
 (with every backend, so the speed-ups over the operation's baseline are computed as in one process), and
 ``--memory-scaling`` in one more; each writes a part file beside the output. The parts are then merged in the
-order of the operations: the records one after the other, the memory sweep, every backend listed once, the
+order of the operations: the records one after the other, the memory sweep, every backend listed once and in
+the order one process lists them (a probe child lists the registry; no backend is made in this process), the
 first part's provenance and ceilings (each process measures its device's; ``parts`` keeps each one's), and the
 run is interrupted or unfinished when any part is. The exit status is the worst of the processes'.
 """
@@ -19,8 +20,10 @@ from argparse import Namespace
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from benchmarks.bench import listing_order
 from conformance.codec import read_bench, write_bench
 from conformance.dispatch import Slot, run_units
+from conformance.probe import DiscoveryError
 from conformance.records import BenchPart, BenchRun
 from conformance.spread import slots_for
 
@@ -80,6 +83,25 @@ def merge(units: list[BenchUnit]) -> BenchRun:
                    parts=[BenchPart(argv=r.argv, ceilings=r.ceilings) for r in runs])
 
 
+def in_listing_order(run: BenchRun, order: list[str]) -> BenchRun:
+    """``run`` with its backends in ``order`` (one process's listing); a backend ``order`` does not name stays
+    after those it does, in its place."""
+    rank = {name: i for i, name in enumerate(order)}
+    return replace(run, backends=sorted(run.backends, key=lambda b: rank.get(b.name, len(rank))))
+
+
+def merged_in_listing_order(units: list[BenchUnit], names: list[str], ops: list[str]) -> BenchRun:
+    """The merged run, its backends in one process's listing order (left in the parts' order where the registry
+    cannot be listed: the parts have run and their records are kept either way)."""
+    merged = merge(units)
+    if merged.device is None:
+        return merged
+    try:
+        return in_listing_order(merged, listing_order(names, ops, merged.device))
+    except (DiscoveryError, ValueError):
+        return merged
+
+
 def run(argv: list[str], args: Namespace, ops: list[str]) -> int:
     """Run the bench spread over the slots ``args.gpus`` / ``args.jobs`` name and write the merged file."""
     try:
@@ -100,7 +122,7 @@ def run(argv: list[str], args: Namespace, ops: list[str]) -> int:
     except KeyboardInterrupt:
         write_bench(args.output, merge(units))
         return 130
-    write_bench(args.output, merge(units))
+    write_bench(args.output, merged_in_listing_order(units, args.backend, ops))
     for unit in units:
         unit.part.unlink(missing_ok=True)
     codes = [u.code if u.code is not None else 1 for u in units]

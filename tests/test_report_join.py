@@ -40,7 +40,7 @@ def test_report_cli_builds_one_column_per_machine(tmp_path: Path) -> None:
     a2 = _shard(tmp_path / "a2.jsonl", PROVENANCE, [case("torch", "ATT-2", "passed", 1)], "2025-01-02T04:00:00Z")
     b = _shard(tmp_path / "b.jsonl", GPU_PROVENANCE, [case("torch", "ATT-1", "passed", 2)], "2025-01-02T04:00:00Z")
     out = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "conformance.cli", "report", "--conformance", str(a1), str(a2),
+    done = subprocess.run([sys.executable, "-m", "reports.command", "report", "--conformance", str(a1), str(a2),
                            str(b), "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     html = (out / "index.html").read_text()

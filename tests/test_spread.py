@@ -138,16 +138,17 @@ def test_sigterm_stops_a_spread_run_and_keeps_its_records(tmp_path: Path) -> Non
 
 def _bench(tmp_path: Path, name: str, *args: str) -> tuple[int, dict, str]:
     out = tmp_path / f"{name}.json"
-    done = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "--quick", "--backend", "reference",
-                           "--op", "softmax_stats", "--op", "reduce_sum", "--output", str(out), *args],
+    done = subprocess.run([sys.executable, "-m", "reports.command", "bench", "--quick", "--backend", "reference",
+                           "--op", "reduce_sum", "--op", "softmax_stats", "--output", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     return done.returncode, json.loads(out.read_text()) if out.exists() else {}, done.stdout + done.stderr
 
 
 def test_bench_jobs_gives_the_records_of_one_process(tmp_path: Path) -> None:
     """attnspec bench --jobs 2: one process per operation, merged in operation order: the same records (op,
-    backend, workload, gate) as one process, one backend listing each, finished; --gpus on a host without
-    that many GPUs exits 2 naming it."""
+    backend, workload, gate) as one process, the same backend listing in one process's order (the operations
+    are asked for in an order other than the listing's: reduce_sum's baseline torch.sum is listed after
+    softmax_stats' torch-eager), finished; --gpus on a host without that many GPUs exits 2 naming it."""
     code, one, output = _bench(tmp_path, "one")
     code2, two, output2 = _bench(tmp_path, "two", "--jobs", "2")
     assert code == code2 == 0, output + output2
@@ -157,7 +158,7 @@ def test_bench_jobs_gives_the_records_of_one_process(tmp_path: Path) -> None:
 
     assert rows(two) == rows(one) and rows(one)
     names = [b["name"] for b in two["backends"]]
-    assert len(names) == len(set(names)) and set(names) == {b["name"] for b in one["backends"]}
+    assert names == [b["name"] for b in one["backends"]] == ["reference", "torch-eager", "torch.sum"]
     assert two["finished"] and not two["interrupted"] and len(two["parts"]) == 2
     code3, _, output3 = _bench(tmp_path, "gpus", "--gpus", "64")
     assert code3 == 2 and "--gpus 64" in output3, output3
@@ -165,16 +166,24 @@ def test_bench_jobs_gives_the_records_of_one_process(tmp_path: Path) -> None:
 
 def test_plan_units_in_matrix_order_with_estimates(tmp_path: Path) -> None:
     """One unit per backend child and chapter (only the chapters of --clause), in pytest's module order; the
-    estimate sums the replaced file's durations (by clause where packed evidence dropped ``area``); only a
-    backend implementing the DIST operation needs every GPU."""
+    estimate sums the durations of the replaced file's cases, read as the run reads it, by the area of their
+    clause (a record without ``area``, as packed evidence has them, counts by its clause); only a backend
+    implementing the DIST operation needs every GPU."""
+    from conformance.codec import read_records
     from conformance.dispatch import plan
     from conformance.probe import Listing
 
     ring = Listing("ring", "built-in", "m:ring", operations=("attention_context_parallel",))
     plain = Listing("plain", "built-in", "m:plain", operations=("attention",), capabilities={"emulated": True})
-    previous = [{"kind": "case", "backend": "plain", "clause": "ATT-1", "duration": 2.5},
-                {"kind": "case", "backend": "plain", "area": "ATT", "clause": "ATT-2", "duration": 1.0}]
-    units = plan({"ring": [ring], "plain": [plain]}, ["ATT-4", "DIST"], previous, tmp_path)
+    replaced = tmp_path / "conformance.jsonl.previous"
+    replaced.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"kind": "case", "id": "ATT-1[plain-cpu]", "backend": "plain", "clause": "ATT-1", "status": "passed",
+         "duration": 2.5},
+        {"kind": "case", "id": "ATT-2[plain-cpu]", "backend": "plain", "area": "ATT", "clause": "ATT-2",
+         "status": "failed", "duration": 1.0},
+        {"kind": "case", "id": "KD-1[plain-cpu]", "backend": "plain", "clause": "KD-1", "status": "passed",
+         "duration": 9.0}]))
+    units = plan({"ring": [ring], "plain": [plain]}, ["ATT-4", "DIST"], read_records(replaced), tmp_path)
     assert [(u.names, u.area, u.clauses, u.all_devices, u.estimate_s, u.emulated) for u in units] == [
         (("ring",), "ATT", ("ATT-4",), False, 0.0, False), (("ring",), "DIST", ("DIST",), True, 0.0, False),
         (("plain",), "ATT", ("ATT-4",), False, 3.5, True), (("plain",), "DIST", ("DIST",), False, 0.0, True)]
