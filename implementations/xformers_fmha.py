@@ -14,25 +14,86 @@ Mapping of the contract's ``attention(q, k, v, causal, scale)`` (``[B, H, S, D]`
 - backward (GRAD): autograd through ``fmha.memory_efficient_attention`` with ``dout`` (forward recomputed in
   the call); the ``out`` and ``lse`` arguments are validated, not used.
 
+Availability: a wheel built for another torch or Python imports, logs "xFormers can't load C++/CUDA
+extensions. xFormers was built for: ...", and then every call raises ``NotImplementedError: No operator found``.
+So the factory makes one tiny call (``[1, 1, 1, 8]`` bf16 on CUDA) and reports such a package unavailable,
+quoting xFormers' own messages; kernels that cannot load are not a kernel deviation.
+
 Nothing is corrected here; deviations are findings in ``conformance/xfails/xformers.txt``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
 
-from implementations.base import Capabilities, CausalVariant
+from implementations.base import BackendUnavailable, Capabilities, CausalVariant
 from implementations.packages import import_attribute, installed_version, require_cuda
 from implementations.torch_sdpa.common import TorchAttention, lse_as_b_h_sq
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+@contextlib.contextmanager
+def logged_by_xformers() -> Iterator[list[str]]:
+    """The messages the ``xformers`` logger emits inside the block (its "built for" warning at import), in
+    order; the logger's own handlers still see them."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("xformers").addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger("xformers").removeHandler(handler)
+
+
+def build_mismatch(messages: list[str]) -> str:
+    """xFormers' "can't load C++/CUDA extensions ... built for ... (you have ...)" lines as one line, or ''."""
+    for message in messages:
+        if "can't load C++/CUDA extensions" in message:
+            lines = [line.strip() for line in message.splitlines() if line.strip()]
+            kept = [line for line in lines if "can't load" in line or "you have" in line]
+            return " ".join(kept).removeprefix("WARNING[XFORMERS]: ")
+    return ""
+
+
+def probe_input() -> torch.Tensor:
+    """The tiny problem the factory asks xFormers to run: one bf16 ``[1, 1, 1, 8]`` BMHK tensor on CUDA."""
+    return torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16, device="cuda")
+
+
+def require_kernels(fmha: object, package: str, import_messages: list[str]) -> None:
+    """BackendUnavailable when xFormers has no operator for a tiny bf16 CUDA input (its extensions did not
+    load): the reason quotes the NotImplementedError's first line and xFormers' "built for" message."""
+    x = probe_input()
+    try:
+        fmha.memory_efficient_attention_forward(x, x, x)  # type: ignore[attr-defined]
+    except NotImplementedError as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        mismatch = build_mismatch(import_messages)
+        raise BackendUnavailable(f"{package} has no usable kernel for a [1, 1, 1, 8] bf16 CUDA input: "
+                                 f"NotImplementedError: {first_line}" + (f" ({mismatch})" if mismatch else "")
+                                 ) from exc
+
+
 def load_fmha() -> tuple[object, str]:
-    """``(xformers.ops.fmha, version)``; BackendUnavailable when xFormers is missing or there is no GPU."""
+    """``(xformers.ops.fmha, version)``; BackendUnavailable when xFormers is missing, there is no GPU, it does
+    not import, or its kernels do not load (:func:`require_kernels`)."""
     version = installed_version("xformers", "pip install 'attnspec[xformers]'")
-    require_cuda(f"xformers {version}")
-    return import_attribute("xformers.ops", "fmha", f"xformers {version}"), version
+    package = f"xformers {version}"
+    require_cuda(package)
+    with logged_by_xformers() as import_messages:
+        fmha = import_attribute("xformers.ops", "fmha", package)
+    require_kernels(fmha, package, import_messages)
+    return fmha, version
 
 
 def to_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

@@ -15,7 +15,7 @@ import torch
 from implementations.base import BackendUnavailable
 from tests.test_runner import attnspec
 
-ROW = re.compile(r"^│\s*(?P<name>[\w.-]+)\s*│\s*(?P<status>available|unavailable)\s*│[^│]*│\s*(?P<text>.*?)\s*│$")
+ROW = re.compile(r"^│\s*(?P<name>[\w.:-]+)\s*│\s*(?P<status>available|unavailable)\s*│[^│]*│\s*(?P<text>.*?)\s*│$")
 
 
 @functools.cache
@@ -24,7 +24,13 @@ def listing() -> dict[str, tuple[str, str]]:
     description or reason)."""
     done = attnspec("backends", env={"COLUMNS": "400"})
     assert done.returncode == 0, done.stderr
-    rows = (ROW.match(line) for line in done.stdout.splitlines())
+    return parse_listing(done.stdout)
+
+
+def parse_listing(stdout: str) -> dict[str, tuple[str, str]]:
+    """The table ``attnspec backends`` prints, read into name (or a failed factory's spec) -> (status,
+    description or reason)."""
+    rows = (ROW.match(line) for line in stdout.splitlines())
     return {m["name"]: (m["status"], m["text"]) for m in rows if m}
 
 
