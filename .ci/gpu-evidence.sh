@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU evidence in one command, run from the repository root on a GPU machine:
 #   bash .ci/gpu-evidence.sh [OUTDIR]        (default reports/gpu)
-# OUTDIR receives data only, each file carrying device, versions and commit: conformance.jsonl (GPU backends,
+# OUTDIR receives data only, each file carrying device, versions and commit: conformance.jsonl.gz (GPU backends,
 # quick matrix), bench.json (attention with the memory sweep) and bench-rows.json (KD, softmax statistics,
 # reduction), asv/ (asv results for the current commit), and with the opt-in step "kernels" kernels/ (the
 # kernel tools' sweeps, benchmarks/kernel_tools). At the end .ci/pack_evidence.py stores them compact.
@@ -169,6 +169,6 @@ fi
 "$python" .ci/pack_evidence.py "$out"
 report_inputs=()
 for f in bench.json bench-rows.json; do [ -f "$out/$f" ] && report_inputs+=("$out/$f"); done
-wants report && step report 60 "$python" -m reports.build --conformance "$out/conformance.jsonl" \
+wants report && step report 60 "$python" -m reports.build --conformance "$out/conformance.jsonl.gz" \
     --bench "${report_inputs[@]}" --asv "$out/asv" --label H200 --output "$report_dir"
 tar czf "$logs.tar.gz" -C "$logs" . && echo "== logs: $logs.tar.gz; evidence: $out; report: $report_dir"

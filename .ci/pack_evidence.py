@@ -1,12 +1,13 @@
 """Store a GPU evidence folder as compact data: ``python .ci/pack_evidence.py OUTDIR``.
 
 What it rewrites, losing no result:
-- ``conformance.jsonl``: a ``start`` record is dropped where the same run records that case's result later
-  (the result repeats every field of the start; a case started twice before its result is answered by it
-  both times); a start with no result stays, since readers count it as the case interrupted. A run record's
-  listing of a backend that an earlier run record of the file lists identically is dropped (readers keep
-  each backend's listing by name). In case records, fields that are null are left out (readers take a
-  missing optional field as null), and so is ``area`` (the clause's prefix); floats keep 6 significant
+- every ``*.jsonl`` (conformance results), stored gzip-compressed as ``NAME.jsonl.gz`` (the readers,
+  ``conformance.codec.read_text``, take either): a ``start`` record is dropped where the same run records that
+  case's result later (the result repeats every field of the start; a case started twice before its result is
+  answered by it both times); a start with no result stays, since readers count it as the case interrupted. A
+  run record's listing of a backend that an earlier run record of the file lists identically is dropped
+  (readers keep each backend's listing by name). In case records, fields that are null are left out (readers
+  take a missing optional field as null), and so is ``area`` (the clause's prefix); floats keep 6 significant
   digits (errors, bounds, durations: measurements no reader needs to more). Records are written compact, one
   per line; a line that is not a JSON object stays as it is.
 - every ``*.json`` directly in OUTDIR (the ``attnspec bench`` files): the same value, written compact.
@@ -15,6 +16,7 @@ asv results (``OUTDIR/asv/``) are left as asv wrote them. Prints each file's siz
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -67,23 +69,31 @@ def _six_digits(value: object) -> object:
     return value
 
 
+def _write_gzip(path: Path, text: str) -> None:
+    """``text`` gzip-compressed into ``path``, byte-identical for identical text (no name, no timestamp)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+        fh.write(text.encode("utf-8"))
+
+
 def pack(folder: Path) -> None:
     """Rewrite ``folder``'s conformance lines and bench files compact (see the module docstring)."""
-    conformance = folder / "conformance.jsonl"
-    targets = [conformance] if conformance.is_file() else []
-    targets += sorted(p for p in folder.glob("*.json") if p.is_file())
+    conformance = sorted(p for p in folder.glob("*.jsonl") if p.is_file())
+    targets = conformance + sorted(p for p in folder.glob("*.json") if p.is_file())
     for path in targets:
         before = path.stat().st_size
         text = path.read_text(encoding="utf-8")
-        if path == conformance:
+        if path in conformance:
             lines = [line for line in text.splitlines() if line.strip()]
-            text = "".join(line + "\n" for line in pack_conformance_lines(lines))
-        else:
-            try:
-                text = json.dumps(json.loads(text), **COMPACT) + "\n"
-            except json.JSONDecodeError:
-                print(f"{path}: not JSON, left as it is")
-                continue
+            packed = path.with_name(path.name + ".gz")
+            _write_gzip(packed, "".join(line + "\n" for line in pack_conformance_lines(lines)))
+            path.unlink()
+            print(f"{path}: {before} -> {packed.name} {packed.stat().st_size} bytes")
+            continue
+        try:
+            text = json.dumps(json.loads(text), **COMPACT) + "\n"
+        except json.JSONDecodeError:
+            print(f"{path}: not JSON, left as it is")
+            continue
         path.write_text(text, encoding="utf-8")
         print(f"{path}: {before} -> {path.stat().st_size} bytes")
 

@@ -12,6 +12,7 @@ out and a field of the wrong type is read as absent, each noted in a problem lin
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -225,10 +226,19 @@ def decode(rec: Record, where: str, problems: list[str]) -> ConformanceRecord | 
     return found
 
 
+def read_text(path: Path) -> str:
+    """A results file's text; a name ending in ``.gz`` is read through gzip (the committed evidence is stored
+    compressed). Undecodable bytes become U+FFFD, so a damaged file still yields its readable lines."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as fh:
+            return fh.read().decode("utf-8", errors="replace")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
 def read_lines(path: Path) -> tuple[list[tuple[int, ConformanceRecord]], list[str]]:
     """The records of a conformance JSON-lines file with their line numbers, and a problem line for each line
     that is not a record (a line cut by a crash, say). Raises OSError when the file cannot be read."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_text(path).splitlines()
     records: list[tuple[int, ConformanceRecord]] = []
     problems: list[str] = []
     for lineno, line in enumerate(lines, 1):

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conformance.codec import read_text
+
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "reports" / "gpu"
 PACK = ROOT / ".ci" / "pack_evidence.py"
-DATA_SUFFIXES = {".json", ".jsonl"}
+#: data files: bench JSON, conformance JSON lines (committed gzip-compressed by .ci/pack_evidence.py)
+DATA_SUFFIXES = (".json", ".jsonl", ".jsonl.gz")
 
 
 def tracked(folder: Path) -> list[Path]:
@@ -27,14 +30,14 @@ def tracked(folder: Path) -> list[Path]:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
 
 
 def test_evidence_is_data_only_and_under_one_megabyte() -> None:
     files = tracked(EVIDENCE)
     assert files, "reports/gpu holds no tracked file"
     readme = EVIDENCE / "README.md"
-    not_data = [str(p.relative_to(ROOT)) for p in files if p.suffix not in DATA_SUFFIXES and p != readme]
+    not_data = [str(p.relative_to(ROOT)) for p in files if not p.name.endswith(DATA_SUFFIXES) and p != readme]
     assert not not_data, f"reports/gpu holds files that are not data: {not_data[:5]}"
     size = sum(p.stat().st_size for p in files)
     assert size < 1_000_000, f"reports/gpu holds {size} bytes"
@@ -42,7 +45,7 @@ def test_evidence_is_data_only_and_under_one_megabyte() -> None:
 
 def test_readme_conformance_table_matches_the_records() -> None:
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for rec in records(EVIDENCE / "conformance.jsonl"):
+    for rec in records(EVIDENCE / "conformance.jsonl.gz"):
         if rec.get("kind") == "case":
             counts[rec["backend"]][rec["status"]] += 1
     section = (EVIDENCE / "README.md").read_text(encoding="utf-8").split("## Conformance", 1)[1].split("##", 1)[0]
@@ -57,10 +60,10 @@ def test_readme_conformance_table_matches_the_records() -> None:
 
 
 def test_every_xfail_in_the_evidence_is_a_listed_finding() -> None:
-    """The README says each xfail is written with its finding in conformance/xfails/torch.txt."""
-    listed = (ROOT / "conformance" / "xfails" / "torch.txt").read_text(encoding="utf-8")
+    """Each xfail of the evidence is written, with its finding, in a file of conformance/xfails/."""
+    listed = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "conformance" / "xfails").glob("*.txt"))
     reasons = {line.partition("#")[2].strip() for line in listed.splitlines() if line.partition("#")[0].strip()}
-    xfails = [r for r in records(EVIDENCE / "conformance.jsonl") if r.get("status") == "xfail"]
+    xfails = [r for path in sorted(EVIDENCE.glob("*.jsonl.gz")) for r in records(path) if r.get("status") == "xfail"]
     assert xfails
     assert {r["reason"] for r in xfails} <= reasons
 
@@ -99,7 +102,8 @@ def test_pack_drops_only_answered_starts(tmp_path: Path) -> None:
     (tmp_path / "notes.json").write_text("{not json")
     result = run_pack(tmp_path)
     assert result.returncode == 0, result.stderr
-    out = (tmp_path / "conformance.jsonl").read_text().splitlines()
+    assert not (tmp_path / "conformance.jsonl").exists()
+    out = read_text(tmp_path / "conformance.jsonl.gz").splitlines()
     assert "not json {" in out and "[1, 2]" in out
     parsed = [json.loads(line) for line in out if line.startswith("{")]
     starts = [r["id"] for r in parsed if r["kind"] == "start"]
@@ -126,7 +130,7 @@ def test_pack_drops_only_what_readers_derive(tmp_path: Path) -> None:
     ]
     write_lines(tmp_path / "conformance.jsonl", lines)
     assert run_pack(tmp_path).returncode == 0
-    first, packed, second = (json.loads(line) for line in (tmp_path / "conformance.jsonl").read_text().splitlines())
+    first, packed, second = (json.loads(line) for line in read_text(tmp_path / "conformance.jsonl.gz").splitlines())
     assert first["backends"] == [listing] and second["backends"] == [changed]
     assert "area" not in packed and "reason" not in packed
     assert packed["err"] == 1.23457e-05 and packed["metrics"] == {"peak": [2.71828]}

@@ -18,6 +18,7 @@ from conformance.codec import (
     encode_bench,
     read_bench,
     read_lines,
+    read_text,
     write_bench,
 )
 from conformance.records import (
@@ -41,7 +42,7 @@ OTHER_FORMATS = {"triton-attention-sweep.json"}
 
 
 def _conformance_files() -> list[Path]:
-    return sorted(EVIDENCE.glob("*.jsonl"))
+    return sorted([*EVIDENCE.glob("*.jsonl"), *EVIDENCE.glob("*.jsonl.gz")])
 
 
 def _bench_files() -> list[Path]:
@@ -61,7 +62,7 @@ def test_committed_conformance_results_read_through_the_codec(path: Path) -> Non
     """Every line of the schema-1 evidence decodes, with no problem, and reads back equal once re-encoded."""
     records, problems = read_lines(path)
     assert problems == []
-    assert len(records) == sum(1 for line in path.read_text().splitlines() if line.strip())
+    assert len(records) == sum(1 for line in read_text(path).splitlines() if line.strip())
     cases = [r for _, r in records if isinstance(r, CaseRecord)]
     assert cases and all(isinstance(c.status, Status) for c in cases)
     assert any(isinstance(r, RunRecord) and r.provenance.gpu for _, r in records)
