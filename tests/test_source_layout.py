@@ -19,11 +19,6 @@ PACKAGES = ("conformance", "implementations", "benchmarks", "reports", "tests")
 LAYERS = ("implementations", "conformance", "benchmarks", "reports")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-#: files whose functions may be longer, and why
-LONG_FUNCTIONS_ALLOWED = {
-    "implementations/triton/attention_fwd.py": "each @triton.jit attention kernel holds its whole tile loop",
-    "implementations/triton/attention_bwd.py": "each @triton.jit attention kernel holds its whole tile loop",
-}
 
 
 def python_files() -> list[Path]:
@@ -86,15 +81,8 @@ def test_module_is_short(path: Path):
 
 @pytest.mark.parametrize("path", python_files(), ids=str)
 def test_functions_are_short(path: Path):
-    if path.as_posix() in LONG_FUNCTIONS_ALLOWED:
-        pytest.skip(LONG_FUNCTIONS_ALLOWED[path.as_posix()])
     too_long = long_functions(parse(path), MAX_FUNCTION_LINES)
     assert not too_long, f"{path}: functions over {MAX_FUNCTION_LINES} lines (name, line, length): {too_long}"
-
-
-def test_allowed_long_functions_name_existing_files():
-    for name in LONG_FUNCTIONS_ALLOWED:
-        assert (ROOT / name).is_file(), name
 
 
 @pytest.mark.parametrize("path", [p for p in python_files() if p.parts[0] in LAYERS], ids=str)
