@@ -12,7 +12,12 @@ Mapping of the contract's ``attention(q, k, v, causal, scale)`` onto FlexAttenti
 - variants (SPEC VAR, ``implementations.variants``): the window is part of the block mask's ``mask_mod``
   (``i + Sk - Sq - left <= j <= i + Sk - Sq + right``, AND-ed with causal); softcap and ALiBi are a ``score_mod``
   over flex's scaled score, ``softcap·tanh(s / softcap)`` then ``- slope_h·|i + Sk - Sq - j|`` (the slope
-  product taken in the score's dtype). ``bias`` and the varlen operations are not declared.
+  product taken in the score's dtype). ``bias`` is not declared.
+- varlen (SPEC VLEN): one call over the packed tokens, ``[total, H, D]`` viewed as ``[1, H, total, D]``, with a
+  document mask: ``mask_mod`` admits packed key ``j`` for packed query ``i`` iff both lie in sequence ``b`` (its
+  index looked up in ``cu_seqlens``) and the causal / window rule holds at the positions relative to the
+  sequence's starts with its own ``Sk_b - Sq_b``; softcap is the score_mod; lse ``[1, Hq, total_q]`` is
+  returned as ``[Hq, total_q]``. The varlen backward is autograd through that call (CUDA only, as below).
 - backward (GRAD): autograd through ``flex_attention`` with ``dout``, the forward recomputed inside the call
   (as the torch backends do); the ``out`` and ``lse`` arguments are validated, not used.
 - CUDA: ``torch.compile(flex_attention, dynamic=False)``, the fused Triton kernels; dynamo's recompile limit
@@ -45,7 +50,7 @@ RECOMPILE_LIMIT = 4096
 COMPILED_MIN_HEAD_DIM = 16
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-#: the variants of SPEC VAR that flex expresses with its own mods (bias and varlen are not declared)
+#: the variants of SPEC VAR that flex expresses with its own mods (bias is not declared)
 VARIANTS = frozenset({"window", "softcap", "alibi"})
 
 
@@ -68,21 +73,49 @@ def causal_mask_mod(offset: int) -> Callable[..., torch.Tensor]:
     return mask_mod
 
 
+def visible_keys(q_pos: torch.Tensor, kv_pos: torch.Tensor, offset: torch.Tensor | int | None,
+                 window: tuple[int, int] | None, diagonal: torch.Tensor | int) -> torch.Tensor:
+    """ATT-3 AND-ed with the window (SPEC VAR) at positions ``i = q_pos``, ``j = kv_pos``: causal
+    ``j <= i + offset`` (None: off), window ``i + diagonal - left <= j <= i + diagonal + right`` with
+    ``diagonal = Sk - Sq`` (-1: unbounded)."""
+    left, right = window or (-1, -1)
+    visible = kv_pos >= 0
+    if offset is not None:
+        visible = visible & (kv_pos <= q_pos + offset)
+    if left >= 0:
+        visible = visible & (kv_pos >= q_pos + diagonal - left)
+    if right >= 0:
+        visible = visible & (kv_pos <= q_pos + diagonal + right)
+    return visible
+
+
 def visibility_mask_mod(offset: int | None, window: tuple[int, int] | None, diagonal: int
                         ) -> Callable[..., torch.Tensor]:
-    """ATT-3 AND-ed with the window (SPEC VAR) as a flex ``mask_mod``: causal ``j <= i + offset`` (None: off),
-    window ``i + diagonal - left <= j <= i + diagonal + right`` with ``diagonal = Sk - Sq`` (-1: unbounded)."""
-    left, right = window or (-1, -1)
+    """:func:`visible_keys` of one ``Sq x Sk`` problem as a flex ``mask_mod``."""
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        visible = kv_idx >= 0
-        if offset is not None:
-            visible = visible & (kv_idx <= q_idx + offset)
-        if left >= 0:
-            visible = visible & (kv_idx >= q_idx + diagonal - left)
-        if right >= 0:
-            visible = visible & (kv_idx <= q_idx + diagonal + right)
-        return visible
+        return visible_keys(q_idx, kv_idx, offset, window, diagonal)
+
+    return mask_mod
+
+
+def document_mask_mod(offsets_q: tuple[int, ...], offsets_k: tuple[int, ...], causal: CausalVariant | None,
+                      window: tuple[int, int] | None, device: torch.device) -> Callable[..., torch.Tensor]:
+    """SPEC VLEN as one flex ``mask_mod`` over the packed tokens (document masking): packed key ``kv_idx`` is
+    visible to packed query ``q_idx`` iff both lie in the same sequence ``b`` (its index from ``cu_seqlens``)
+    and :func:`visible_keys` holds at the positions relative to the sequence's starts, with that sequence's own
+    ``diagonal = Sk_b - Sq_b`` (and causal offset 0 top-left, ``Sk_b - Sq_b`` bottom-right)."""
+    starts_q, starts_k = (torch.tensor(o, dtype=torch.int64, device=device) for o in (offsets_q, offsets_k))
+    doc_q, doc_k = (torch.searchsorted(starts, torch.arange(int(starts[-1]), device=device), right=True) - 1
+                    for starts in (starts_q, starts_k))
+    diagonals = (starts_k[1:] - starts_k[:-1]) - (starts_q[1:] - starts_q[:-1])
+    offsets = None if causal is None else diagonals * int(causal == "bottom_right")
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        doc = doc_q[q_idx]
+        q_pos, kv_pos = q_idx - starts_q[doc], kv_idx - starts_k[doc]
+        own = None if offsets is None else offsets[doc]
+        return (doc == doc_k[kv_idx]) & visible_keys(q_pos, kv_pos, own, window, diagonals[doc])
 
     return mask_mod
 
@@ -138,12 +171,15 @@ class FlexBackend(TorchAttention):
             "once per (variant, Sq, Sk, device); no causal: block_mask=None",
             "GQA: enable_gqa=True (query head h reads KV head h // (Hq // Hk))",
             "variants: window in the block mask's mask_mod (AND-ed with causal), softcap then ALiBi in a "
-            "score_mod over flex's scaled score; bias and varlen not declared",
+            "score_mod over flex's scaled score; bias not declared",
+            "varlen: one flex call over the packed tokens ([1, H, total, D]) with a document block mask (same "
+            "sequence, and each sequence's own causal alignment and window at positions from its start)",
         )
         if self.compiled:
             return Capabilities(
                 devices=("cuda",), dtypes=CUDA_DTYPES, backward_dtypes=CUDA_DTYPES,
                 head_dims=(COMPILED_MIN_HEAD_DIM, 256), memory="linear", saves="lse", attention_variants=VARIANTS,
+                varlen_dtypes=CUDA_DTYPES, varlen_backward_dtypes=CUDA_DTYPES,
                 notes=common + (
                     f"torch.compile(flex_attention, dynamic=False); dynamo recompile limit {RECOMPILE_LIMIT} so "
                     "each shape is compiled (beyond the default limit dynamo falls back to the eager path)",
@@ -153,7 +189,7 @@ class FlexBackend(TorchAttention):
             )
         return Capabilities(
             devices=("cpu",), dtypes=CPU_DTYPES, backward_dtypes=(), head_dims=(1, 512), memory="quadratic",
-            saves="scores", emulated=True, attention_variants=VARIANTS,
+            saves="scores", emulated=True, attention_variants=VARIANTS, varlen_dtypes=CPU_DTYPES,
             notes=common + (
                 "eager on the CPU: torch's unfused reference implementation of flex (materialises the "
                 "[B, H, Sq, Sk] scores); not the fused kernel, which needs torch.compile. It stands in for the "
@@ -187,6 +223,39 @@ class FlexBackend(TorchAttention):
         self.call_variants = inp.variants
         return TorchAttention.attention_backward.__wrapped__(self, inp)
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; masks are small
+    def document_block_mask(self, variant: CausalVariant | None, window: tuple[int, int] | None,
+                            offsets_q: tuple[int, ...], offsets_k: tuple[int, ...], device: torch.device) -> object:
+        """The block mask of :func:`document_mask_mod` over the packed ``total_q x total_k`` tokens."""
+        return self.create_block_mask(document_mask_mod(offsets_q, offsets_k, variant, window, device), None, None,
+                                      offsets_q[-1], offsets_k[-1], device=device)
+
+    @implementation("attention_varlen")
+    def attention_varlen(self, inp: ops.VarlenInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """VLEN-1 as one flex call over the packed tokens, ``[total, H, D]`` as a batch of one
+        ``[1, H, total, D]``, with the document block mask; lse ``[1, Hq, total_q]`` -> ``[Hq, total_q]``."""
+        out, lse = self.packed_call(inp, inp.q, inp.k, inp.v, need_lse=True)
+        return out, lse[0]
+
+    @implementation("attention_varlen_backward")
+    def attention_varlen_backward(self, inp: ops.VarlenBackwardInputs) -> tuple[torch.Tensor, ...]:
+        """VLEN-4 by autograd through the packed flex call (forward recomputed); ``out`` and ``lse`` are
+        validated, not used."""
+        leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
+        with torch.enable_grad():
+            recomputed, _ = self.packed_call(inp, *leaves, need_lse=False)
+            return tuple(torch.autograd.grad(recomputed, leaves, inp.dout))
+
+    def packed_call(self, inp: ops.VarlenInputs, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                    need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The flex call of a packed batch: ``out [total_q, Hq, D]`` and lse ``[1, Hq, total_q]`` (None unless
+        asked for)."""
+        mask = self.document_block_mask(inp.causal, inp.variants.window, inp.offsets_q, inp.offsets_k, q.device)
+        score_mod = None if inp.variants.softcap is None else logit_score_mod(inp.variants.softcap, None, 0)
+        out, lse = self.flex_call(*(x.transpose(0, 1)[None] for x in (q, k, v)), mask, inp.scale, score_mod,
+                                  need_lse=need_lse)
+        return out[0].transpose(0, 1).contiguous(), lse
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: CausalVariant | None,
                 scale: float, *, need_lse: bool, bias: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -195,10 +264,20 @@ class FlexBackend(TorchAttention):
         bias variant is not declared, so the boundary check refuses it."""
         extra = self.call_variants
         Sq, Sk = q.shape[2], k.shape[2]
-        kwargs: dict[str, object] = {"block_mask": self.block_mask(variant, extra.window, Sq, Sk, q.device),
-                                     "scale": scale, "enable_gqa": k.shape[1] != q.shape[1]}
+        score_mod = None
         if extra.softcap is not None or extra.alibi_slopes is not None:
-            kwargs["score_mod"] = logit_score_mod(extra.softcap, extra.alibi_slopes, Sk - Sq)
+            score_mod = logit_score_mod(extra.softcap, extra.alibi_slopes, Sk - Sq)
+        return self.flex_call(q, k, v, self.block_mask(variant, extra.window, Sq, Sk, q.device), scale, score_mod,
+                              need_lse=need_lse)
+
+    def flex_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: object, scale: float,
+                  score_mod: Callable[..., torch.Tensor] | None, *, need_lse: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``flex_attention(q, k, v, score_mod, block_mask, scale, enable_gqa)`` on ``[B, H, S, D]`` tensors;
+        ``(out, lse)``, lse None unless asked for."""
+        kwargs: dict[str, object] = {"block_mask": block_mask, "scale": scale, "enable_gqa": k.shape[1] != q.shape[1]}
+        if score_mod is not None:
+            kwargs["score_mod"] = score_mod
         if need_lse:
             if self.aux_request is not None:
                 kwargs["return_aux"] = self.aux_request(lse=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from implementations import flex
-from implementations.base import BackendUnavailable
+from implementations.base import BackendUnavailable, causal_offset
 from implementations.reference import ReferenceBackend
 from tests.adapters import listing
 from tests.test_runner import attnspec, cases
@@ -80,3 +80,33 @@ def test_variants_match_the_reference(Sq: int, Sk: int, causal: str | None, wind
     visible = torch.isfinite(want_lse)
     assert torch.equal(torch.isfinite(lse), visible)
     assert torch.allclose(out, want_out, atol=1e-12) and torch.allclose(lse[visible], want_lse[visible], atol=1e-12)
+
+
+def test_varlen_through_the_cli(tmp_path: Path) -> None:
+    """VLEN-1 passes on the CPU with the document mask (one flex call over the packed tokens); the varlen
+    backward is unsupported there, as flex has no CPU backward."""
+    results = tmp_path / "flex.jsonl"
+    done = attnspec("conformance", "--quick", "--every-case", "--backend", "flex", "--clause", "VLEN-1",
+                    "--clause", "VLEN-4", "--results", str(results), timeout=600)
+    found = list(cases(results).values())
+    assert done.returncode == 0, done.stdout[-2000:]
+    vlen1 = [r for r in found if r["clause"] == "VLEN-1"]
+    assert vlen1 and all(r["status"] == "passed" for r in vlen1)
+    vlen4 = [r for r in found if r["clause"] == "VLEN-4"]
+    assert vlen4 and all(r["status"] == "unsupported" and "attention_varlen_backward" in r["reason"] for r in vlen4)
+
+
+@pytest.mark.parametrize(("causal", "window"), [(None, None), ("top_left", None), ("bottom_right", (2, 1))])
+def test_document_mask_is_each_sequence_on_its_own(causal: str | None, window: tuple[int, int] | None) -> None:
+    """The document mask_mod over the packed tokens is block diagonal, each block the sequence's own dense rule
+    (its own ``Sk_b - Sq_b``), zero-length sequences included."""
+    offsets_q, offsets_k = (0, 3, 3, 8, 12), (0, 5, 7, 7, 10)
+    i, j = torch.arange(offsets_q[-1]).view(-1, 1), torch.arange(offsets_k[-1]).view(1, -1)
+    got = flex.document_mask_mod(offsets_q, offsets_k, causal, window, torch.device("cpu"))(None, None, i, j)
+    want = torch.zeros(offsets_q[-1], offsets_k[-1], dtype=torch.bool)
+    for b in range(len(offsets_q) - 1):
+        Sq, Sk = offsets_q[b + 1] - offsets_q[b], offsets_k[b + 1] - offsets_k[b]
+        rule = flex.visibility_mask_mod(causal_offset(causal, Sq, Sk), window, Sk - Sq)
+        block = rule(None, None, torch.arange(Sq).view(-1, 1), torch.arange(Sk).view(1, -1))
+        want[offsets_q[b]:offsets_q[b + 1], offsets_k[b]:offsets_k[b + 1]] = block
+    assert torch.equal(got, want)
