@@ -157,11 +157,11 @@ if wants dist; then
 fi
 # Adapters (opt-in): the built-in adapters of the kernels people use (docs/adapters.md), ATTNSPEC_ADAPTER_BACKENDS
 # (default "flex liger-kl liger-jsd xformers"; liger and xformers from the wheels in .whl/), on the attention,
-# gradient, KD and variant chapters (ATTNSPEC_ADAPTER_CHAPTERS) into adapters-conformance.jsonl; then the attention bench
+# gradient, KD, variant and varlen chapters (ATTNSPEC_ADAPTER_CHAPTERS) into adapters-conformance.jsonl; then the attention bench
 # of compiled flex beside SDPA cuDNN (and torch-flash, the baseline) in one process into adapters-bench.json.
 if wants adapters; then
     conformance_runs adapters "$out/adapters-conformance.jsonl" "${ATTNSPEC_ADAPTER_BACKENDS:-flex liger-kl liger-jsd xformers}" \
-        "${ATTNSPEC_ADAPTER_CHAPTERS:-test_attention test_gradients test_kd_loss test_variants}"
+        "${ATTNSPEC_ADAPTER_CHAPTERS:-test_attention test_gradients test_kd_loss test_variants test_varlen}"
     step bench-adapters "${ATTNSPEC_ADAPTER_BENCH_SECONDS:-240}" "$python" -m benchmarks.bench --quick \
         --op attention --op attention_backward --backend flex --backend torch-cudnn \
         --output "$out/adapters-bench.json"
