@@ -36,12 +36,13 @@ import pytest
 
 from conformance import cases as casegen
 from conformance import reaper
-from conformance.codec import ResultsWriter, done_ids
+from conformance.codec import done_ids
 from conformance.deviations import BUILTIN_XFAILS, read_xfails
 from conformance.interrupts import SignalWatch, watch_signals
 from conformance.provenance import collect, now
 from conformance.records import BackendListing, CaseRecord, CaseStart, Ended, EndRecord, RunRecord
 from conformance.results import Status
+from conformance.results_file import ResultsWriter
 from conformance.sharding import Shard, parse_shard
 from conformance.spec import CLAUSES, clause_of
 from conformance.trial import NotImplementedOperation, Trial, Unsupported

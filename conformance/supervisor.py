@@ -29,9 +29,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from conformance.codec import append_line, decode
+from conformance.codec import decode
 from conformance.records import CaseRecord, CaseStart, ConformanceRecord, Ended, EndRecord, RunRecord
 from conformance.results import Status
+from conformance.results_file import append_line
 
 CONFORMANCE_DIR = Path(__file__).resolve().parent
 #: seconds between two looks at the child and its results
