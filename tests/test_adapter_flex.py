@@ -45,7 +45,12 @@ def test_mask_mod_is_the_causal_alignment(offset: int) -> None:
 
 
 def test_unavailable_with_a_reason_without_flex_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.nn.attention
+
+    # both the module table and the package attribute: once any test imported the submodule, `from package
+    # import name` finds the attribute without consulting sys.modules
     monkeypatch.setitem(sys.modules, "torch.nn.attention.flex_attention", None)
+    monkeypatch.delattr(torch.nn.attention, "flex_attention", raising=False)
     with pytest.raises(BackendUnavailable, match="has no torch.nn.attention.flex_attention"):
         flex.backends()
 
