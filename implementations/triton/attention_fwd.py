@@ -46,6 +46,7 @@ from .common import (
     has_tensor_descriptors,
     launch_strides,
     mma,
+    mma_fp8,
     provide_descriptor_memory,
     row_tile,
     tile_sources,
@@ -123,7 +124,10 @@ def _forward_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride
     for start_n in range(lo, hi, BLOCK_N):
         k = row_tile(k_src, start_n, offs_d, stride_kn, stride_kd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
         v = row_tile(v_src, start_n, offs_d, stride_vn, stride_vd, Sk, D, BLOCK_N, MASKED, EVEN_D, TMA)
-        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
+        if FP8:
+            s = mma_fp8(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), q.shape[1], UPCAST)
+        else:
+            s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PREC, UPCAST)
         if MASKED or SOFTCAP or ALIBI:
             offs_n = start_n + offs_n0
             s, dcap = logits(s, offs_m, offs_n, shift, qk_scale, cap_in, cap_out, slope2, SOFTCAP, ALIBI)
