@@ -25,9 +25,9 @@
 # tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
 # the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
 # afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
-# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants", "adapters",
-# "cupy-tests" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist on the 2-GPU machine, skipped with a message on one GPU)
-# are opt-in), so the evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS
+# ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants",
+# "variants-bench", "adapters", "adapters-bench", "cupy-tests" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist on the
+# 2-GPU machine, skipped with a message on one GPU) are opt-in), so the evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS
 # the row operations benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the
 # backends asv parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
 set -uo pipefail
@@ -115,15 +115,16 @@ if wants kernels; then
     step kernels-cupy "${ATTNSPEC_KERNELS_SECONDS:-240}" "$python" -m benchmarks.kernel_tools.bench_cupy \
         --out "$out/kernels/bench_cupy.json"
 fi
-# Variants (opt-in): the attention-variant chapters' conformance for the kernel backends and the torch kernels
-# that take a bias (ATTNSPEC_VARIANT_BACKENDS, default "triton cupy torch-efficient torch-math";
-# ATTNSPEC_VARIANT_CHAPTERS) into variants-conformance.jsonl, then the variant benchmarks
-# of benchmarks/kernel_tools/bench_variants.py (decode KV bytes/s against the copy rate, varlen against padding,
-# window 4096 at S = 32k against dense causal, fp8 against bf16) into kernels/bench_variants.json.
-if wants variants; then
-    conformance_runs variants "$out/variants-conformance.jsonl" \
-        "${ATTNSPEC_VARIANT_BACKENDS:-triton cupy torch-efficient torch-math}" \
-        "${ATTNSPEC_VARIANT_CHAPTERS:-test_variants test_varlen test_decode test_fp8}"
+# Variants (opt-in): "variants", the attention-variant chapters' conformance for the kernel backends and the
+# torch kernels (ATTNSPEC_VARIANT_BACKENDS, default every GPU backend:
+# "triton cupy torch-flash torch-efficient torch-cudnn torch-math"; ATTNSPEC_VARIANT_CHAPTERS) into
+# variants-conformance.jsonl; "variants-bench", the variant benchmarks of benchmarks/kernel_tools/bench_variants.py
+# (decode KV bytes/s against the copy rate, varlen against padding, window 4096 at S = 32k against dense causal,
+# fp8 against bf16) into kernels/bench_variants.json.
+wants variants && conformance_runs variants "$out/variants-conformance.jsonl" \
+    "${ATTNSPEC_VARIANT_BACKENDS:-triton cupy torch-flash torch-efficient torch-cudnn torch-math}" \
+    "${ATTNSPEC_VARIANT_CHAPTERS:-test_variants test_varlen test_decode test_fp8}"
+if wants variants-bench; then
     mkdir -p "$out/kernels"
     step kernels-variants "${ATTNSPEC_VARIANT_BENCH_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.bench_variants \
         --out "$out/kernels/bench_variants.json"
@@ -157,15 +158,15 @@ if wants dist; then
 fi
 # Adapters (opt-in): the built-in adapters of the kernels people use (docs/adapters.md), ATTNSPEC_ADAPTER_BACKENDS
 # (default "flex liger-kl liger-jsd xformers"; liger and xformers from the wheels in .whl/), on the attention,
-# gradient, KD, variant and varlen chapters (ATTNSPEC_ADAPTER_CHAPTERS) into adapters-conformance.jsonl; then the attention bench
-# of compiled flex beside SDPA cuDNN (and torch-flash, the baseline) in one process into adapters-bench.json.
-if wants adapters; then
-    conformance_runs adapters "$out/adapters-conformance.jsonl" "${ATTNSPEC_ADAPTER_BACKENDS:-flex liger-kl liger-jsd xformers}" \
-        "${ATTNSPEC_ADAPTER_CHAPTERS:-test_attention test_gradients test_kd_loss test_variants test_varlen}"
-    step bench-adapters "${ATTNSPEC_ADAPTER_BENCH_SECONDS:-240}" "$python" -m benchmarks.bench --quick \
-        --op attention --op attention_backward --backend flex --backend torch-cudnn \
-        --output "$out/adapters-bench.json"
-fi
+# gradient, KD, variant and varlen chapters (ATTNSPEC_ADAPTER_CHAPTERS) into adapters-conformance.jsonl;
+# "adapters-bench": the attention bench of compiled flex beside SDPA cuDNN (and torch-flash, the baseline) in one
+# process into adapters-bench.json.
+wants adapters && conformance_runs adapters "$out/adapters-conformance.jsonl" \
+    "${ATTNSPEC_ADAPTER_BACKENDS:-flex liger-kl liger-jsd xformers}" \
+    "${ATTNSPEC_ADAPTER_CHAPTERS:-test_attention test_gradients test_kd_loss test_variants test_varlen}"
+wants adapters-bench && step bench-adapters "${ATTNSPEC_ADAPTER_BENCH_SECONDS:-240}" "$python" -m benchmarks.bench \
+    --quick --op attention --op attention_backward --backend flex --backend torch-cudnn \
+    --output "$out/adapters-bench.json"
 "$python" .ci/pack_evidence.py "$out"
 report_inputs=()
 for f in bench.json bench-rows.json; do [ -f "$out/$f" ] && report_inputs+=("$out/$f"); done
