@@ -115,18 +115,6 @@ def mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def mma_fp8(a, b, acc, K: tl.constexpr, UPCAST: tl.constexpr):
-    """``acc + a @ b`` of e4m3 tiles in float32. Hopper's fp8 MMA adds products into an accumulator with fewer
-    bits than float32; ``max_num_imprecise_acc`` moves the partial sum into float32 every ``min(32, K)``
-    products along ``K`` (Triton's sm_90 default, 2**30, never does, and the logits then lose about 2^-12
-    relative: SPEC FP8-1's lse bound fails at D 64 and 128)."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc, max_num_imprecise_acc=32 if K >= 32 else K)
-
-
-@triton.jit
 def load_tile(ptrs, row_ok, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr):
     """A ``[rows, D]`` tile at ``ptrs``, zero outside the rows ``row_ok`` when ``MASKED`` and outside the head
     dims ``d_ok`` unless ``EVEN_D``; an unmasked load where neither applies."""
