@@ -4,7 +4,8 @@
 # OUTDIR receives data only, each file carrying device, versions and commit: conformance.jsonl.gz (GPU backends,
 # quick matrix), bench.json (attention with the memory sweep) and bench-rows.json (KD, softmax statistics,
 # reduction), asv/ (asv results for the current commit), and with the opt-in step "kernels" kernels/ (the
-# kernel tools' sweeps, benchmarks/kernel_tools). At the end .ci/pack_evidence.py stores them compact.
+# kernel tools' sweeps, benchmarks/kernel_tools), with the opt-in step "profile" kernels/profile.json (Nsight
+# Compute metrics of the Triton and CuPy kernels). At the end .ci/pack_evidence.py stores them compact.
 # Each backend x chapter's conformance log goes to ATTNSPEC_LOG_DIR
 # (default ${TMPDIR:-/tmp}/attnspec-gpu-logs), packed into one file, ATTNSPEC_LOG_DIR.tar.gz, per run; the
 # step "report" builds the HTML pages into ATTNSPEC_REPORT_DIR (default ${TMPDIR:-/tmp}/attnspec-gpu-report).
@@ -26,8 +27,9 @@
 # the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
 # afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
 # ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants",
-# "variants-bench", "adapters", "adapters-bench", "cupy-tests" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist on the
-# 2-GPU machine, skipped with a message on one GPU) are opt-in), so the evidence can be gathered over several calls of a time-limited machine; ATTNSPEC_ROWS_OPS
+# "variants-bench", "adapters", "adapters-bench", "cupy-tests", "profile" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist
+# on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the evidence can be gathered over
+# several calls of a time-limited machine; ATTNSPEC_ROWS_OPS
 # the row operations benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the
 # backends asv parametrises, ATTNSPEC_GPU_BACKENDS the backends, ATTNSPEC_CHAPTERS the conformance chapters.
 set -uo pipefail
@@ -133,6 +135,19 @@ fi
 # against their oracles on the GPU; a JUnit file per run goes to the logs (ATTNSPEC_LOG_DIR), not to OUTDIR.
 wants cupy-tests && step cupy-tests "${ATTNSPEC_CUPY_TESTS_SECONDS:-300}" "$python" -m pytest -q -p no:cacheprovider \
     tests/test_cupy_backend_gpu.py tests/test_cupy_variants_gpu.py --junitxml "$logs/cupy-tests.xml"
+# Profile (opt-in step "profile", needs ncu on PATH; run it alone in a call): benchmarks/kernel_tools/
+# profile_kernels.py runs each target (ATTNSPEC_PROFILE_TARGETS, comma-separated, default all six: triton-fwd,
+# cupy-fwd, triton-bwd, cupy-bwd, triton-kd, cupy-kd) under ncu, each with a limit of
+# ATTNSPEC_PROFILE_TARGET_SECONDS (default 150), and rewrites kernels/profile.json after each: per kernel launch
+# registers, shared memory, occupancy, pipe activity, SM and DRAM throughput, warp stalls and what limits it.
+if wants profile; then
+    mkdir -p "$out/kernels"
+    profile_targets=()
+    [ -n "${ATTNSPEC_PROFILE_TARGETS:-}" ] && profile_targets=(--sections "$ATTNSPEC_PROFILE_TARGETS")
+    step profile "${ATTNSPEC_PROFILE_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.profile_kernels \
+        --out "$out/kernels/profile.json" --target-seconds "${ATTNSPEC_PROFILE_TARGET_SECONDS:-150}" \
+        "${profile_targets[@]}"
+fi
 # DIST (opt-in step "dist", needs 2 GPUs; run it alone in a call): into OUTDIR/dist/, the DIST chapter of
 # ring-triton and torch-cp over NCCL (dist-conformance.jsonl), the GPU backends' conformance spread over 2 GPUs against 1
 # (speedup.json; both runs' results, which must hold the same cases and statuses, go to ATTNSPEC_LOG_DIR), and

@@ -142,7 +142,8 @@ def test_pack_refuses_a_missing_folder(tmp_path: Path) -> None:
     assert result.returncode != 0 and "OUTDIR" in result.stderr
 
 
-@pytest.mark.parametrize("tool", ["bench_triton", "bench_cupy", "bench_variants", "sanitize_cupy", "launch_cupy"])
+@pytest.mark.parametrize("tool", ["bench_triton", "bench_cupy", "bench_variants", "sanitize_cupy", "launch_cupy",
+                                  "profile_kernels"])
 def test_kernel_tool_help(tool: str) -> None:
     result = subprocess.run([sys.executable, "-m", f"benchmarks.kernel_tools.{tool}", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)

@@ -8,7 +8,10 @@ benchmarks.kernel_tools.<name> --help``:
   reduction lanes, softmax-statistics blocks) against SDPA flash, ``torch.compile`` and ``torch.sum``;
 - ``bench_cupy``: the same for the CuPy kernels (forward tilings, ``kd_part`` parts and threads);
 - ``sanitize_cupy``: one tiny call of every CuPy kernel, to run under ``compute-sanitizer``;
-- ``launch_cupy``: host time of the CuPy launch path against GPU time of the reduction.
+- ``launch_cupy``: host time of the CuPy launch path against GPU time of the reduction;
+- ``profile_kernels``: Nsight Compute metrics (occupancy, pipe activity, throughputs, warp stalls) of the
+  Triton and CuPy attention and KD kernels, one ncu run per target, and what limits each kernel
+  (``ncu_report`` reads ncu's CSV, ``profile_targets`` holds the targets' shapes).
 
 Their recorded outputs are GPU evidence and live in ``reports/gpu/kernels/`` (see its README).
 """

@@ -328,13 +328,16 @@ def bench_stats(rec: Recorder, copy_gbs: float) -> dict[str, object]:
     return result
 
 
-def tool_arguments(description: str | None, out: str, sections: str) -> argparse.Namespace:
+def tool_arguments(description: str | None, out: str, sections: str,
+                   more: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
     """The command line of a Triton kernel tool: ``--out`` (its JSON file, default ``out``), ``--sections``
-    (comma-separated, default ``sections``) and ``--small``."""
+    (comma-separated, default ``sections``) and ``--small``; ``more`` adds the tool's own arguments."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=Path(out))
     parser.add_argument("--sections", default=sections)
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke run (CPU: TRITON_INTERPRET=1)")
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 
