@@ -98,7 +98,8 @@ class CupyBackend(VariantOps, Backend):
             "inputs need unit stride in the last dimension; other strides are honoured (no copies)",
             "B*Hq (and B*Hk) at most 65535 (grid y)",
             "window and varlen: forward and backward skip key/query blocks outside each sequence's band; "
-            "decode: decode_split (one warp per query row, the KV head's rows sharing its CTA) + decode_merge",
+            "decode: decode_split (a CTA per split x KV head x chunk of <= 8 query rows, 16-byte K/V loads, "
+            "TPK threads a key) + decode_merge",
             "kd_loss: each row cut into parts of 8192 columns, one 256-thread CTA per part taking (row, part) from a "
             "start-order ticket; a part streams its columns (statistics), meets the row's other parts through "
             "global memory, and streams them again from L2 writing ds (parts <= SMs, so the wait cannot "
