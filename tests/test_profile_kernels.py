@@ -112,9 +112,19 @@ def test_limit_rule_names_the_first_bound_that_holds() -> None:
     assert classify(only_selected) == "unknown: ncu reported none of the metrics the rule reads"
 
 
-def test_output_without_the_header_row_is_refused() -> None:
+def test_a_repeated_header_and_units_row_are_not_launches() -> None:
+    lines = fixture_csv().splitlines()
+    header, units = lines[4], lines[5]
+    again = "\n".join([*lines[:8], header, units, *lines[8:]])
+    assert [launch.kernel for launch in parse_raw_csv(again)] == [launch.kernel for launch in
+                                                                 parse_raw_csv(fixture_csv())]
+
+
+def test_output_without_the_header_row_or_a_kernel_column_is_refused() -> None:
     with pytest.raises(NcuOutputError, match="no raw-page CSV header"):
         parse_raw_csv("==PROF== Connected\n==ERROR== The application returned an error code (1).\n")
+    with pytest.raises(NcuOutputError, match="names no kernel"):
+        parse_raw_csv('"ID","Process ID","gpu__time_duration.sum"\n"","","nsecond"\n"0","1","5"\n')
 
 
 def test_unknown_metrics_are_those_an_error_line_names() -> None:

@@ -29,6 +29,8 @@ METRICS: tuple[str, ...] = (
 #: every warp-stall reason, in cycles a warp waits per issued instruction (ncu expands the regex)
 STALL_REGEX = r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
 STALL_COLUMN = re.compile(r"^smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio$")
+#: the header's kernel-name column, by preference
+KERNEL_NAME_COLUMNS = ("Kernel Name", "Demangled Name", "Function Name")
 #: the resource behind each ``launch__occupancy_limit_*`` metric (blocks per SM that resource allows)
 OCCUPANCY_LIMITS = {"launch__occupancy_limit_registers": "registers",
                     "launch__occupancy_limit_shared_mem": "shared memory",
@@ -111,26 +113,29 @@ def number(text: str) -> float | None:
 
 
 def parse_raw_csv(text: str) -> list[RawLaunch]:
-    """The launches of ncu's ``--csv --page raw`` output, in launch order (:class:`NcuOutputError` if none
-    of its lines is the header row)."""
+    """The launches of ncu's ``--csv --page raw`` output, in launch order: the rows of the header's width whose
+    "ID" is a number (a repeated header or units row is not one); :class:`NcuOutputError` if no line is the
+    header row or the header names no kernel column."""
     lines = text.splitlines()
     start = next((n for n, line in enumerate(lines) if line.startswith('"ID",')), None)
     if start is None:
         raise NcuOutputError("no raw-page CSV header (a line starting with '\"ID\",') in ncu's output")
     rows = [row for row in csv.reader(lines[start:]) if row]
-    header, rows = rows[0], [row for row in rows[1:] if len(row) == len(rows[0])]
-    units = rows.pop(0) if rows and rows[0][0] == "" else [""] * len(header)
+    header = rows[0]
+    rows = [row for row in rows[1:] if len(row) == len(header)]
+    units = next((row for row in rows if row[0] == ""), [""] * len(header))
     column = {name: n for n, name in enumerate(header)}
-    if "Kernel Name" not in column:
-        raise NcuOutputError(f"the CSV header has no 'Kernel Name' column: {header[:12]}")
+    name_column = next((name for name in KERNEL_NAME_COLUMNS if name in column), None)
+    if name_column is None:
+        raise NcuOutputError(f"the CSV header names no kernel ({' or '.join(KERNEL_NAME_COLUMNS)}): {header[:12]}")
     metric_columns = [n for n, name in enumerate(header) if "__" in name]
 
     def cell(row: list[str], name: str) -> str:
         return row[column[name]] if name in column else ""
 
-    return [RawLaunch(kernel=cell(row, "Kernel Name"), block=cell(row, "Block Size"), grid=cell(row, "Grid Size"),
+    return [RawLaunch(kernel=cell(row, name_column), block=cell(row, "Block Size"), grid=cell(row, "Grid Size"),
                       values={header[n]: row[n] for n in metric_columns},
-                      units={header[n]: units[n] for n in metric_columns}) for row in rows]
+                      units={header[n]: units[n] for n in metric_columns}) for row in rows if row[0].isdigit()]
 
 
 def _scaled(launch: RawLaunch, metric: str, scale: dict[str, float]) -> float | None:
