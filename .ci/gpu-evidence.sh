@@ -140,11 +140,13 @@ wants cupy-tests && step cupy-tests "${ATTNSPEC_CUPY_TESTS_SECONDS:-300}" "$pyth
 # cupy-fwd, triton-bwd, cupy-bwd, triton-kd, cupy-kd) under ncu, each with a limit of
 # ATTNSPEC_PROFILE_TARGET_SECONDS (default 150), and rewrites kernels/profile.json after each: per kernel launch
 # registers, shared memory, occupancy, pipe activity, SM and DRAM throughput, warp stalls and what limits it.
+# The step's limit, ATTNSPEC_PROFILE_SECONDS, is 480 s by default: each target is a process of its own that loads
+# torch, compiles its kernels (a cold cache on a fresh machine) and has ncu replay every launch about ten times.
 if wants profile; then
     mkdir -p "$out/kernels"
     profile_targets=()
     [ -n "${ATTNSPEC_PROFILE_TARGETS:-}" ] && profile_targets=(--sections "$ATTNSPEC_PROFILE_TARGETS")
-    step profile "${ATTNSPEC_PROFILE_SECONDS:-300}" "$python" -m benchmarks.kernel_tools.profile_kernels \
+    step profile "${ATTNSPEC_PROFILE_SECONDS:-480}" "$python" -m benchmarks.kernel_tools.profile_kernels \
         --out "$out/kernels/profile.json" --target-seconds "${ATTNSPEC_PROFILE_TARGET_SECONDS:-150}" \
         "${profile_targets[@]}"
 fi

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -212,6 +214,28 @@ def test_a_target_past_its_limit_is_killed_and_recorded(tmp_path: Path) -> None:
     target = doc["targets"]["triton-kd"]
     assert done.returncode == 1 and target["error"].startswith("ncu was killed at the time limit")
     assert target["seconds"] < 30 and "started" in target["csv"]
+
+
+def test_an_interrupted_driver_kills_ncu_and_records_the_target(tmp_path: Path) -> None:
+    """The step's limit interrupts the driver (``timeout --signal=INT``): ncu, in a session of its own, goes
+    with it, and the target being profiled is recorded as interrupted."""
+    pid_file = tmp_path / "ncu.pid"
+    env = fake_ncu(tmp_path, f"import os; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)\n")
+    out = tmp_path / "profile.json"
+    driver = subprocess.Popen([sys.executable, "-m", "benchmarks.kernel_tools.profile_kernels", "--out", str(out),
+                               "--sections", "triton-kd,cupy-kd"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+    targets = json.loads(out.read_text())["targets"]
+    assert list(targets) == ["triton-kd"] and targets["triton-kd"]["error"].startswith("interrupted")
+    assert targets["triton-kd"]["cases"] == ["N8192-V131072-fp32", "N8192-V131072-bf16"]
 
 
 def test_unknown_target_is_refused(tmp_path: Path) -> None:

@@ -118,9 +118,13 @@ def _read(result: TargetResult, done: Finished) -> None:
         result.error = f"ncu {ended}" + (f" ({said})" if said else "") + (f"; {result.error}" if result.error else "")
 
 
+def case_labels(name: str, small: bool) -> list[str]:
+    return [case.label for case in TARGETS[name](SMALL if small else FULL)]
+
+
 def profile_target(name: str, ncu: str, seconds: float, small: bool) -> TargetResult:
     """Profile one target, dropping the metrics ncu names as unknown and trying once more if it failed."""
-    result = TargetResult(cases=[case.label for case in TARGETS[name](SMALL if small else FULL)])
+    result = TargetResult(cases=case_labels(name, small))
     metrics = [*METRICS, STALL_REGEX]
     start = time.monotonic()
     for attempt in range(2):
@@ -181,7 +185,7 @@ def main() -> int:
         try:
             result = profile_target(name, args.ncu, args.target_seconds, args.small)
         except KeyboardInterrupt:  # the step's limit (timeout --signal=INT): ncu is gone, record and stop
-            result = TargetResult(cases=[], error="interrupted (SIGINT) before ncu finished")
+            result = TargetResult(cases=case_labels(name, args.small), error="interrupted (SIGINT) before ncu finished")
             doc["targets"][name] = to_json(result)
             args.out.write_text(json.dumps(doc, indent=1) + "\n")
             return 1
