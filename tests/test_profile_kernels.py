@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from benchmarks.kernel_tools import profile_targets
 from benchmarks.kernel_tools.ncu_report import (
     KernelProfile,
     NcuOutputError,
@@ -24,7 +26,8 @@ from benchmarks.kernel_tools.ncu_report import (
     parse_raw_csv,
     unknown_metrics,
 )
-from benchmarks.kernel_tools.profile_targets import FULL, MARKER_NAME, TARGETS, attention_shapes
+from benchmarks.kernel_tools.profile_targets import FULL, MARKER_NAME, SMALL, TARGETS, attention_shapes
+from implementations.torch_sdpa.cpu import TorchCPUBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 STALL = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
@@ -245,12 +248,23 @@ def test_unknown_target_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "p.json").exists()
 
 
-def test_run_mode_profiles_every_case_on_the_interpreter() -> None:
+@pytest.mark.parametrize("name", ["triton-fwd", "triton-bwd", "triton-kd"])
+def test_run_mode_profiles_every_case_on_the_interpreter(name: str) -> None:
     """``--run`` is what ncu starts; on the CPU (Triton interpreter, --small) it runs each case's kernels."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.kernel_tools.profile_kernels", "--run", "triton-kd",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.kernel_tools.profile_kernels", "--run", name,
                            "--small"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == ""
     assert [line.split(":")[0] for line in done.stderr.splitlines() if line.endswith("profiled")] == [
-        "triton-kd N4-V4160-fp32", "triton-kd N4-V4160-bf16"]
+        f"{name} {case.label}" for case in TARGETS[name](SMALL)]
+
+
+@pytest.mark.parametrize("name", ["cupy-fwd", "cupy-bwd", "cupy-kd"])
+def test_cupy_targets_call_the_backend_contract(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The CuPy targets call the backend's contract methods as the contract spells them: checked on the CPU
+    with torch's backend standing in for CuPy's (small sizes)."""
+    monkeypatch.setattr(profile_targets, "_cupy_backend", TorchCPUBackend)
+    for case in TARGETS[name](SMALL):
+        outputs = case.build()()
+        assert outputs and all(bool(torch.isfinite(x).all()) for x in outputs), case.label
