@@ -8,27 +8,29 @@
 // sequence b, the keys [split * keys_per_split, +keys_per_split) and ROWS query rows of the head's GQA group
 // (row r: head hk * GROUP + r / Sq, position r % Sq; chunk c has rows [c * ROWS, +ROWS), the chunks of a split
 // are neighbouring CTAs, so a key's bytes come from DRAM once and from L2 for the other chunks). Every thread
-// owns 8 consecutive head dims of a key (TPK threads per key: the power of two >= D / 8); the CTA is
-// 128 / TPK key groups, and group g walks keys g, g + 128/TPK, ... of the split with an online softmax of its
-// own (base-2 logits, exponent base 0 while the max is -inf) over all ROWS rows: scores by 8-dim partial dot
-// products against the scaled queries in shared memory, summed over the key's TPK threads by log2(TPK)
-// xor-shuffles; then acc[row][8 dims] = alpha acc + sum_u p_u v_u. At the end the groups' (m, l, acc) are
-// merged through shared memory, and each row writes its split's partial out_s = acc / l_s (float32) and
-// lse_s = ln2 (m_s + log2 l_s); a row with no visible key in the split writes out_s = 0, lse_s = -inf.
+// owns 8 consecutive head dims of a key (TPK threads per key: the power of two >= D / 8), so the CTA is
+// KG = 128 / TPK key groups. A step covers KG * U keys (U = 4 for 16-bit types, 2 for float32), group g taking
+// the U consecutive keys j0 + g U + u, with an online softmax of its own over all ROWS rows (base-2 logits):
+// scores by 8-dim partial dot products against the scaled queries in shared memory, summed over the key's TPK
+// threads by log2(TPK) xor-shuffles; acc[row][8 dims] += sum_u p_u v_u, rescaled only when a row's maximum
+// grows. At the end the groups' (m, l, acc) are merged through shared memory, and each row writes its split's
+// partial out_s = acc / l_s (float32) and lse_s = ln2 (m_s + log2 l_s); a row with no visible key in the split
+// writes out_s = 0, lse_s = -inf. Keys past kv_len are never read; steps that every row sees whole skip the mask.
 //
-// Why it runs at the copy rate: the key loop has no barrier and no shared-memory traffic but the query reads;
-// each step a thread loads UNROLL keys (4 for 16-bit types, 2 for float32) as 16-byte loads of K and V
-// (ld.global.nc, L1 bypassed: every byte is used once), 128 bytes per thread and 16 KB per CTA. The loads of
-// step s+1 are issued before step s is computed (register double buffering) and the block-table entries of
-// step s+2 before that, so a CTA keeps 16 KB of K/V in flight while it computes. ptxas (sm_90) gives the bf16
-// D = 128 kernel with 4 rows 168 registers, 3 CTAs per SM (__launch_bounds__ asks for 3; 2 with 8 rows): 48 KB
-// (32 KB) per SM in flight, above the ~29 KB per SM that the H200's ~4.8 TB/s times a DRAM latency of
-// ~800 ns spread over 132 SMs asks for. The host picks enough splits for several waves of CTAs
-// (variant_ops.decode_splits). Per key and row a thread does 8 FMAs for the score, log2(TPK) shuffle-adds and
-// 8 FMAs for P V: with 4 rows about 130 instructions per 32 bytes of K and V, so the copy rate (~18 bytes per
-// clock per SM) takes ~75 of the 128 lanes an SM issues per clock; 8 rows come near the issue limit.
-// Without 16-byte alignment (VEC false: D % 8 != 0 or strides not multiples of 8) the same loop loads
-// element by element.
+// Why it runs at the copy rate: the key loop has no barrier and no shared-memory traffic but the query reads.
+// Each step a thread loads its U keys' 8 dims of K and V as 16-byte loads (ld.global.nc, L1 bypassed: every
+// byte is used once), 128 bytes per thread and 16 KB per CTA, issued before the previous step is computed
+// (register double buffering), so a CTA keeps 16 KB in flight while it computes. When the page size and the
+// split start are multiples of U (runs), a group's U keys share a page: one block-table entry and one address
+// per step. ptxas (sm_90, -ftz as CuPy compiles) gives the bf16 D = 128 kernel with 4 rows 168 registers,
+// 3 CTAs per SM (__launch_bounds__ asks for 3; 2 with 8 rows): 48 KB (32 KB) per SM in flight, above the
+// ~29 KB per SM that the H200's ~4.8 TB/s times a DRAM latency of ~800 ns spread over 132 SMs asks for. The
+// unmasked runs step is ~800 SASS instructions per thread (256 FFMA, 64 SHFL + adds, 64 to widen bf16),
+// i.e. ~200 issue cycles per warp and 4 KB: the 4 schedulers of an SM can issue for ~20 bytes per clock, above
+// the ~18 bytes per clock per SM of the copy rate, but not by much. The work per byte grows with the rows of
+// a KV head (8 rows, as in GQA 8 or Sq 8: about twice), so those shapes are issue-bound below the copy rate.
+// The host picks enough splits for several waves of CTAs (variant_ops.decode_splits). Without 16-byte
+// alignment (VEC false: D % 8 != 0 or strides no multiples of 8) the same loop loads element by element.
 //
 // decode_merge<T>: one warp per row merges the splits with the softmax-statistics algebra (SMX-2):
 // M = max_s lse_s, w_s = e^(lse_s - M), out = sum_s w_s out_s / sum_s w_s, lse = M + ln sum_s w_s;
@@ -92,29 +94,33 @@ template <class T> struct PagedKV {
     const T* v;
     const int* table;  // the sequence's row of the block table
     int page;
+    bool runs;  // page % U == 0 and the split starts at a multiple of U: a group's U keys of a step share a page
     i64 k_sp, k_ss, v_sp, v_ss;
 };
 
-// Page and in-page row of this thread's keys j0 + u * KG + g of a step; page -1 for keys >= end (not loaded).
-template <int KG, int U>
-__device__ __forceinline__ void lookup_keys(int (&pg)[U], int (&slot)[U], const int* table, int page, int j0, int g,
-                                            int end) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int j = j0 + u * KG + g;
-        pg[u] = j < end ? table[j / page] : -1;
-        slot[u] = j % page;
-    }
-}
-
+// K and V of this thread's keys j, j + 1, ..., j + U - 1 (its key group's share of a step); keys >= end are
+// zeros, not read. One block-table entry and one address per step when the keys share a page (kv.runs).
 template <class T, bool VEC, int U>
-__device__ __forceinline__ void load_keys(Pack8<T> (&k)[U], Pack8<T> (&v)[U], const PagedKV<T>& kv,
-                                          const int (&pg)[U], const int (&slot)[U], int col, int d) {
+__device__ __forceinline__ void load_step(Pack8<T> (&k)[U], Pack8<T> (&v)[U], const PagedKV<T>& kv, int j, int end,
+                                          int col, int d) {
+    if (kv.runs) {
+        const int in_table = j / kv.page, slot = j - in_table * kv.page;
+        const i64 p = j < end ? kv.table[in_table] : 0;
+        const T* krow = kv.k + p * kv.k_sp + slot * kv.k_ss;
+        const T* vrow = kv.v + p * kv.v_sp + slot * kv.v_ss;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const i64 p = max(pg[u], 0);
-        load_pack<T, VEC>(k[u], kv.k + p * kv.k_sp + slot[u] * kv.k_ss, col, d, pg[u] >= 0);
-        load_pack<T, VEC>(v[u], kv.v + p * kv.v_sp + slot[u] * kv.v_ss, col, d, pg[u] >= 0);
+        for (int u = 0; u < U; ++u) {
+            load_pack<T, VEC>(k[u], krow + u * kv.k_ss, col, d, j + u < end);
+            load_pack<T, VEC>(v[u], vrow + u * kv.v_ss, col, d, j + u < end);
+        }
+    } else {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int in_table = (j + u) / kv.page, slot = j + u - in_table * kv.page;
+            const i64 p = j + u < end ? kv.table[in_table] : 0;
+            load_pack<T, VEC>(k[u], kv.k + p * kv.k_sp + slot * kv.k_ss, col, d, j + u < end);
+            load_pack<T, VEC>(v[u], kv.v + p * kv.v_sp + slot * kv.v_ss, col, d, j + u < end);
+        }
     }
 }
 
@@ -125,11 +131,11 @@ template <int ROWS> struct RowState {
     int lim[ROWS];
 };
 
-// One step: keys j0 + u * KG + g, u < U, their K and V in k, v; queries (times scale log2 e) in sq.
-template <class T, int TPK, int ROWS, int U>
+// One step of a key group: keys j, ..., j + U - 1, their K and V in k, v; queries (times scale log2 e) in sq.
+// MASK: some key may lie past some row's lim (else every row sees every key of the step).
+template <class T, int TPK, int ROWS, int U, bool MASK>
 __device__ __forceinline__ void attend_step(RowState<ROWS>& st, const Pack8<T> (&k)[U], const Pack8<T> (&v)[U],
-                                            const float (*sq)[TPK * 8], int col, int j0, int g) {
-    constexpr int KG = DECODE_THREADS / TPK;
+                                            const float (*sq)[TPK * 8], int col, int j) {
     float s[U][ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -155,15 +161,17 @@ __device__ __forceinline__ void attend_step(RowState<ROWS>& st, const Pack8<T> (
         float mx = -ATTNSPEC_INF;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            if (j0 + u * KG + g > st.lim[r]) s[u][r] = -ATTNSPEC_INF;
+            if (MASK && j + u > st.lim[r]) s[u][r] = -ATTNSPEC_INF;
             mx = fmaxf(mx, s[u][r]);
         }
-        const float m_new = fmaxf(st.m[r], mx), base = m_new == -ATTNSPEC_INF ? 0.f : m_new;
-        const float alpha = exp2f(st.m[r] - base);
-        st.m[r] = m_new;
-        st.l[r] *= alpha;
+        if (mx > st.m[r]) {  // a new maximum: rescale (the common case after the first keys skips this)
+            const float alpha = exp2f(st.m[r] - mx);
+            st.m[r] = mx;
+            st.l[r] *= alpha;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) st.acc[r][e] *= alpha;
+            for (int e = 0; e < 8; ++e) st.acc[r][e] *= alpha;
+        }
+        const float base = st.m[r] == -ATTNSPEC_INF ? 0.f : st.m[r];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const float p = exp2f(s[u][r] - base);
@@ -174,22 +182,22 @@ __device__ __forceinline__ void attend_step(RowState<ROWS>& st, const Pack8<T> (
     }
 }
 
-// The split's keys for all key groups: block-table entries two steps ahead, K and V one step ahead.
+// The split's keys [lo, end) for all key groups, K and V loaded a step ahead; a step is STEP = KG * U keys,
+// group g taking keys j0 + g U, ..., j0 + g U + U - 1. Steps below every row's lim (full) skip the mask.
 template <class T, int TPK, int ROWS, bool VEC>
 __device__ __forceinline__ void walk_split(RowState<ROWS>& st, const PagedKV<T>& kv, const float (*sq)[TPK * 8],
-                                           int lo, int end, int col, int d) {
+                                           int lo, int end, int full_end, int col, int d) {
     constexpr int KG = DECODE_THREADS / TPK, U = DecodeUnroll<T>::value, STEP = KG * U;
-    const int g = threadIdx.x / TPK;
-    int pg[U], slot[U];
+    const int gu = threadIdx.x / TPK * U;
     Pack8<T> k[U], v[U];
-    lookup_keys<KG, U>(pg, slot, kv.table, kv.page, lo, g, end);
-    load_keys<T, VEC, U>(k, v, kv, pg, slot, col, d);
-    lookup_keys<KG, U>(pg, slot, kv.table, kv.page, lo + STEP, g, end);
+    load_step<T, VEC, U>(k, v, kv, lo + gu, end, col, d);
     for (int j0 = lo; j0 < end; j0 += STEP) {
         Pack8<T> k_next[U], v_next[U];
-        load_keys<T, VEC, U>(k_next, v_next, kv, pg, slot, col, d);
-        lookup_keys<KG, U>(pg, slot, kv.table, kv.page, j0 + 2 * STEP, g, end);
-        attend_step<T, TPK, ROWS, U>(st, k, v, sq, col, j0, g);
+        load_step<T, VEC, U>(k_next, v_next, kv, j0 + STEP + gu, end, col, d);
+        if (j0 + STEP <= full_end)
+            attend_step<T, TPK, ROWS, U, false>(st, k, v, sq, col, j0 + gu);
+        else
+            attend_step<T, TPK, ROWS, U, true>(st, k, v, sq, col, j0 + gu);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             k[u] = k_next[u];
@@ -258,12 +266,12 @@ __global__ void __launch_bounds__(DECODE_THREADS, ROWS >= 8 ? 2 : 3) decode_spli
                          (int)gridDim.x / chunks};
     const int kv_len = kv_lens[b], col = threadIdx.x % TPK * 8;
     RowState<ROWS> st;
-    int end = lo;  // keys [lo, end) are loaded: the last one some row of the chunk sees, plus 1
+    int end = lo, full_end = lo + keys_per_split;  // keys [lo, end) are loaded, [lo, full_end) seen by every row
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const int i = (rows.row0 + r) % Sq;
-        st.lim[r] = rows.partial(r) < 0 ? -1 : min(kv_len - Sq + i, lo + keys_per_split - 1);
-        end = max(end, st.lim[r] + 1);
+        st.lim[r] = min(kv_len - Sq + i, lo + keys_per_split - 1);
+        if (rows.partial(r) >= 0) end = max(end, st.lim[r] + 1), full_end = min(full_end, st.lim[r] + 1);
         st.m[r] = -ATTNSPEC_INF;
         st.l[r] = 0.f;
 #pragma unroll
@@ -275,9 +283,10 @@ __global__ void __launch_bounds__(DECODE_THREADS, ROWS >= 8 ? 2 : 3) decode_spli
         sq[r][c] = row < group_rows && c < d ? to_f32(qrow[c]) * scale_log2 : 0.f;
     }
     __syncthreads();
-    const PagedKV<T> kv{kp + rows.hk * k_sh, vp + rows.hk * v_sh, table + (i64)b * table_stride, page, k_sp, k_ss,
-                        v_sp, v_ss};
-    walk_split<T, TPK, ROWS, VEC>(st, kv, sq, lo, end, col, d);
+    const bool runs = page % DecodeUnroll<T>::value == 0 && lo % DecodeUnroll<T>::value == 0;
+    const PagedKV<T> kv{kp + rows.hk * k_sh, vp + rows.hk * v_sh, table + (i64)b * table_stride, page, runs,
+                        k_sp, k_ss, v_sp, v_ss};
+    walk_split<T, TPK, ROWS, VEC>(st, kv, sq, lo, end, full_end, col, d);
     write_split<TPK, ROWS>(st, rows, out_p, lse_p, col, d);
 }
 

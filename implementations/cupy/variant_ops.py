@@ -20,6 +20,9 @@ DECODE_THREADS = 128  # threads per decode_split CTA (decode_paged.cu)
 DECODE_MAX_ROWS = 8  # query rows per decode_split CTA; a KV head's larger GQA group takes several CTAs
 DECODE_CTAS_PER_SM = 16  # CTAs per SM decode_splits aims at: ~5 waves of the 3 resident per SM
 DECODE_MIN_SPLIT_KEYS = 256  # shortest split decode_splits makes
+#: splits start at multiples of this many keys, so with a page size that is a multiple of 4 a key group's 4
+#: consecutive keys of a step share a page (one block-table entry per step)
+DECODE_SPLIT_ALIGN = 16
 
 
 def packed(t: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,7 @@ def decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, 
     chunks = -(-(Hq // Hk * Sq) // rows_per_cta)
     splits = num_splits or decode_splits(B * Hk * chunks, max_keys, q.device)
     keys_per_split = -(-max_keys // splits)
+    keys_per_split = -(-keys_per_split // DECODE_SPLIT_ALIGN) * DECODE_SPLIT_ALIGN
     out_p = torch.empty((B, Hq, Sq, splits, D), dtype=torch.float32, device=q.device)
     lse_p = torch.empty((B, Hq, Sq, splits), dtype=torch.float32, device=q.device)
     T, VEC = K.CXX_TYPE[q.dtype], K.cxx_bool(vec_ok(D, k_pages, v_pages))
