@@ -260,6 +260,37 @@ def test_run_mode_profiles_every_case_on_the_interpreter(name: str) -> None:
         f"{name} {case.label}" for case in TARGETS[name](SMALL)]
 
 
+def test_a_failing_case_keeps_its_marker_and_the_target_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The k-th marker must open the k-th case even when a case before it failed to build or to run."""
+    launches: list[str] = []
+
+    class Marker:
+        def __getitem__(self, grid: tuple[int]) -> object:
+            return lambda mark: launches.append("marker")
+
+    def case(label: str, build_fails: bool = False, run_fails: bool = False) -> profile_targets.Case:
+        def call() -> None:
+            launches.append(label)
+            if run_fails and launches.count(label) == 2:  # the profiled run, not the warm-up
+                raise RuntimeError("out of memory")
+
+        def build() -> object:
+            if build_fails:
+                raise ValueError("no such kernel")
+            return call
+        return profile_targets.Case(label, build)
+
+    cases = [case("a"), case("b", build_fails=True), case("c", run_fails=True), case("d")]
+    monkeypatch.setattr(profile_targets, "case_marker", Marker())
+    monkeypatch.setitem(profile_targets.TARGETS, "fake", lambda sizes: cases)
+    assert profile_targets.run_target("fake", SMALL) == ["b", "c"]
+    assert launches == ["marker", "a", "marker", "a", "marker", "c", "marker", "c", "d", "marker", "d"]
+    err = capsys.readouterr().err
+    assert "ValueError: no such kernel" in err and "RuntimeError: out of memory" in err
+    assert "fake d: profiled" in err and "fake b: no launches profiled" in err
+
+
 @pytest.mark.parametrize("name", ["cupy-fwd", "cupy-bwd", "cupy-kd"])
 def test_cupy_targets_call_the_backend_contract(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The CuPy targets call the backend's contract methods as the contract spells them: checked on the CPU

@@ -13,7 +13,8 @@ and what limits the theoretical one, duration, tensor-pipe, XU-pipe and issue-sl
 throughput (% of peak), the warp stalls (cycles per issued instruction by reason) and a one-line ``limit``
 (``ncu_report.LIMIT_RULE``). When ncu fails and its ``==ERROR==`` lines name requested metrics, the target
 runs once more without them; any other failure (ncu missing, a crash, output with no CSV, the time limit)
-is recorded as the target's error and the next target runs. Exit status 1 when a target has an error.
+is recorded as the target's error and the next target runs. Exit status 1 when a target has an error;
+``--run`` exits 1 when a case failed (its traceback on stderr, the other cases still profiled).
 """
 
 from __future__ import annotations
@@ -170,8 +171,7 @@ def _summary(name: str, result: TargetResult) -> str:
 def main() -> int:
     args = tool_arguments(__doc__, "profile.json", ",".join(TARGETS), _more_arguments)
     if args.run:
-        run_target(args.run, SMALL if args.small else FULL)
-        return 0
+        return 1 if run_target(args.run, SMALL if args.small else FULL) else 0
     names = args.sections.split(",")
     unknown = [name for name in names if name not in TARGETS]
     if unknown:

@@ -17,6 +17,7 @@ and bf16, forward and gradient in one call. Triton is called through its kernel 
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,18 +196,49 @@ def profiled_range() -> Iterator[None]:
             torch.cuda.profiler.stop()
 
 
-def run_target(name: str, sizes: dict) -> None:
-    """Each case of the target: built, run once unprofiled, then marker + run inside a profiler range."""
-    mark = torch.zeros(1, dtype=torch.int32, device=DEVICE)
-    case_marker[(1,)](mark)
-    for case in TARGETS[name](sizes):
+def _failed(label: str) -> None:
+    print(f"{label}: failed", file=sys.stderr, flush=True)
+    traceback.print_exc()
+
+
+def _warmed(label: str, case: Case) -> Callable[[], object] | None:
+    """The case's call, built and run once; None (its traceback on stderr) if either failed."""
+    try:
         call = case.build()
         call()
         synchronize()
+    except Exception:  # one case's failure must not end the target
+        _failed(label)
+        return None
+    return call
+
+
+def _profiled(label: str, call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except Exception:
+        _failed(label)
+        return False
+    return True
+
+
+def run_target(name: str, sizes: dict) -> list[str]:
+    """Each case of the target: built, run once unprofiled, then marker + run inside a profiler range. A case
+    that fails still launches its marker (so the launches after it keep their cases); returns the failed
+    cases' labels."""
+    mark = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    case_marker[(1,)](mark)
+    failed = []
+    for case in TARGETS[name](sizes):
+        label = f"{name} {case.label}"
+        call = _warmed(label, case)
         with profiled_range():
             case_marker[(1,)](mark)
-            call()
-        print(f"{name} {case.label}: profiled", file=sys.stderr, flush=True)
+            ran = call is not None and _profiled(label, call)
+        print(f"{label}: {'profiled' if ran else 'no launches profiled'}", file=sys.stderr, flush=True)
+        if not ran:
+            failed.append(case.label)
         del call
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
+    return failed
