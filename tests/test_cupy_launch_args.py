@@ -84,3 +84,25 @@ def test_every_launch_matches_its_kernel_signature(launches: list) -> None:
         assert len(declared) == len(args), f"{expr}: {len(args)} arguments for {len(declared)} parameters"
         wrong = [(d, type(a).__name__) for d, a in zip(declared, args) if not matches(d, a)]
         assert not wrong, f"{expr}: arguments of the wrong C type {wrong}"
+
+
+@pytest.mark.parametrize("D, heads, Sq, padded, expr", [
+    (128, (32, 8), 1, 0, "decode_split<bf16_t, 16, 4, true>"),  # the benchmark: GQA 4, 4 rows a CTA
+    (100, (12, 2), 4, 0, "decode_split<bf16_t, 16, 8, false>"),  # D % 8 != 0: element loads; 24 rows, 3 CTAs
+    (64, (4, 4), 1, 4, "decode_split<bf16_t, 8, 1, false>"),  # page strides no multiple of 8
+    (8, (2, 1), 16, 0, "decode_split<bf16_t, 1, 8, true>"),  # one thread a key
+])
+def test_decode_layout_and_splits(launches: list, D: int, heads: tuple[int, int], Sq: int, padded: int,
+                                  expr: str) -> None:
+    """decode_split's instantiation follows D (threads per key), the KV head's query rows (rows per CTA, at most
+    8) and the alignment; each split starts at a multiple of 16 keys and the splits cover the block table."""
+    from implementations.cupy import variant_ops
+
+    Hq, Hk = heads
+    pages = torch.zeros(30, 16, Hk, D + padded, dtype=BF16)[..., :D]
+    variant_ops.decode_paged(torch.zeros(2, Hq, Sq, D, dtype=BF16), pages, pages,
+                             torch.zeros(2, 25, dtype=torch.int32), torch.tensor([50, 400], dtype=torch.int32), 0.1, 7)
+    (_, got, args), _merge = launches
+    keys_per_split = int(args[13])
+    assert got == expr
+    assert keys_per_split % 16 == 0 and 6 * keys_per_split < 25 * 16 <= 7 * keys_per_split
