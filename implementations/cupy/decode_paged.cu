@@ -125,7 +125,7 @@ __device__ __forceinline__ void load_step(Pack8<T> (&k)[U], Pack8<T> (&v)[U], co
 }
 
 // One key group's online-softmax state over the chunk's rows (8 head dims of acc per thread); lim[r] is the
-// last key row r sees in this split (-1: none).
+// last key row r sees in this split (below the split's first key: none).
 template <int ROWS> struct RowState {
     float m[ROWS], l[ROWS], acc[ROWS][8];
     int lim[ROWS];
