@@ -211,6 +211,27 @@ def test_an_unknown_metric_is_dropped_and_the_target_runs_again(tmp_path: Path) 
     assert set(target["kernels"][0]) == {f.name for f in KernelProfile.__dataclass_fields__.values()}
 
 
+def test_reparse_derives_the_records_again_from_the_kept_output(tmp_path: Path) -> None:
+    """``--reparse`` needs no ncu: the records come back from the CSV kept in the file; a target whose ncu
+    printed nothing keeps its error."""
+    (tmp_path / "raw.csv").write_text(fixture_csv())
+    env = fake_ncu(tmp_path, f"print(open({str(tmp_path / 'raw.csv')!r}).read())\n")
+    _, doc = run_driver(tmp_path, env, "--sections", "triton-kd")
+    path = tmp_path / "profile.json"
+    damaged = json.loads(json.dumps(doc))
+    damaged["targets"]["triton-kd"]["kernels"] = []
+    damaged["targets"]["cupy-kd"] = {"cases": ["x"], "returncode": None, "csv": "", "stderr_tail": "",
+                                     "error": "interrupted (SIGINT) before ncu finished", "kernels": []}
+    path.write_text(json.dumps(damaged))
+    no_ncu = {**os.environ, "PATH": os.defpath}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.kernel_tools.profile_kernels", "--reparse", "--out",
+                           str(path)], cwd=ROOT, env=no_ncu, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    again = json.loads(path.read_text())
+    assert again["targets"]["triton-kd"] == doc["targets"]["triton-kd"]
+    assert again["targets"]["cupy-kd"] == damaged["targets"]["cupy-kd"]
+
+
 def test_a_target_past_its_limit_is_killed_and_recorded(tmp_path: Path) -> None:
     env = fake_ncu(tmp_path, "print('started', flush=True); time.sleep(60)\n")
     done, doc = run_driver(tmp_path, env, "--sections", "triton-kd", "--target-seconds", "3")

@@ -15,6 +15,7 @@ throughput (% of peak), the warp stalls (cycles per issued instruction by reason
 runs once more without them; any other failure (ncu missing, a crash, output with no CSV, the time limit)
 is recorded as the target's error and the next target runs. Exit status 1 when a target has an error;
 ``--run`` exits 1 when a case failed (its traceback on stderr, the other cases still profiled).
+``--reparse`` reads the ncu output kept in ``--out`` again, without ncu, and rewrites the records.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from benchmarks.kernel_tools.bench_triton import tool_arguments
 from benchmarks.kernel_tools.ncu_report import (
@@ -145,8 +147,27 @@ def profile_target(name: str, ncu: str, seconds: float, small: bool) -> TargetRe
     return result
 
 
+def reparse(path: Path) -> int:
+    """Read each target's kept ncu output in the JSON file at ``path`` again (the records and the limit rule as
+    this version of the tool derives them) and rewrite the file; a target whose ncu printed nothing is left as
+    it is. Exit status as the driver's."""
+    from conformance.codec import to_json
+
+    doc = json.loads(path.read_text())
+    for target in doc["targets"].values():
+        if target["csv"]:
+            result = TargetResult(cases=target["cases"])
+            _read(result, Finished(target["returncode"], target["csv"], target["stderr_tail"]))
+            target.update(error=result.error, kernels=to_json(result.kernels))
+    doc["limit_rule"] = LIMIT_RULE
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return 1 if any(target["error"] for target in doc["targets"].values()) else 0
+
+
 def _more_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", choices=sorted(TARGETS), help="run one target's kernels (what ncu profiles)")
+    parser.add_argument("--reparse", action="store_true",
+                        help="no ncu: read the ncu output kept in --out again and rewrite its records")
     parser.add_argument("--ncu", default="ncu", help="the ncu executable (default: ncu on PATH)")
     parser.add_argument("--target-seconds", type=float, default=150.0, help="time limit of each target's ncu run")
 
@@ -172,6 +193,8 @@ def main() -> int:
     args = tool_arguments(__doc__, "profile.json", ",".join(TARGETS), _more_arguments)
     if args.run:
         return 1 if run_target(args.run, SMALL if args.small else FULL) else 0
+    if args.reparse:
+        return reparse(args.out)
     names = args.sections.split(",")
     unknown = [name for name in names if name not in TARGETS]
     if unknown:
