@@ -1,6 +1,6 @@
 """``attnspec bench``: gate, time and measure every selected backend on the workload table.
 
-``attnspec bench [--backend NAME ...] [--op OP ...] [--quick] [--output PATH] [--memory-scaling]
+``attnspec bench [--backend NAME ...] [--op OP ...] [-k TEXT ...] [--quick] [--output PATH] [--memory-scaling]
 [--gpus all|N] [--jobs N]``
 (also ``python -m benchmarks.bench ...``). For each operation, workload (benchmarks/workloads.py) and
 backend: the correctness gate (benchmarks/gate.py) runs first; a backend that fails it, errs, or declares the
@@ -10,6 +10,10 @@ TFLOP/s (attention) or GB/s over the minimal bytes (KD, softmax statistics, redu
 ceiling measured at the start of the run, and the speed-up over the operation's baseline (``BenchOp.baselines``,
 read by benchmarks/baselines.py); on CUDA, speed-ups above 10x over a vendor library and figures above the
 measured ceiling are flagged ``suspicious``.
+
+``-k TEXT`` keeps the workloads whose label (e.g. ``B32H32-S512-D64-causal``) contains TEXT, ignoring case, and
+``-k "not TEXT"`` those whose label does not; several ``-k`` must all hold (they are ANDed). A selection that
+keeps no workload is refused (exit 2) with a few of the labels there are.
 
 ``--memory-scaling`` adds the peak extra memory of attention forward and backward against S per backend,
 with the fitted log-log slope (about 1 for linear memory, 2 for a materialised score matrix).
@@ -37,12 +41,16 @@ from benchmarks.gate import ReferenceCache, run_gate
 from benchmarks.timing import measure_ceilings, timing_for
 from benchmarks.workloads import (
     OPS,
+    LabelPattern,
     Workload,
     bind,
     make_inputs,
+    matching,
     memory_workloads,
     not_supported,
     rates,
+    timed_call,
+    unmatched,
     workloads,
 )
 from conformance.cases import seed_for
@@ -67,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="backend name or package.module:factory (repeatable; default: all available)")
     parser.add_argument("--op", action="append", default=[], choices=OPS,
                         help="operation to benchmark (repeatable; default: all)")
+    parser.add_argument("-k", action="append", default=[], type=label_pattern, metavar="TEXT", dest="patterns",
+                        help='keep workloads whose label contains TEXT (ignoring case; "not TEXT": does not '
+                             "contain it); repeatable, every -k must hold")
     parser.add_argument("--quick", action="store_true", help="a few small workloads and short timing budgets")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: cuda when available, else cpu")
@@ -85,6 +96,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if argv and argv[0] == "--":  # ``attnspec bench -- OPTIONS`` passes the separator on
         argv = argv[1:]
     return parser.parse_args(argv)
+
+
+def label_pattern(expr: str) -> LabelPattern:
+    """``-k``'s argument as a LabelPattern (argparse reports a bad one)."""
+    try:
+        return LabelPattern.parse(expr)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def bench_backends(names: list[str], ops: Iterable[str], device: str, *,
@@ -153,7 +172,8 @@ def measure(backend: BackendLike, workload: Workload, device: str, seed: int, *,
     tflops, gbps = rates(workload, timing.median_s)
     ceiling = ceilings.matmul_tflops if tflops is not None else ceilings.copy_gbps
     return replace(record, median_s=timing.median_s, iqr_s=timing.iqr_s, reps=timing.reps, timing=timing.method,
-                   tflops=tflops, gbps=gbps, peak_extra_bytes=peak, peak_probe=probe,
+                   timed=timed_call(backend, workload), tflops=tflops, gbps=gbps, peak_extra_bytes=peak,
+                   peak_probe=probe,
                    fraction_of_ceiling=(tflops if tflops is not None else gbps) / ceiling if ceiling else None)
 
 
@@ -312,17 +332,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; 0 when the run completed (``--strict``: and every gate passed or was
     unsupported), 2 on bad arguments, 130 when interrupted (the JSON holds what was measured)."""
     args = parse_args(argv)
-    if args.gpus or args.jobs > 1:
-        from benchmarks import spread
-
-        return spread.run(sys.argv[1:] if argv is None else argv, args, args.op or list(OPS))
     console = Console(width=None if sys.stdout.isatty() else 200)
-    progress_console = Console(stderr=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
         console.print("[red]--device cuda: no CUDA device here[/red]")
         return 2
     ops = args.op or list(OPS)
+    tables = {op: matching(workloads(op, device, args.quick), args.patterns) for op in ops}
+    if not args.no_timing and not any(tables.values()):
+        console.print(f"[red]{unmatched(args.patterns, ops, device, args.quick)}[/red]")
+        return 2
+    if args.gpus or args.jobs > 1:
+        from benchmarks import spread
+
+        return spread.run(sys.argv[1:] if argv is None else argv, args,
+                          ops if args.no_timing else [op for op in ops if tables[op]])
+    progress_console = Console(stderr=True)
     try:
         entries = bench_backends(args.backend, ops, device)
     except (DiscoveryError, ValueError) as exc:
@@ -336,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     run = BenchRun(device=device, provenance=provenance, argv=sys.argv[1:] if argv is None else argv,
                    quick=args.quick, backends=[_listing(e) for e in entries],
                    ceilings=measure_ceilings(device, (provenance.gpu if device == "cuda" else provenance.cpu) or ""))
-    plan = [] if args.no_timing else [(w, e) for op in ops for w in workloads(op, device, args.quick)
+    plan = [] if args.no_timing else [(w, e) for op in ops for w in tables[op]
                                       for e in available if e.origin != BASELINE_ORIGIN or implements(e, op)]
     try:
         run_plan(plan, args, run, progress_console)

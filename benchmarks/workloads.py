@@ -9,10 +9,12 @@ the rates, the declared reasons a backend skips a workload, and the memory-scali
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
+from conformance.records import TimedCall
 from implementations.base import BackendLike
 from implementations.ops import BENCH_OPS, AttentionWorkload, RowsWorkload
 
@@ -32,6 +34,44 @@ def workloads(op: str, device: str, quick: bool = False) -> list[Workload]:
     if op not in BENCH_OPS:
         raise ValueError(f"unknown benchmark operation {op!r} (known: {', '.join(OPS)})")
     return BENCH_OPS[op].workloads(device, quick)
+
+
+@dataclass(frozen=True)
+class LabelPattern:
+    """One ``-k`` of ``attnspec bench``: the workloads whose label contains ``text``, ignoring case, or, when
+    ``negated`` (``-k "not TEXT"``), those whose label does not."""
+
+    text: str
+    negated: bool = False
+
+    @classmethod
+    def parse(cls, expr: str) -> LabelPattern:
+        """``TEXT`` or ``not TEXT`` (surrounding spaces dropped); ValueError for an empty text."""
+        words = expr.split(maxsplit=1)
+        negated = bool(words) and words[0] == "not"
+        text = (words[1].strip() if len(words) == 2 else "") if negated else expr.strip()
+        if not text:
+            raise ValueError(f"-k {expr!r}: no text to look for in the labels")
+        return cls(text, negated)
+
+    def keeps(self, label: str) -> bool:
+        """Whether ``label`` passes this pattern."""
+        return (self.text.lower() in label.lower()) != self.negated
+
+
+def matching(found: Iterable[Workload], patterns: Iterable[LabelPattern]) -> list[Workload]:
+    """The workloads of ``found`` whose label passes every pattern (all of them when there is none)."""
+    patterns = list(patterns)
+    return [w for w in found if all(p.keeps(w.label) for p in patterns)]
+
+
+def unmatched(patterns: list[LabelPattern], ops: list[str], device: str, quick: bool) -> str:
+    """Why ``-k`` ``patterns`` that keep no workload of ``ops`` on ``device`` are refused, with a few of the
+    labels there are."""
+    labels = list(dict.fromkeys(w.label for op in ops for w in workloads(op, device, quick)))
+    asked = " ".join(f"-k {'not ' if p.negated else ''}{p.text!r}" for p in patterns)
+    return (f"{asked} keeps no workload of {', '.join(ops)} on {device}; its labels are e.g. "
+            + ", ".join(labels[:6]) + (f" ({len(labels)} in all)" if len(labels) > 6 else ""))
 
 
 def memory_workloads(op: str, device: str) -> list[AttentionWorkload]:
@@ -66,7 +106,17 @@ def make_inputs(workload: Workload, device: str, seed: int) -> dict[str, torch.T
     return workload.bench.inputs(workload, g, device)
 
 
+def timed_call(backend: BackendLike, workload: Workload) -> TimedCall | None:
+    """Which call :func:`bind` gives ``backend`` to time on ``workload`` where its operation offers a prepared
+    call (``BenchOp.prepared``): the prepared one, when the backend has it, or the contract's; None where the
+    operation offers none."""
+    if workload.bench.prepared is None:
+        return None
+    return TimedCall.PREPARED if workload.bench.prepares(backend) else TimedCall.CONTRACT
+
+
 def bind(backend: BackendLike, workload: Workload, inputs: dict[str, torch.Tensor]) -> Callable[[], tuple]:
     """A zero-argument call of ``backend`` on ``inputs`` returning the outputs its operation names
-    (``BenchOp.outputs``); work the call needs first (the forward a backward reads) runs here, untimed."""
+    (``BenchOp.outputs``): the contract calls, or the backend's prepared call (:func:`timed_call`); work the
+    call needs first (the forward a backward reads) runs here, untimed."""
     return workload.bench.bind(backend, workload, inputs)

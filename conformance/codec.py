@@ -37,6 +37,7 @@ from conformance.records import (
     MemoryRecord,
     Provenance,
     RunRecord,
+    TimedCall,
 )
 from conformance.results import Status
 
@@ -275,8 +276,12 @@ def _bench_record(f: Fields) -> BenchRecord | None:
     gate = f.text("gate")
     if gate is not None and Status.parse(gate) is None:
         f.problems.append(f"{f.where}: gate {describe(gate)} is not a status of the format; left out")
+    timed, calls = f.text("timed"), {c.value: c for c in TimedCall}
+    if timed is not None and timed not in calls:
+        f.problems.append(f"{f.where}: timed {describe(timed)} is not a call of the format; left out")
     return _build(BenchRecord, f, **identity, dtype=f.text("dtype") or "?", workload=f.scalars("workload"),
-                  gate=Status.parse(gate), errors=f.number_map("errors"), vs=f.number_map("vs"))
+                  gate=Status.parse(gate), errors=f.number_map("errors"), vs=f.number_map("vs"),
+                  timed=calls.get(timed))
 
 
 def _memory_record(f: Fields) -> MemoryRecord | None:

@@ -197,6 +197,18 @@ ConformanceRecord = RunRecord | CaseStart | CaseRecord | EndRecord
 # -- bench JSON -------------------------------------------------------------------------------------------
 
 
+class TimedCall(str, Enum):
+    """Which call of a backend a bench record timed, where its benchmark operation offers two
+    (``BenchOp.prepared``): ``attention_backward``'s contract call or the backend's prepared backward alone."""
+
+    #: the contract call as the backend implements it (a backend that recomputes the forward through autograd
+    #: inside ``attention_backward`` and offers no prepared call is timed with that forward)
+    CONTRACT = "contract"
+    #: the backend's prepared call (``prepare_attention_backward``): gradients only, from a forward it ran once,
+    #: untimed, before the timing
+    PREPARED = "prepared"
+
+
 @dataclass(frozen=True)
 class Ceilings:
     """What the bench run measured the machine can do: matmul TFLOP/s and copy GB/s, on ``device``."""
@@ -239,6 +251,8 @@ class BenchRecord:
     reps: int | None = None
     #: how it was timed (cuda-events, cuda-graph, perf_counter)
     timing: str | None = None
+    #: which call was timed where the operation offers two (TimedCall); None: the contract calls
+    timed: TimedCall | None = None
     tflops: float | None = None
     gbps: float | None = None
     fraction_of_ceiling: float | None = None

@@ -14,7 +14,7 @@ import numpy as np
 from markupsafe import Markup
 
 from conformance.fields import Scalar, is_finite
-from conformance.records import BenchRecord, Ceilings
+from conformance.records import BenchRecord, Ceilings, TimedCall
 from conformance.results import Status
 from reports import charts
 from reports.fmt import fmt_bytes, fmt_ms, fmt_num
@@ -26,6 +26,9 @@ from reports.timings import Bench
 X_KEYS = ("S", "Sk", "Sq", "V", "cols", "n")
 #: workload figures derived from the sizes: not shown in the table, never an axis
 DERIVED = frozenset({"flops", "min_bytes", "bytes"})
+#: a record's timed call as the table says it
+TIMED_CALLS = {TimedCall.PREPARED: "timed: the backward alone (prepared call)",
+               TimedCall.CONTRACT: "timed: the attention_backward call"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class TimingRow:
     #: the reference rows' medians over this one's, e.g. "flex 1.05×, torch-cudnn 0.91×"
     vs: str
     flag: str
+    #: which call was timed, where the operation offers two (TIMED_CALLS); empty otherwise
+    timed: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ def timing_row(t: BenchRecord) -> TimingRow:
         memory=fmt_bytes(t.peak_extra_bytes), baseline=t.baseline or "—",
         speedup=f"{fmt_num(t.speedup)}×" if is_finite(t.speedup) else "—",
         vs=", ".join(f"{name} {fmt_num(ratio)}×" for name, ratio in t.vs.items()) or "—", flag=t.flag or "",
+        timed=TIMED_CALLS[t.timed] if t.timed else "",
     )
 
 

@@ -229,7 +229,7 @@ def test_memory_scaling_slope() -> None:
 # A tiny CPU run end to end: the JSON schema.
 
 RECORD_KEYS = {"op", "backend", "device", "dtype", "workload", "label", "seed", "gate", "reason", "errors",
-               "median_s", "iqr_s", "reps", "timing", "tflops", "gbps", "fraction_of_ceiling", "peak_extra_bytes",
+               "median_s", "iqr_s", "reps", "timing", "timed", "tflops", "gbps", "fraction_of_ceiling", "peak_extra_bytes",
                "peak_probe", "baseline", "speedup", "vs", "flag"}
 
 
@@ -248,6 +248,7 @@ def test_tiny_cpu_run_json_schema(tmp_path: Path) -> None:
     records = doc["records"]
     assert all(set(r) == RECORD_KEYS for r in records)
     assert {r["gate"] for r in records} <= {"passed", "failed", "unsupported", "error"}
+    assert all(r["timed"] is None for r in records)  # attention and reduce_sum offer one call
     assert {r["backend"] for r in records} >= {"reference", "torch", "torch.sum"}
     attention = [r for r in records if r["op"] == "attention"]
     assert len(attention) == 2 * len(workloads("attention", "cpu", quick=True))

@@ -13,7 +13,8 @@ Oracle: ``dq, dk, dv`` of the forward's materialised float64 definition by torch
 the expanded KV heads), in chunks of query rows; naive: the same in dtype ``t``.
 
 Benchmarks: ``attention_backward`` (the backend's own forward runs once, untimed, to give the ``out`` and
-``lse`` its backward reads) and ``attention_fwd_bwd`` (a forward then a backward, ``3.5 ×`` the forward's
+``lse`` its backward reads; a backend offering ``prepare_attention_backward`` is timed on the backward alone
+that it prepares) and ``attention_fwd_bwd`` (a forward then a backward, ``3.5 ×`` the forward's
 FLOPs), both over the forward's attention table.
 """
 
@@ -104,12 +105,21 @@ def oracle(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor
 # Benchmarks
 
 
+#: the backend method that gives the backward alone, for backends whose ``attention_backward`` recomputes the
+#: forward through autograd (docs/backend-contract.md "The backward alone, for benchmarks")
+PREPARE_BACKWARD = "prepare_attention_backward"
+
+
 def backward_call(backend: Any, w: AttentionWorkload,
                   inputs: dict[str, torch.Tensor]) -> Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The backend's backward, on the ``out`` and ``lse`` of one untimed call of its own forward."""
+    """The backend's backward, on the ``out`` and ``lse`` of one untimed call of its own forward: its prepared
+    backward alone (``prepare_attention_backward``, which runs its forward once more, untimed) where it offers
+    one, else its ``attention_backward``."""
     out, lse = fwd.forward_call(backend, w, inputs)()
     causal = True if w.causal else None
     q, k, v, dout = inputs["q"], inputs["k"], inputs["v"], inputs["dout"]
+    if w.bench.prepares(backend):
+        return getattr(backend, PREPARE_BACKWARD)(q, k, v, out, lse, dout, causal=causal, scale=None)
     return lambda: backend.attention_backward(q, k, v, out, lse, dout, causal=causal, scale=None)
 
 
@@ -144,7 +154,7 @@ BENCH: BenchOp[AttentionWorkload] = BenchOp(
     outputs=("dq", "dk", "dv"),
     table=fwd.attention_table, label=fwd.attention_label, describe=fwd.attention_describe,
     inputs=fwd.attention_inputs, bind=backward_call, reference=backward_reference, baselines=fwd.BASELINES,
-    flops=_backward_flops, reference_rows=fwd.REFERENCE_ROWS)
+    flops=_backward_flops, reference_rows=fwd.REFERENCE_ROWS, prepared=PREPARE_BACKWARD)
 #: a forward then a backward: a benchmark notion only (the contract has no such operation)
 FORWARD_BACKWARD: BenchOp[AttentionWorkload] = BenchOp(
     name="attention_fwd_bwd", asv_class="AttentionForwardBackward", calls=("attention", "attention_backward"),

@@ -80,6 +80,13 @@ class BenchOp(Generic[W]):
     #: device -> the backends every record is also set beside: the ratio of each one's median to the
     #: record's (above 1: faster than it) is the record's ``vs[name]``
     reference_rows: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the backend method that, where a backend has it, gives the call ``bind`` times in place of the contract
+    #: calls (``prepare_attention_backward``: the backward alone, docs/backend-contract.md); None: no such method
+    prepared: str | None = None
+
+    def prepares(self, backend: Any) -> bool:
+        """Whether ``backend`` offers this operation's prepared call (``prepared``), which ``bind`` then times."""
+        return self.prepared is not None and callable(getattr(backend, self.prepared, None))
 
     def workloads(self, device: str, quick: bool = False) -> list[W]:
         """The table on ``device`` (``"cuda"`` or ``"cpu"``)."""

@@ -235,16 +235,39 @@ class TorchAttention(Backend):
     def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1/4/5 by autograd: the forward is recomputed through the same kernel with ``requires_grad``,
         then differentiated with ``dout`` (the kernel's own backward). ``out`` and ``lse`` are validated,
-        not used; timings of this call include one forward.
+        not used; timings of this call include one forward (benchmarks time ``prepare_attention_backward``'s
+        call instead).
         """
-        variant, scale = inp.causal, inp.scale
-        leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
-        self.refuse_unsupported(*leaves, variant, backward=True)
-        with torch.enable_grad():
-            recomputed, _ = self.forward(*leaves, variant, scale, need_lse=False,
-                                         **bias_argument(inp.variants.bias))
-            dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
+        leaves, recomputed = self.recorded_forward(inp)
+        dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
         return dq, dk, dv
+
+    def prepare_attention_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                                   lse: torch.Tensor, dout: torch.Tensor, **options: object
+                                   ) -> Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The backward alone, for benchmarks (docs/backend-contract.md): takes ``attention_backward``'s
+        arguments (``options``: its keywords), checked as it checks them, runs the forward once through the
+        kernel with autograd (here, untimed) and returns a call that computes only ``dq, dk, dv`` from that
+        graph with ``dout`` (the kernel's own backward; the graph is retained, so the call can be repeated):
+        the values ``attention_backward`` returns."""
+        inp = ops.OPS["attention_backward"].validate(self.capabilities, q, k, v, out, lse, dout, **options)
+        leaves, recomputed = self.recorded_forward(inp)
+
+        def backward() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout, retain_graph=True)
+            return dq, dk, dv
+
+        return backward
+
+    def recorded_forward(self, inp: ops.BackwardInputs) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``(leaves, out)``: the forward of a backward call through the kernel, recorded by autograd, on
+        leaves detached from ``q, k, v`` (refused first where the kernel's backward does not support the case)."""
+        leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
+        self.refuse_unsupported(*leaves, inp.causal, backward=True)
+        with torch.enable_grad():
+            recomputed, _ = self.forward(*leaves, inp.causal, inp.scale, need_lse=False,
+                                         **bias_argument(inp.variants.bias))
+        return leaves, recomputed
 
     @implementation("attention_delta")
     def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
@@ -331,6 +354,11 @@ class TorchOps(Backend):
         return value, None
 
 
+#: the backward's note of every SDPA backend
+BACKWARD_NOTE = (
+    "attention_backward: autograd through the same aten call, the forward recomputed inside the call (out and lse "
+    "are validated, not used), so timings of that call include one forward; attnspec bench times "
+    "prepare_attention_backward's call instead: the gradients alone, from a forward recorded once, untimed")
 #: notes shared by the backends that declare the TorchOps operations
 OPS_NOTES = (
     "softmax_stats / softmax_merge: torch amax, exp, sum in float32 (float64 for float64), -inf-safe "

@@ -27,6 +27,7 @@ from implementations.base import (
     CausalVariant,
 )
 from implementations.torch_sdpa.common import (
+    BACKWARD_NOTE,
     HAS_ENABLE_GQA,
     LOW_AND_FULL,
     OPS_NOTES,
@@ -76,8 +77,7 @@ class TorchCPUBackend(TorchAttention, TorchOps):
                 self._masked_rows(),
                 "is_causal (top_left) with a negative scale: returned as torch computes it (the finding, ATT-8: "
                 "conformance/xfails/torch.txt)",
-                "attention_backward: autograd through the same aten call (forward recomputed inside the call; "
-                "the out and lse arguments are validated, not used); backward timings include one forward",
+                BACKWARD_NOTE,
                 "deterministic: the CPU flash backward parallelises over (batch, head) pairs, each summed "
                 "sequentially; bit-identical over 20 repeats and 1-3 threads with torch 2.13",
                 "head dims: the CPU kernel has no limit; declared up to 512, the largest checked",

@@ -14,6 +14,7 @@ from implementations.base import (
     CausalVariant,
 )
 from implementations.torch_sdpa.common import (
+    BACKWARD_NOTE,
     HALF,
     HAS_ENABLE_GQA,
     LOW_AND_FULL,
@@ -116,8 +117,7 @@ COMMON_CUDA_NOTES = (
     "written for torch 2.4..2.13; run by its author only with torch 2.11.0+cu130, cuDNN 9.19, on an H200, "
     "against a float64 oracle on a few shapes (tests/test_torch_backend.py); checked before each call with "
     "torch.backends.cuda.can_use_*_attention (a refusal is an InvalidInputError with torch's reasons)",
-    "attention_backward: autograd through the same aten call (forward recomputed inside the call); backward "
-    "timings include one forward",
+    BACKWARD_NOTE,
     "deterministic=False: not established (fused backward kernels may accumulate with atomics unless "
     "torch.use_deterministic_algorithms is on); with torch 2.11 on an H200, gradients of a 300x200 bf16 case "
     "were bit-identical over 10 repeats for every kernel except efficient bottom_right; GRAD-6 measures it",

@@ -1,0 +1,178 @@
+"""The backward alone, for benchmarks (docs/backend-contract.md): the autograd backends' prepared call runs the
+forward once, untimed, and each call then computes only the gradients, those ``attention_backward`` returns;
+``attnspec bench`` times it where a backend offers it and says in each record which call it timed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.timing import timing_for
+from benchmarks.workloads import bind, make_inputs, timed_call, workloads
+from conformance.codec import read_bench
+from conformance.records import BenchRecord, TimedCall
+from conformance.results import Status
+from implementations import flex, ops
+from implementations.base import InvalidInputError
+from implementations.reference import ReferenceBackend
+from implementations.torch_sdpa import TorchCPUBackend
+from reports.speed import timing_row
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def torch_cpu() -> TorchCPUBackend:
+    return TorchCPUBackend()
+
+
+@pytest.fixture
+def forward_calls(torch_cpu: TorchCPUBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The backend's kernel forward wrapped so that every call of it is counted (the list's one entry)."""
+    count = [0]
+    kernel = torch_cpu.forward
+
+    def counted(*args: object, **kwargs: object) -> object:
+        count[0] += 1
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(torch_cpu, "forward", counted)
+    yield count
+
+
+def backward_args(B: int = 2, Hq: int = 4, Hk: int = 2, S: int = 24, D: int = 16, causal: bool = True,
+                  bias: bool = False) -> tuple[tuple[torch.Tensor, ...], dict[str, object]]:
+    """Seeded float32 arguments of ``attention_backward`` (``out`` and ``lse`` from the reference forward)."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(B, h, S, D, generator=g) for h in (Hq, Hk, Hk))
+    options: dict[str, object] = {"causal": True if causal else None}
+    if bias:
+        options["bias"] = torch.randn(1, Hq, S, S, generator=g)
+    out, lse = ReferenceBackend().attention(q, k, v, **options)
+    return (q, k, v, out, lse, torch.randn(out.shape, generator=g)), options
+
+
+def test_prepared_call_runs_the_forward_once_and_never_while_timed(torch_cpu: TorchCPUBackend,
+                                                                   forward_calls: list[int]) -> None:
+    """Preparing runs the kernel's forward once; the calls, timed by the bench's own timing, run it never. The
+    contract call runs it every time (which is why it is not what the bench times)."""
+    args, options = backward_args()
+    call = torch_cpu.prepare_attention_backward(*args, **options)
+    assert forward_calls[0] == 1
+    timing = timing_for(call, "cpu", quick=True)
+    assert timing.reps >= 3 and forward_calls[0] == 1
+    torch_cpu.attention_backward(*args, **options)
+    torch_cpu.attention_backward(*args, **options)
+    assert forward_calls[0] == 3
+
+
+def test_the_bench_binds_the_prepared_call(torch_cpu: TorchCPUBackend, forward_calls: list[int]) -> None:
+    """The bound call of the attention_backward benchmark: two forwards while binding (the out and lse its
+    backward reads, and the recorded one), none in its calls; the record says which call that is."""
+    workload = workloads("attention_backward", "cpu", quick=True)[0]
+    call = bind(torch_cpu, workload, make_inputs(workload, "cpu", 3))
+    assert forward_calls[0] == 2
+    for _ in range(4):
+        call()
+    assert forward_calls[0] == 2
+    assert timed_call(torch_cpu, workload) is TimedCall.PREPARED
+    assert timed_call(ReferenceBackend(), workload) is TimedCall.CONTRACT
+    assert timed_call(torch_cpu, workloads("attention_fwd_bwd", "cpu", quick=True)[0]) is None
+
+
+@pytest.mark.parametrize("case", [{}, {"causal": False}, {"Hk": 4}, {"bias": True}, {"S": 33, "D": 8}])
+def test_prepared_gradients_are_the_contract_calls(torch_cpu: TorchCPUBackend, case: dict[str, object]) -> None:
+    """Every call of the prepared backward gives the gradients attention_backward gives, bit for bit (the CPU
+    flash backward is deterministic), GQA sums and bias included."""
+    args, options = backward_args(**case)  # type: ignore[arg-type]
+    expected = torch_cpu.attention_backward(*args, **options)
+    call = torch_cpu.prepare_attention_backward(*args, **options)
+    for _ in range(2):
+        got = call()
+        assert len(got) == 3
+        for name, g, e in zip(("dq", "dk", "dv"), got, expected):
+            assert g.shape == e.shape and g.dtype == e.dtype, name
+            assert torch.equal(g, e), name
+
+
+def test_prepared_call_checks_its_arguments_as_the_contract_does(torch_cpu: TorchCPUBackend) -> None:
+    (q, k, v, out, lse, dout), options = backward_args()
+    with pytest.raises(InvalidInputError, match="dout"):
+        torch_cpu.prepare_attention_backward(q, k, v, out, lse, dout[..., :-1], **options)
+    with pytest.raises(InvalidInputError, match="lse"):
+        torch_cpu.prepare_attention_backward(q, k, v, out, lse[:, :, :-1], dout, **options)
+
+
+def test_flex_records_its_forward_with_the_calls_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flex's backward and prepared backward differentiate a forward recorded with the call's variants in
+    force, compiled with AOTAutograd's donated buffers off (a donating compiled backward refuses the prepared
+    call's retain_graph). On the CPU torch refuses flex's backward, so the kernel is a stand-in here that
+    notes what it saw, and the backward is declared for the test."""
+    from torch._functorch import config
+
+    donating = config.donated_buffer
+    backend = flex.FlexBackend("cpu")
+    monkeypatch.setattr(backend, "capabilities", dataclasses.replace(backend.capabilities,
+                                                                     backward_dtypes=(torch.float32,)))
+    seen: list[tuple[float | None, bool]] = []
+
+    def kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: object, scale: float, *,
+               need_lse: bool) -> tuple[torch.Tensor, None]:
+        seen.append((backend.call_variants.softcap, config.donated_buffer))
+        return q * scale + (k * v).sum(), None
+
+    monkeypatch.setattr(backend, "forward", kernel)
+    (q, k, v, out, lse, dout), _ = backward_args(Hk=4, causal=True)
+    call = backend.prepare_attention_backward(q, k, v, out, lse, dout, causal=True, softcap=0.5)
+    assert seen == [(0.5, False)]
+    dq, dk, dv = call()
+    assert torch.allclose(dq, dout * q.shape[-1] ** -0.5) and torch.allclose(dk, dout.sum() * v)
+    assert len(seen) == 1
+    backend.attention_backward(q, k, v, out, lse, dout, causal=True, softcap=0.25)
+    assert seen[-1] == (0.25, False) and config.donated_buffer == donating
+
+
+def test_bench_cli_records_which_call_it_timed(tmp_path: Path) -> None:
+    """Through the real CLI: torch is timed on its prepared backward, the reference (the CPU baseline, which
+    has no prepared call) on its contract call; both pass the gate; the report's table says which."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "reports.command", "bench", "--quick", "--op", "attention_backward",
+                           "--backend", "torch", "--device", "cpu", "--output", str(out)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run = read_bench(out, problems := [])
+    assert problems == [] and run.finished
+    by_backend: dict[str, list[BenchRecord]] = {}
+    for r in run.records:
+        by_backend.setdefault(r.backend, []).append(r)
+    assert set(by_backend) == {"torch", "reference"}
+    for backend, timed in (("torch", TimedCall.PREPARED), ("reference", TimedCall.CONTRACT)):
+        records = by_backend[backend]
+        assert len(records) == len(workloads("attention_backward", "cpu", quick=True))
+        assert all(r.gate is Status.PASSED and r.median_s and r.timed is timed for r in records), records
+    raw = json.loads(out.read_text())["records"]
+    assert {r["backend"]: r["timed"] for r in raw} == {"torch": "prepared", "reference": "contract"}
+    assert "backward alone" in timing_row(by_backend["torch"][0]).timed
+    assert "attention_backward call" in timing_row(by_backend["reference"][0]).timed
+
+
+def test_timed_reads_back_and_older_files_have_none(tmp_path: Path) -> None:
+    """A bench file without ``timed`` (older files, other operations) reads as None; a value that is no call of
+    the format is left out with a problem noted; the report shows nothing for None."""
+    path = tmp_path / "bench.json"
+    records = [{"op": "attention_backward", "backend": "a", "device": "cpu", "timed": "prepared"},
+               {"op": "attention_backward", "backend": "b", "device": "cpu"},
+               {"op": "attention_backward", "backend": "c", "device": "cpu", "timed": "forward"}]
+    path.write_text(json.dumps({"kind": "bench", "schema": 2, "records": records}))
+    run = read_bench(path, problems := [])
+    assert [r.timed for r in run.records] == [TimedCall.PREPARED, None, None]
+    assert len(problems) == 1 and problems[0] == 'records[2]: timed "forward" is not a call of the format; left out'
+    assert timing_row(run.records[1]).timed == ""
