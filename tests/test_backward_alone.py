@@ -20,7 +20,7 @@ from benchmarks.workloads import bind, make_inputs, timed_call, workloads
 from conformance.codec import read_bench
 from conformance.records import BenchRecord, TimedCall
 from conformance.results import Status
-from implementations import flex, ops
+from implementations import flex
 from implementations.base import InvalidInputError
 from implementations.reference import ReferenceBackend
 from implementations.torch_sdpa import TorchCPUBackend

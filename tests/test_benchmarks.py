@@ -229,8 +229,8 @@ def test_memory_scaling_slope() -> None:
 # A tiny CPU run end to end: the JSON schema.
 
 RECORD_KEYS = {"op", "backend", "device", "dtype", "workload", "label", "seed", "gate", "reason", "errors",
-               "median_s", "iqr_s", "reps", "timing", "timed", "tflops", "gbps", "fraction_of_ceiling", "peak_extra_bytes",
-               "peak_probe", "baseline", "speedup", "vs", "flag"}
+               "median_s", "iqr_s", "reps", "timing", "timed", "tflops", "gbps", "fraction_of_ceiling",
+               "peak_extra_bytes", "peak_probe", "baseline", "speedup", "vs", "flag"}
 
 
 def test_tiny_cpu_run_json_schema(tmp_path: Path) -> None:
