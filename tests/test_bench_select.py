@@ -69,3 +69,16 @@ def test_cli_refuses_a_selection_that_keeps_nothing(tmp_path: Path) -> None:
     assert done.returncode == 2, text
     assert "-k 'D65' keeps no workload of attention on cpu" in text and "B2H2-S128-D64" in text
     assert not out.exists()
+
+
+def test_spread_run_gives_no_process_to_an_operation_left_without_workloads(tmp_path: Path) -> None:
+    """With --jobs, -k goes to every process; reduce_sum has no S128 workload, so it gets no process (one would
+    exit 2) and the merged file holds the attention records alone."""
+    out = tmp_path / "bench.json"
+    done = bench_cli("--quick", "--device", "cpu", "--backend", "reference", "--op", "attention", "--op",
+                     "reduce_sum", "-k", "S128", "--jobs", "2", "--output", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run = read_bench(out, problems := [])
+    assert problems == [] and run.finished and len(run.parts) == 1
+    assert {(r.op, r.label) for r in run.records} == {("attention", "B2H2-S128-D64"),
+                                                      ("attention", "B2H2-S128-D64-causal")}
