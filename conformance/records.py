@@ -251,7 +251,7 @@ class BenchRecord:
     reps: int | None = None
     #: how it was timed (cuda-events, cuda-graph, perf_counter)
     timing: str | None = None
-    #: which call was timed where the operation offers two (TimedCall); None: the contract calls
+    #: which call was timed where the operation offers two (TimedCall); None where it offers one, or untimed
     timed: TimedCall | None = None
     tflops: float | None = None
     gbps: float | None = None
