@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import subprocess
 import sys
@@ -149,6 +150,21 @@ def test_kernel_tool_help(tool: str) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage:")
+
+
+def test_kernel_tool_records_its_provenance(tmp_path: Path) -> None:
+    """A kernel tool's JSON names the commit, versions and device it measured (here: the fp8 section of
+    bench_variants on small shapes, Triton's interpreter)."""
+    out = tmp_path / "variants.json"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.kernel_tools.bench_variants", "--small",
+                             "--sections", "fp8", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert data["provenance"]["commit"] == head
+    assert data["provenance"]["torch"] and data["provenance"]["triton"]
+    assert data["fp8"], "the section ran no row"
 
 
 def test_wheel_ships_no_evidence(tmp_path: Path) -> None:

@@ -70,11 +70,15 @@ def sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) 
 
 
 class Recorder:
-    """Results by section, written to ``path`` after each one."""
+    """Results by section, written to ``path`` after each one; the first section, ``provenance``, names the
+    device, versions and commit of the run (``conformance.provenance.collect``)."""
 
     def __init__(self, path: Path) -> None:
+        from conformance.codec import to_json
+        from conformance.provenance import collect
+
         self.path = path
-        self.data: dict[str, object] = {}
+        self.data: dict[str, object] = {"provenance": to_json(collect())}
 
     def put(self, section: str, value: object) -> None:
         self.data[section] = value
