@@ -199,13 +199,14 @@ ConformanceRecord = RunRecord | CaseStart | CaseRecord | EndRecord
 
 class TimedCall(str, Enum):
     """Which call of a backend a bench record timed, where its benchmark operation offers two
-    (``BenchOp.prepared``): ``attention_backward``'s contract call or the backend's prepared backward alone."""
+    (``BenchOp.prepared``): the contract calls, or the backend's prepared call, which recomputes no forward."""
 
-    #: the contract call as the backend implements it (a backend that recomputes the forward through autograd
-    #: inside ``attention_backward`` and offers no prepared call is timed with that forward)
+    #: the contract calls as the backend implements them (a backend that recomputes the forward through
+    #: autograd inside ``attention_backward`` and offers no prepared call is timed with that forward)
     CONTRACT = "contract"
-    #: the backend's prepared call (``prepare_attention_backward``): gradients only, from a forward it ran once,
-    #: untimed, before the timing
+    #: the backend's prepared call: ``prepare_attention_backward``'s (the gradients alone, from a forward run
+    #: once, untimed, before the timing) or ``prepare_attention_forward_backward``'s (one forward, then its
+    #: backward)
     PREPARED = "prepared"
 
 

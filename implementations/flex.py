@@ -19,9 +19,9 @@ Mapping of the contract's ``attention(q, k, v, causal, scale)`` onto FlexAttenti
   sequence's starts with its own ``Sk_b - Sq_b``; softcap is the score_mod; lse ``[1, Hq, total_q]`` is
   returned as ``[Hq, total_q]``. The varlen backward is autograd through that call (CUDA only, as below).
 - backward (GRAD): autograd through ``flex_attention`` with ``dout``, the forward recomputed inside the call
-  (as the torch backends do); the ``out`` and ``lse`` arguments are validated, not used. Benchmarks time the
-  backward alone: ``prepare_attention_backward`` (TorchAttention's) runs the forward once, untimed, and its call
-  differentiates that graph.
+  (as the torch backends do); the ``out`` and ``lse`` arguments are validated, not used. Benchmarks time
+  TorchAttention's prepared calls: ``prepare_attention_backward`` runs the forward once, untimed, and its call
+  differentiates that graph; ``prepare_attention_forward_backward``'s call runs one forward, then its backward.
 - CUDA: ``torch.compile(flex_attention, dynamic=False)``, the fused Triton kernels; dynamo's recompile limit
   is raised to ``RECOMPILE_LIMIT`` so that every shape of a run is compiled (past the default limit of 8,
   dynamo would silently run the unfused eager path instead).
@@ -199,7 +199,8 @@ class FlexBackend(TorchAttention):
                     "each shape is compiled (beyond the default limit dynamo falls back to the eager path)",
                     "head dims from 16 (inductor's flex kernels refuse smaller ones)",
                     "backward: autograd through the compiled call (attention_backward recomputes the forward; "
-                    "benchmarks time the backward alone, prepare_attention_backward)",
+                    "benchmarks time the prepared calls, prepare_attention_backward and "
+                    "prepare_attention_forward_backward, which do not)",
                 ),
             )
         return Capabilities(
@@ -232,13 +233,14 @@ class FlexBackend(TorchAttention):
         self.call_variants = inp.variants
         return TorchAttention.attention.__wrapped__(self, inp)
 
-    def recorded_forward(self, inp: ops.BackwardInputs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def recorded_forward(self, inp: ops.BackwardInputs, need_lse: bool = False
+                         ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """TorchAttention's recorded forward (autograd through flex) with this call's variants in force: the
-        backward and the prepared backward alone (``prepare_attention_backward``) of TorchAttention go through
-        it."""
+        backward and the prepared calls (``prepare_attention_backward``, ``prepare_attention_forward_backward``)
+        of TorchAttention go through it."""
         self.call_variants = inp.variants
         with repeatable_backward():
-            return super().recorded_forward(inp)
+            return super().recorded_forward(inp, need_lse)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; masks are small
     def document_block_mask(self, variant: CausalVariant | None, window: tuple[int, int] | None,

@@ -27,8 +27,8 @@ X_KEYS = ("S", "Sk", "Sq", "V", "cols", "n")
 #: workload figures derived from the sizes: not shown in the table, never an axis
 DERIVED = frozenset({"flops", "min_bytes", "bytes"})
 #: a record's timed call as the table says it
-TIMED_CALLS = {TimedCall.PREPARED: "timed: the backward alone (prepared call)",
-               TimedCall.CONTRACT: "timed: the attention_backward call"}
+TIMED_CALLS = {TimedCall.PREPARED: "timed: its prepared call (no forward recomputed)",
+               TimedCall.CONTRACT: "timed: the contract calls"}
 
 
 @dataclass(frozen=True)

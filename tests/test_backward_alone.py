@@ -1,6 +1,7 @@
-"""The backward alone, for benchmarks (docs/backend-contract.md): the autograd backends' prepared call runs the
+"""Prepared calls, for benchmarks (docs/backend-contract.md): the autograd backends' prepared backward runs the
 forward once, untimed, and each call then computes only the gradients, those ``attention_backward`` returns;
-``attnspec bench`` times it where a backend offers it and says in each record which call it timed."""
+their prepared forward and backward runs one forward a call, not two; ``attnspec bench`` times them where a
+backend offers them and says in each record which call it timed."""
 
 from __future__ import annotations
 
@@ -85,7 +86,40 @@ def test_the_bench_binds_the_prepared_call(torch_cpu: TorchCPUBackend, forward_c
     assert forward_calls[0] == 2
     assert timed_call(torch_cpu, workload) is TimedCall.PREPARED
     assert timed_call(ReferenceBackend(), workload) is TimedCall.CONTRACT
-    assert timed_call(torch_cpu, workloads("attention_fwd_bwd", "cpu", quick=True)[0]) is None
+    assert timed_call(torch_cpu, workloads("attention", "cpu", quick=True)[0]) is None
+
+
+def test_forward_backward_runs_one_forward_a_call(torch_cpu: TorchCPUBackend, forward_calls: list[int]) -> None:
+    """The attention_fwd_bwd benchmark's bound call: one forward while binding (the out and lse it is prepared
+    on), then one forward a call, where attention then attention_backward run two."""
+    workload = workloads("attention_fwd_bwd", "cpu", quick=True)[0]
+    call = bind(torch_cpu, workload, make_inputs(workload, "cpu", 3))
+    assert forward_calls[0] == 1 and timed_call(torch_cpu, workload) is TimedCall.PREPARED
+    for _ in range(3):
+        call()
+    assert forward_calls[0] == 4
+    args, options = backward_args()
+    torch_cpu.attention(*args[:3], **options)
+    torch_cpu.attention_backward(*args, **options)
+    assert forward_calls[0] == 6
+
+
+@pytest.mark.parametrize("case", [{}, {"causal": False, "Hk": 4}, {"bias": True}])
+def test_prepared_forward_backward_gives_the_contract_calls_values(torch_cpu: TorchCPUBackend,
+                                                                   case: dict[str, object]) -> None:
+    """out, lse, dq, dk, dv of the prepared forward and backward are those of attention then
+    attention_backward, bit for bit, on every call."""
+    args, options = backward_args(**case)  # type: ignore[arg-type]
+    q, k, v, _, _, dout = args
+    out, lse = torch_cpu.attention(q, k, v, **options)
+    expected = (out, lse, *torch_cpu.attention_backward(q, k, v, out, lse, dout, **options))
+    call = torch_cpu.prepare_attention_forward_backward(*args, **options)
+    for _ in range(2):
+        got = call()
+        assert len(got) == 5 and not any(x.requires_grad for x in got)
+        for name, g, e in zip(("out", "lse", "dq", "dk", "dv"), got, expected):
+            assert g.shape == e.shape and g.dtype == e.dtype, name
+            assert torch.equal(g, e), name
 
 
 @pytest.mark.parametrize("case", [{}, {"causal": False}, {"Hk": 4}, {"bias": True}, {"S": 33, "D": 8}])
@@ -109,6 +143,8 @@ def test_prepared_call_checks_its_arguments_as_the_contract_does(torch_cpu: Torc
         torch_cpu.prepare_attention_backward(q, k, v, out, lse, dout[..., :-1], **options)
     with pytest.raises(InvalidInputError, match="lse"):
         torch_cpu.prepare_attention_backward(q, k, v, out, lse[:, :, :-1], dout, **options)
+    with pytest.raises(InvalidInputError, match="dout"):
+        torch_cpu.prepare_attention_forward_backward(q, k, v, out, lse, dout[..., :-1], **options)
 
 
 def test_flex_records_its_forward_with_the_calls_variants(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,30 +174,35 @@ def test_flex_records_its_forward_with_the_calls_variants(monkeypatch: pytest.Mo
     assert len(seen) == 1
     backend.attention_backward(q, k, v, out, lse, dout, causal=True, softcap=0.25)
     assert seen[-1] == (0.25, False) and config.donated_buffer == donating
+    backend.prepare_attention_forward_backward(q, k, v, out, lse, dout, causal=True, softcap=0.125)()
+    assert seen[-1] == (0.125, False) and len(seen) == 3
 
 
 def test_bench_cli_records_which_call_it_timed(tmp_path: Path) -> None:
-    """Through the real CLI: torch is timed on its prepared backward, the reference (the CPU baseline, which
-    has no prepared call) on its contract call; both pass the gate; the report's table says which."""
+    """Through the real CLI: torch is timed on its prepared calls, the reference (the CPU baseline, which has
+    none) on the contract calls, for attention_backward and attention_fwd_bwd; every gate passes; the
+    report's table says which call each row timed."""
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "reports.command", "bench", "--quick", "--op", "attention_backward",
-                           "--backend", "torch", "--device", "cpu", "--output", str(out)], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT, env=os.environ | {"COLUMNS": "200"})
+                           "--op", "attention_fwd_bwd", "--backend", "torch", "--device", "cpu", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ | {"COLUMNS": "200"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     run = read_bench(out, problems := [])
     assert problems == [] and run.finished
-    by_backend: dict[str, list[BenchRecord]] = {}
+    grouped: dict[tuple[str, str], list[BenchRecord]] = {}
     for r in run.records:
-        by_backend.setdefault(r.backend, []).append(r)
-    assert set(by_backend) == {"torch", "reference"}
-    for backend, timed in (("torch", TimedCall.PREPARED), ("reference", TimedCall.CONTRACT)):
-        records = by_backend[backend]
-        assert len(records) == len(workloads("attention_backward", "cpu", quick=True))
+        grouped.setdefault((r.op, r.backend), []).append(r)
+    ops = ("attention_backward", "attention_fwd_bwd")
+    assert set(grouped) == {(op, backend) for op in ops for backend in ("torch", "reference")}
+    for (op, backend), records in grouped.items():
+        timed = TimedCall.PREPARED if backend == "torch" else TimedCall.CONTRACT
+        assert len(records) == len(workloads(op, "cpu", quick=True))
         assert all(r.gate is Status.PASSED and r.median_s and r.timed is timed for r in records), records
     raw = json.loads(out.read_text())["records"]
-    assert {r["backend"]: r["timed"] for r in raw} == {"torch": "prepared", "reference": "contract"}
-    assert "backward alone" in timing_row(by_backend["torch"][0]).timed
-    assert "attention_backward call" in timing_row(by_backend["reference"][0]).timed
+    assert {(r["op"], r["backend"], r["timed"]) for r in raw} == {
+        (op, "torch", "prepared") for op in ops} | {(op, "reference", "contract") for op in ops}
+    assert "prepared call" in timing_row(grouped["attention_backward", "torch"][0]).timed
+    assert "contract calls" in timing_row(grouped["attention_fwd_bwd", "reference"][0]).timed
 
 
 def test_timed_reads_back_and_older_files_have_none(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ the expanded KV heads), in chunks of query rows; naive: the same in dtype ``t``.
 Benchmarks: ``attention_backward`` (the backend's own forward runs once, untimed, to give the ``out`` and
 ``lse`` its backward reads; a backend offering ``prepare_attention_backward`` is timed on the backward alone
 that it prepares) and ``attention_fwd_bwd`` (a forward then a backward, ``3.5 ×`` the forward's
-FLOPs), both over the forward's attention table.
+FLOPs; a backend offering ``prepare_attention_forward_backward`` is timed on its call, one forward then its
+backward), both over the forward's attention table.
 """
 
 from __future__ import annotations
@@ -105,9 +106,11 @@ def oracle(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor
 # Benchmarks
 
 
-#: the backend method that gives the backward alone, for backends whose ``attention_backward`` recomputes the
-#: forward through autograd (docs/backend-contract.md "The backward alone, for benchmarks")
+#: the backend methods that give the backward alone, and a forward then its backward, with no forward
+#: recomputed, for backends whose ``attention_backward`` recomputes it through autograd (docs/backend-contract.md
+#: "Prepared calls, for benchmarks")
 PREPARE_BACKWARD = "prepare_attention_backward"
+PREPARE_FORWARD_BACKWARD = "prepare_attention_forward_backward"
 
 
 def backward_call(backend: Any, w: AttentionWorkload,
@@ -125,10 +128,15 @@ def backward_call(backend: Any, w: AttentionWorkload,
 
 def forward_backward_call(backend: Any, w: AttentionWorkload,
                           inputs: dict[str, torch.Tensor]) -> Callable[[], tuple[torch.Tensor, ...]]:
-    """The backend's forward, then its backward on what the forward returned."""
+    """The backend's forward, then its backward on what the forward returned; where the backend offers
+    ``prepare_attention_forward_backward``, its call (prepared on the ``out`` and ``lse`` of one untimed forward),
+    which runs the forward once and differentiates it."""
     forward = fwd.forward_call(backend, w, inputs)
     causal = True if w.causal else None
     q, k, v, dout = inputs["q"], inputs["k"], inputs["v"], inputs["dout"]
+    if w.bench.prepares(backend):
+        out, lse = forward()
+        return getattr(backend, PREPARE_FORWARD_BACKWARD)(q, k, v, out, lse, dout, causal=causal, scale=None)
 
     def call() -> tuple[torch.Tensor, ...]:
         out, lse = forward()
@@ -163,7 +171,7 @@ FORWARD_BACKWARD: BenchOp[AttentionWorkload] = BenchOp(
     inputs=fwd.attention_inputs, bind=forward_backward_call,
     reference=lambda w, inputs: fwd.forward_reference(w, inputs) | backward_reference(w, inputs),
     baselines=fwd.BASELINES, flops=lambda w: fwd.workload_flops(w) + _backward_flops(w),
-    reference_rows=fwd.REFERENCE_ROWS)
+    reference_rows=fwd.REFERENCE_ROWS, prepared=PREPARE_FORWARD_BACKWARD)
 
 
 SPEC: OpSpec[BackwardInputs] = OpSpec(

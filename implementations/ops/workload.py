@@ -81,7 +81,7 @@ class BenchOp(Generic[W]):
     #: record's (above 1: faster than it) is the record's ``vs[name]``
     reference_rows: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: the backend method that, where a backend has it, gives the call ``bind`` times in place of the contract
-    #: calls (``prepare_attention_backward``: the backward alone, docs/backend-contract.md); None: no such method
+    #: calls (``prepare_attention_backward``: the backward alone; docs/backend-contract.md); None: no such method
     prepared: str | None = None
 
     def prepares(self, backend: Any) -> bool:

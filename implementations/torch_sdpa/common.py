@@ -235,10 +235,9 @@ class TorchAttention(Backend):
     def attention_backward(self, inp: ops.BackwardInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GRAD-1/4/5 by autograd: the forward is recomputed through the same kernel with ``requires_grad``,
         then differentiated with ``dout`` (the kernel's own backward). ``out`` and ``lse`` are validated,
-        not used; timings of this call include one forward (benchmarks time ``prepare_attention_backward``'s
-        call instead).
+        not used; timings of this call include one forward (benchmarks time the prepared calls instead).
         """
-        leaves, recomputed = self.recorded_forward(inp)
+        leaves, recomputed, _ = self.recorded_forward(inp)
         dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
         return dq, dk, dv
 
@@ -251,7 +250,7 @@ class TorchAttention(Backend):
         graph with ``dout`` (the kernel's own backward; the graph is retained, so the call can be repeated):
         the values ``attention_backward`` returns."""
         inp = ops.OPS["attention_backward"].validate(self.capabilities, q, k, v, out, lse, dout, **options)
-        leaves, recomputed = self.recorded_forward(inp)
+        leaves, recomputed, _ = self.recorded_forward(inp)
 
         def backward() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout, retain_graph=True)
@@ -259,15 +258,37 @@ class TorchAttention(Backend):
 
         return backward
 
-    def recorded_forward(self, inp: ops.BackwardInputs) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``(leaves, out)``: the forward of a backward call through the kernel, recorded by autograd, on
-        leaves detached from ``q, k, v`` (refused first where the kernel's backward does not support the case)."""
+    def prepare_attention_forward_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                           out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
+                                           **options: object) -> Callable[[], tuple[torch.Tensor, ...]]:
+        """A forward and its backward with no forward recomputed, for benchmarks (docs/backend-contract.md):
+        ``attention_backward``'s arguments, checked once, here; each call of the returned call runs the forward
+        through the kernel with autograd and differentiates it with ``dout``: ``out, lse, dq, dk, dv``, as
+        ``attention`` then ``attention_backward`` return them."""
+        inp = ops.OPS["attention_backward"].validate(self.capabilities, q, k, v, out, lse, dout, **options)
+
+        def forward_backward() -> tuple[torch.Tensor, ...]:
+            leaves, out, lse = self.recorded_forward(inp, need_lse=True)
+            lse_out = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
+            lse_out.copy_(lse)
+            return (out.detach(), lse_out, *torch.autograd.grad(out, leaves, inp.dout))
+
+        return forward_backward
+
+    def recorded_forward(self, inp: ops.BackwardInputs, need_lse: bool = False
+                         ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """``(leaves, out, lse)``: the forward of a backward call through the kernel, recorded by autograd, on
+        leaves detached from ``q, k, v`` (refused first where the kernel's backward does not support the case);
+        lse (not recorded) only when asked for."""
         leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
         self.refuse_unsupported(*leaves, inp.causal, backward=True)
+        bias = inp.variants.bias
         with torch.enable_grad():
-            recomputed, _ = self.forward(*leaves, inp.causal, inp.scale, need_lse=False,
-                                         **bias_argument(inp.variants.bias))
-        return leaves, recomputed
+            out, lse = self.forward(*leaves, inp.causal, inp.scale, need_lse=need_lse, **bias_argument(bias))
+        if need_lse and lse is None:
+            with torch.no_grad():
+                lse = lse_from_scores(inp.q, inp.k, inp.causal, inp.scale, bias)
+        return leaves, out, None if lse is None else lse.detach()
 
     @implementation("attention_delta")
     def attention_delta(self, inp: ops.DeltaInputs) -> torch.Tensor:
@@ -357,8 +378,9 @@ class TorchOps(Backend):
 #: the backward's note of every SDPA backend
 BACKWARD_NOTE = (
     "attention_backward: autograd through the same aten call, the forward recomputed inside the call (out and lse "
-    "are validated, not used), so timings of that call include one forward; attnspec bench times "
-    "prepare_attention_backward's call instead: the gradients alone, from a forward recorded once, untimed")
+    "are validated, not used), so timings of that call include one forward; attnspec bench times the prepared "
+    "calls instead: prepare_attention_backward's (the gradients alone, from a forward recorded once, untimed) and "
+    "prepare_attention_forward_backward's (one forward, then its backward)")
 #: notes shared by the backends that declare the TorchOps operations
 OPS_NOTES = (
     "softmax_stats / softmax_merge: torch amax, exp, sum in float32 (float64 for float64), -inf-safe "
