@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.gate import relative_error
 from benchmarks.timing import timing_for
 from benchmarks.workloads import bind, make_inputs, timed_call, workloads
 from conformance.codec import read_bench
 from conformance.records import BenchRecord, TimedCall
 from conformance.results import Status
-from implementations import flex
+from implementations import flex, torch_sdpa
 from implementations.base import InvalidInputError
 from implementations.reference import ReferenceBackend
 from implementations.torch_sdpa import TorchCPUBackend
@@ -217,3 +218,22 @@ def test_timed_reads_back_and_older_files_have_none(tmp_path: Path) -> None:
     assert [r.timed for r in run.records] == [TimedCall.PREPARED, None, None]
     assert len(problems) == 1 and problems[0] == 'records[2]: timed "forward" is not a call of the format; left out'
     assert timing_row(run.records[1]).timed == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["torch-flash", "torch-efficient", "torch-cudnn", "torch-math", "flex"])
+def test_cuda_prepared_calls_give_the_contract_values(name: str) -> None:
+    """Each SDPA kernel and compiled flex on CUDA: the prepared backward, called three times on one recorded
+    graph (compiled flex's retain_graph included), and the prepared forward and backward give the contract
+    calls' values, within bfloat16 rounding (fused backwards may accumulate in any order)."""
+    backend = flex.FlexBackend("cuda") if name == "flex" else next(
+        b for b in torch_sdpa.backends() if b.name == name)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v, dout = (torch.randn(2, 4, 256, 64, generator=g, device="cuda").to(torch.bfloat16) for _ in range(4))
+    out, lse = backend.attention(q, k, v, causal=True)
+    expected = (out, lse, *backend.attention_backward(q, k, v, out, lse, dout, causal=True))
+    backward = backend.prepare_attention_backward(q, k, v, out, lse, dout, causal=True)
+    for _ in range(3):
+        assert all(relative_error(x, e) < 1e-2 for x, e in zip(backward(), expected[2:], strict=True))
+    both = backend.prepare_attention_forward_backward(q, k, v, out, lse, dout, causal=True)()
+    assert all(relative_error(x, e) < 1e-2 for x, e in zip(both, expected, strict=True))
