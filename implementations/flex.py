@@ -242,6 +242,14 @@ class FlexBackend(TorchAttention):
         with repeatable_backward():
             return super().recorded_forward(inp, need_lse)
 
+    def gradients(self, out: torch.Tensor, leaves: list[torch.Tensor], dout: torch.Tensor, *,
+                  retain_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """TorchAttention's gradients with donated buffers off here too: AOTAutograd may compile the backward
+        at its first run, and a backward compiled with them refuses ``retain_graph`` (H200, torch 2.11: the
+        prepared backward raised this after the contract call had compiled the graph)."""
+        with repeatable_backward():
+            return super().gradients(out, leaves, dout, retain_graph=retain_graph)
+
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; masks are small
     def document_block_mask(self, variant: CausalVariant | None, window: tuple[int, int] | None,
                             offsets_q: tuple[int, ...], offsets_k: tuple[int, ...], device: torch.device) -> object:
@@ -263,7 +271,7 @@ class FlexBackend(TorchAttention):
         leaves = [x.detach().requires_grad_() for x in (inp.q, inp.k, inp.v)]
         with torch.enable_grad():
             recomputed, _ = self.packed_call(inp, *leaves, need_lse=False)
-            return tuple(torch.autograd.grad(recomputed, leaves, inp.dout))
+            return self.gradients(recomputed, leaves, inp.dout)
 
     def packed_call(self, inp: ops.VarlenInputs, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                     need_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -238,7 +238,7 @@ class TorchAttention(Backend):
         not used; timings of this call include one forward (benchmarks time the prepared calls instead).
         """
         leaves, recomputed, _ = self.recorded_forward(inp)
-        dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout)
+        dq, dk, dv = self.gradients(recomputed, leaves, inp.dout)
         return dq, dk, dv
 
     def prepare_attention_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -253,7 +253,7 @@ class TorchAttention(Backend):
         leaves, recomputed, _ = self.recorded_forward(inp)
 
         def backward() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            dq, dk, dv = torch.autograd.grad(recomputed, leaves, inp.dout, retain_graph=True)
+            dq, dk, dv = self.gradients(recomputed, leaves, inp.dout, retain_graph=True)
             return dq, dk, dv
 
         return backward
@@ -271,9 +271,15 @@ class TorchAttention(Backend):
             leaves, out, lse = self.recorded_forward(inp, need_lse=True)
             lse_out = new_output(out.shape[:3], wide_dtype(out.dtype), out.device)
             lse_out.copy_(lse)
-            return (out.detach(), lse_out, *torch.autograd.grad(out, leaves, inp.dout))
+            return (out.detach(), lse_out, *self.gradients(out, leaves, inp.dout))
 
         return forward_backward
+
+    def gradients(self, out: torch.Tensor, leaves: list[torch.Tensor], dout: torch.Tensor, *,
+                  retain_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``dq, dk, dv``: the recorded forward ``out`` differentiated with ``dout`` (the kernel's own backward)."""
+        dq, dk, dv = torch.autograd.grad(out, leaves, dout, retain_graph=retain_graph)
+        return dq, dk, dv
 
     def recorded_forward(self, inp: ops.BackwardInputs, need_lse: bool = False
                          ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
