@@ -140,7 +140,7 @@ def parse_raw_csv(text: str) -> list[RawLaunch]:
 
 def _scaled(launch: RawLaunch, metric: str, scale: dict[str, float]) -> float | None:
     value = launch.number(metric)
-    factor = scale.get(launch.units.get(metric, ""))
+    factor = scale.get(launch.units.get(metric, "").removesuffix("/block"))  # ncu 2025.3: "byte/block"
     return None if value is None or factor is None else value * factor
 
 
