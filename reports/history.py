@@ -1,7 +1,8 @@
 """The history view (asv): headline benchmarks over commits per machine, relative to the first commit.
 
-Headline benchmarks are the throughput ones (``track_*`` with ``tflops`` or ``gbps`` in the name) if any,
-else all; at most ``HEADLINES`` per machine, those with the most commits first. A parametrised benchmark is
+Headline benchmarks are the throughput ones (``track_*`` with ``tflops`` or ``gbps`` in the name) and the
+ratios to the kernels people use (``track_vs_*``: the reference's time over the backend's) if any, else all;
+at most ``HEADLINES`` per machine, those with the most commits first. A parametrised benchmark is
 one series per value of its first parameter (usually the backend), the geometric mean over the others.
 """
 
@@ -19,7 +20,7 @@ from reports import charts
 from reports.asv import AsvHistory, AsvRun
 from reports.fmt import fmt_num
 
-HEADLINES = 8
+HEADLINES = 12
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,15 @@ class HistoryView:
     path: str
 
 
+def _headline(method: str) -> bool:
+    return method.startswith("track_vs_") or (method.startswith("track_")
+                                              and any(u in method.lower() for u in ("tflops", "gbps")))
+
+
 def headlines(runs: list[AsvRun]) -> list[str]:
     """The benchmarks a machine's chart shows, by name."""
     names = sorted({k for r in runs for k in r.values})
-    chosen = [n for n in names if n.rsplit(".", 1)[-1].startswith("track_")
-              and any(u in n.lower() for u in ("tflops", "gbps"))] or names
+    chosen = [n for n in names if _headline(n.split(" [")[0].rsplit(".", 1)[-1])] or names
     return sorted(sorted(chosen, key=lambda n: -sum(r.values.get(n) is not None for r in runs))[:HEADLINES])
 
 

@@ -141,6 +141,7 @@ def write_asv(root: Path) -> Path:
     (results / "benchmarks.json").write_text(json.dumps({
         "bench_attention.TrackAttention.track_tflops": {"unit": "TFLOP/s"},
         "bench_attention.TimeAttention.time_forward": {"unit": "seconds"},
+        "bench_attention.TrackAttention.track_vs_cudnn": {"unit": "ratio"},
         "version": 2,
     }))
     columns = ["result", "params", "version", "started_at", "duration"]
@@ -153,6 +154,7 @@ def write_asv(root: Path) -> Path:
             "results": {
                 "bench_attention.TrackAttention.track_tflops": [tflops, grid, "v1", 0, 1.0],
                 "bench_attention.TimeAttention.time_forward": [[0.01 / (i + 1)], [], "v1", 0, 1.0],
+                "bench_attention.TrackAttention.track_vs_cudnn": [[0.9, 0.9, None, None], grid, "v1", 0, 1.0],
             },
         }))
     html = root / "html"
@@ -378,6 +380,8 @@ def test_history_from_asv(site: Path) -> None:
     # reference: only S=256 at the first commit (0.5), both at the second: sqrt(0.55 * 1.1) = 0.778
     assert "<td class=\"n\">0.5</td><td class=\"n\">0.778</td>" in hist
     assert "time_forward" not in hist  # throughput benchmarks are the headline when there are some
+    # and the ratios to the kernels people use (the reference row never ran: no series)
+    assert "track_vs_cudnn [torch]</code></td><td>ratio</td>" in hist and "track_vs_cudnn [reference]" not in hist
 
 
 def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
