@@ -22,10 +22,12 @@
 # Every wheel in .whl/ is installed --no-deps into /tmp/attnspec-site, put on PYTHONPATH. A checkout copied without its git
 # history is given one from .whl/repo.bundle (`git bundle create .whl/repo.bundle HEAD`).
 # Every step has a time limit and writes as it goes, so a step that runs out leaves what it measured. The
-# default limits (conformance 170 s, attention bench 150 s, row bench 120 s, asv 130 s, report 60 s, kernel
-# tools 240 s) keep the default steps within a 10-minute call; on the H200 conformance took 112-127 s and
-# the attention bench 115-121 s. asv costs a process per backend x workload (torch, kernels and CUDA loaded
-# afresh each time), so it tracks two rates of the GPU kernels by default (ATTNSPEC_ASV_BACKENDS="triton cupy").
+# default limits: conformance 170 s, attention bench 150 s, row bench 120 s, asv 540 s, report 60 s, kernel
+# tools 240 s; on the H200 conformance took 112-127 s, the attention bench 115-121 s, and asv's attention
+# tracks 294 s for triton alone (throughput, and the ratios to compiled flex and SDPA cuDNN, which compile and
+# time those in each of its processes). A machine with 10-minute calls runs the default steps in three:
+# ATTNSPEC_STEPS="conformance bench", "rows", "asv report". asv tracks the GPU kernels' rates and ratios
+# (ATTNSPEC_ASV_BACKENDS="triton cupy"; each with the operation's baseline, which asv's params add).
 # ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants",
 # "variants-bench", "adapters", "adapters-bench", "cupy-tests", "profile" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist
 # on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the evidence can be gathered over
@@ -105,9 +107,9 @@ row_ops=()
 for op in ${ATTNSPEC_ROWS_OPS:-kd_loss softmax_stats reduce_sum}; do row_ops+=(--op "$op"); done
 wants rows && step bench-rows "${ATTNSPEC_BENCH_ROWS_SECONDS:-120}" "$python" -m benchmarks.bench "${row_ops[@]}" \
     --output "$out/bench-rows.json" "${args[@]}"
-wants asv && step asv "${ATTNSPEC_ASV_SECONDS:-130}" bash -c "'$python' -m asv machine --yes --machine h200 >/dev/null && \
+wants asv && step asv "${ATTNSPEC_ASV_SECONDS:-540}" bash -c "'$python' -m asv machine --yes --machine h200 >/dev/null && \
     ASV_PYTHONPATH='$PWD' '$python' -m asv run --quick --machine h200 -E 'existing:$python' \
-    --set-commit-hash '$ATTNSPEC_COMMIT' --bench '${ATTNSPEC_ASV_BENCH:-^asv_suite\.(AttentionForward\.track_tflops|ReduceSum\.track_gbps)}' && \
+    --set-commit-hash '$ATTNSPEC_COMMIT' --bench '${ATTNSPEC_ASV_BENCH:-^asv_suite\.(AttentionForward\.(track_tflops|track_vs_flex|track_vs_cudnn)|ReduceSum\.track_gbps)}' && \
     mkdir -p '$out/asv' && cp -r .asv/results/h200 '$out/asv/' && cp .asv/results/benchmarks.json '$out/asv/'"
 # Kernel tools (opt-in): the Triton and CuPy kernels' launch-config sweeps below the backend contract.
 if wants kernels; then
