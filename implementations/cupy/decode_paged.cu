@@ -17,7 +17,8 @@
 // partial out_s = acc / l_s (float32) and lse_s = ln2 (m_s + log2 l_s); a row with no visible key in the split
 // writes out_s = 0, lse_s = -inf. Keys past kv_len are never read; steps that every row sees whole skip the mask.
 //
-// Why it runs at the copy rate: the key loop has no barrier and no shared-memory traffic but the query reads.
+// What it is built for, the copy rate (what it reaches on the H200, below that: reports/gpu/README.md): the
+// key loop has no barrier and no shared-memory traffic but the query reads.
 // Each step a thread loads its U keys' 8 dims of K and V as 16-byte loads (ld.global.nc, L1 bypassed: every
 // byte is used once), 128 bytes per thread and 16 KB per CTA, issued before the previous step is computed
 // (register double buffering), so a CTA keeps 16 KB in flight while it computes. When the page size and the
