@@ -30,14 +30,13 @@ from implementations.torch_sdpa.common import (
     BACKWARD_NOTE,
     HAS_ENABLE_GQA,
     LOW_AND_FULL,
-    OPS_NOTES,
     TorchAttention,
-    TorchOps,
     additive_mask,
     expand_kv,
     lse_from_scores,
     sdpa_mask,
 )
+from implementations.torch_sdpa.row_ops import OPS_NOTES, TorchOps
 
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 

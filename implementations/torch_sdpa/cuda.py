@@ -18,9 +18,7 @@ from implementations.torch_sdpa.common import (
     HALF,
     HAS_ENABLE_GQA,
     LOW_AND_FULL,
-    OPS_NOTES,
     TorchAttention,
-    TorchOps,
     expand_kv,
     lse_as_b_h_sq,
     lse_from_scores,
@@ -28,6 +26,7 @@ from implementations.torch_sdpa.common import (
     sdpa_params,
     torch_refusals,
 )
+from implementations.torch_sdpa.row_ops import OPS_NOTES, TorchOps
 
 
 def aten_op(name: str) -> Callable[..., object] | None:
