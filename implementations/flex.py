@@ -245,8 +245,8 @@ class FlexBackend(TorchAttention):
     def gradients(self, out: torch.Tensor, leaves: list[torch.Tensor], dout: torch.Tensor, *,
                   retain_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """TorchAttention's gradients with donated buffers off here too: AOTAutograd may compile the backward
-        at its first run, and a backward compiled with them refuses ``retain_graph`` (H200, torch 2.11: the
-        prepared backward raised this after the contract call had compiled the graph)."""
+        at its first run, outside ``recorded_forward``, and a backward compiled with them refuses the prepared
+        backward's ``retain_graph``."""
         with repeatable_backward():
             return super().gradients(out, leaves, dout, retain_graph=retain_graph)
 

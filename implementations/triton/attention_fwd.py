@@ -117,11 +117,10 @@ def _forward_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride
     """Fold key blocks ``[lo, hi)`` into ``(acc, l_i, m_i)``; ``MASKED`` applies ``j < Sk`` and the band.
 
     ``FP8``: both products take float16 copies of the e4m3 tiles (exact: e4m3's 3 mantissa bits and range
-    +-448 fit float16; H200, [4, 16, 8192, 128]: 387 TFLOP/s against 290 with bfloat16 copies) and ``P`` in
-    float16 (rounded to e4m3 it would keep 3 bits). The float16 MMA accumulates in float32; Hopper's fp8 MMA
-    adds its products with fewer bits (H200, Triton 3.6: lse off by 7e-5 at D 64 even when promoted to
-    float32 every 32 products, 180x the naive error and 5x SPEC FP8-1's bound), so e4m3 is the storage
-    format, not the product's.
+    +-448 fit float16; faster than bfloat16 copies) and ``P`` in float16 (rounded to e4m3 it would keep 3
+    bits). The float16 MMA accumulates in float32; Hopper's fp8 MMA adds its products with fewer bits, which
+    fails SPEC FP8-1 even when promoted to float32 every 32 products, so e4m3 is the storage format, not the
+    product's (the H200 figures: reports/gpu/README.md).
     """
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
