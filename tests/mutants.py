@@ -17,14 +17,18 @@ from implementations import validate
 from implementations.base import Backend, Capabilities, new_output
 
 #: defects whose output accumulator is held in float16 / bfloat16, and the keys added to it between roundings:
-#: every key (``half_accumulation``), or a tile of 64 keys whose P·V product is summed in float32, as a tiled
+#: every key (``half_accumulation``), or a tile of 64 keys whose P·V product is summed in full precision, as a tiled
 #: kernel that keeps its accumulator in half precision between key tiles (``half_tile_accumulation``)
 HALF_ACCUMULATORS = {"half_accumulation": 1, "half_tile_accumulation": 64}
 
 
 class Control(Backend):
     """Straightforward torch attention, softmax statistics, KD loss and reduction; ``defect`` says what
-    to break (None: nothing)."""
+    to break (None: nothing).
+
+    Attention and the KD loss are computed in float64 and rounded to the inputs' dtype once, so the twin's
+    error is the final rounding alone on any machine: whether it passes does not rest on how accurate that
+    machine's float32 kernels are, and a mutant differs from it by its defect only."""
 
     name = "control"
     defect: str | None = None
@@ -50,10 +54,10 @@ class Control(Backend):
             index = torch.arange(Hq) % Hk
         else:
             index = torch.arange(Hq) // (Hq // Hk)
-        kx = k.float()[:, index]
+        kx = k.double()[:, index]
         if self.defect == "missing_scale":
             scale = 1.0
-        s = (q.float() @ kx.transpose(-1, -2)) * scale
+        s = (q.double() @ kx.transpose(-1, -2)) * scale
         if causal is not None:
             Sq, Sk = q.shape[2], k.shape[2]
             offset = Sk - Sq if causal == "bottom_right" else 0
@@ -75,13 +79,13 @@ class Control(Backend):
             l = torch.where(empty, 1.0, l)
         Hq, Hk = q.shape[1], k.shape[1]
         index = torch.arange(Hq) % Hk if self.defect == "gqa_modulo" else torch.arange(Hq) // (Hq // Hk)
-        vx = v.float()[:, index]
+        vx = v.double()[:, index]
         if self.defect in HALF_ACCUMULATORS and q.dtype in (torch.float16, torch.bfloat16):
             tile = HALF_ACCUMULATORS[self.defect]
             pv = torch.zeros(q.shape, dtype=q.dtype)
-            for j in range(0, vx.shape[2], tile):  # acc += P_tile V_tile (in float32), acc held in half
-                pv = (pv.float() + p[..., j:j + tile] @ vx[:, :, j:j + tile]).to(q.dtype)
-            out = pv.float() / l
+            for j in range(0, vx.shape[2], tile):  # acc += P_tile V_tile (in float64), acc held in half
+                pv = (pv.double() + p[..., j:j + tile] @ vx[:, :, j:j + tile]).to(q.dtype)
+            out = pv.double() / l
         else:
             out = (p @ vx) / l
         lse = (m + torch.log(l)).squeeze(-1)
