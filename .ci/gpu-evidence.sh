@@ -29,7 +29,7 @@
 # ATTNSPEC_STEPS="conformance bench", "rows", "asv report". asv tracks the GPU kernels' rates and ratios
 # (ATTNSPEC_ASV_BACKENDS="triton cupy"; each with the operation's baseline, which asv's params add).
 # ATTNSPEC_STEPS picks steps (default: "conformance bench rows asv report"; "kernels", "variants",
-# "variants-bench", "adapters", "adapters-bench", "cupy-tests", "profile" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist
+# "variants-bench", "adapters", "adapters-bench", "cupy-tests", "sanitize", "profile" and "dist" (2 GPUs: ATTNSPEC_STEPS=dist
 # on the 2-GPU machine, skipped with a message on one GPU) are opt-in), so the evidence can be gathered over
 # several calls of a time-limited machine; ATTNSPEC_ROWS_OPS
 # the row operations benchmarked, ATTNSPEC_ASV_BENCH the asv benchmark regex and ATTNSPEC_ASV_BACKENDS the
@@ -137,6 +137,14 @@ fi
 # against their oracles on the GPU; a JUnit file per run goes to the logs (ATTNSPEC_LOG_DIR), not to OUTDIR.
 wants cupy-tests && step cupy-tests "${ATTNSPEC_CUPY_TESTS_SECONDS:-300}" "$python" -m pytest -q -p no:cacheprovider \
     tests/test_cupy_backend_gpu.py tests/test_cupy_variants_gpu.py --junitxml "$logs/cupy-tests.xml"
+# Sanitizer (opt-in step "sanitize", needs compute-sanitizer on PATH; run it alone in a call): every CuPy kernel's
+# tiny calls under memcheck, racecheck, synccheck and initcheck (benchmarks/kernel_tools/sanitize_cupy.py), each
+# tool limited to ATTNSPEC_SANITIZE_TOOL_SECONDS (default 130), into kernels/sanitize.json.
+if wants sanitize; then
+    mkdir -p "$out/kernels"
+    step sanitize "${ATTNSPEC_SANITIZE_SECONDS:-560}" "$python" -m benchmarks.kernel_tools.sanitize_cupy \
+        --out "$out/kernels/sanitize.json" --seconds "${ATTNSPEC_SANITIZE_TOOL_SECONDS:-130}"
+fi
 # Profile (opt-in step "profile", needs ncu on PATH; run it alone in a call): benchmarks/kernel_tools/
 # profile_kernels.py runs each target (ATTNSPEC_PROFILE_TARGETS, comma-separated, default all six: triton-fwd,
 # cupy-fwd, triton-bwd, cupy-bwd, triton-kd, cupy-kd) under ncu, each with a limit of

@@ -7,7 +7,7 @@ benchmarks.kernel_tools.<name> --help``:
 - ``bench_triton``: the Triton kernels' launch-config sweeps (attention forward and backward tiles, KD parts,
   reduction lanes, softmax-statistics blocks) against SDPA flash, ``torch.compile`` and ``torch.sum``;
 - ``bench_cupy``: the same for the CuPy kernels (forward tilings, ``kd_part`` parts and threads);
-- ``sanitize_cupy``: one tiny call of every CuPy kernel, to run under ``compute-sanitizer``;
+- ``sanitize_cupy``: tiny calls of every CuPy kernel under each ``compute-sanitizer`` tool;
 - ``launch_cupy``: host time of the CuPy launch path against GPU time of the reduction;
 - ``profile_kernels``: Nsight Compute metrics (occupancy, pipe activity, throughputs, warp stalls) of the
   Triton and CuPy attention and KD kernels, one ncu run per target, and what limits each kernel

@@ -1,41 +1,106 @@
-"""One tiny call of every kernel of the cupy backend, for compute-sanitizer (memcheck, racecheck).
+"""compute-sanitizer over every kernel of the cupy backend: one tiny call of each, under each tool.
 
-Usage on a GPU machine with CuPy, from the repository root:
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 -m benchmarks.kernel_tools.sanitize_cupy
-(without torch's caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds
-accesses that would otherwise land inside a cached block). Prints one line per call and ``sanitize: done``.
+Usage on a GPU machine with CuPy and compute-sanitizer on PATH, from the repository root:
+    python -m benchmarks.kernel_tools.sanitize_cupy --out sanitize.json [--tools memcheck,racecheck]
+runs ``compute-sanitizer --tool TOOL python -m benchmarks.kernel_tools.sanitize_cupy --calls`` once per tool
+(default memcheck, racecheck, synccheck, initcheck) with PYTORCH_NO_CUDA_MEMORY_CACHING=1: without torch's
+caching allocator every tensor is its own allocation, so memcheck sees an out-of-bounds access that would
+otherwise land inside a cached block. It records per tool the errors the sanitizer counted, its exit status,
+the calls that ran and the first lines of its report, and exits 1 when a tool found an error or a run did not
+reach its last call. ``--calls`` alone makes the calls without a sanitizer (a ``call:`` line each, then
+``calls: done``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+CALL = "call: "
+DONE = "calls: done"
+#: the sanitizer's closing line, ``========= ERROR SUMMARY: 3 errors``
+ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) error")
+#: report lines kept per tool when it found something
+KEPT_LINES = 60
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    from implementations.cupy import backends  # needs CuPy and a GPU: imported after --help is answered
 
-    be = backends()
-    dev = "cuda"
-    torch.manual_seed(0)
-    attention_cases = [  # B, Hq, Hk, Sq, Sk, D, causal: element loads, 16-byte loads, wide head
-        (1, 2, 1, 33, 47, 59, "bottom_right"),
-        (1, 2, 2, 70, 20, 64, "bottom_right"),
-        (1, 2, 1, 17, 9, 256, "top_left"),
-        (1, 1, 1, 65, 130, 128, None),
+def say(line: str) -> None:
+    """One call's line: what it ran and whether its outputs are finite."""
+    print(CALL + line, flush=True)
+
+
+def _attention_calls(be, dev: str) -> None:  # noqa: ANN001
+    """``attn_fwd``, ``attn_delta``, ``attn_bwd_dkdv``, ``attn_bwd_dq``: element loads (D 59), 16-byte loads,
+    D 256 and 128, both causal alignments, a sliding window, and packed sequences of lengths 0 to 70."""
+    cases = [  # B, Hq, Hk, Sq, Sk, D, causal, window
+        (1, 2, 1, 33, 47, 59, "bottom_right", None),
+        (1, 2, 2, 70, 20, 64, "bottom_right", None),
+        (1, 2, 1, 17, 9, 256, "top_left", None),
+        (1, 1, 1, 65, 130, 128, None, None),
+        (1, 4, 2, 70, 90, 64, "bottom_right", (20, 3)),
+        (1, 2, 1, 40, 100, 128, None, (-1, 7)),
     ]
-    for B, Hq, Hk, Sq, Sk, D, causal in attention_cases:
+    for B, Hq, Hk, Sq, Sk, D, causal, window in cases:
         q = torch.randn(B, Hq, Sq, D, device=dev, dtype=torch.bfloat16)
-        k = torch.randn(B, Hk, Sk, D, device=dev, dtype=torch.bfloat16)
-        v = torch.randn(B, Hk, Sk, D, device=dev, dtype=torch.bfloat16)
-        out, lse = be.attention(q, k, v, causal=causal)
-        dq, dk, dv = be.attention_backward(q, k, v, out, lse, torch.randn_like(out), causal=causal)
+        k, v = (torch.randn(B, Hk, Sk, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+        out, lse = be.attention(q, k, v, causal=causal, window=window)
+        grads = be.attention_backward(q, k, v, out, lse, torch.randn_like(out), causal=causal, window=window)
         torch.cuda.synchronize()
-        print(f"attention fwd+bwd B{B} H{Hq}/{Hk} {Sq}x{Sk} D{D} {causal}: finite "
-              f"{all(bool(torch.isfinite(x).all()) for x in (out, dq, dk, dv))}")
+        say(f"attention fwd+bwd B{B} H{Hq}/{Hk} {Sq}x{Sk} D{D} {causal} window {window}: finite "
+              f"{all(bool(torch.isfinite(x).all()) for x in (out, *grads))}")
+    lens_q, lens_k = [5, 0, 70, 33], [9, 4, 40, 0]
+    cu_q, cu_k = (torch.tensor([0, *np.cumsum(n)], dtype=torch.int32, device=dev) for n in (lens_q, lens_k))
+    q, dout = (torch.randn(sum(lens_q), 4, 64, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(sum(lens_k), 2, 64, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    for causal, window in ((None, None), ("bottom_right", (16, -1))):
+        out, lse = be.attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, window=window)
+        grads = be.attention_varlen_backward(q, k, v, out, lse, dout, cu_q, cu_k, max(lens_q), max(lens_k),
+                                             causal=causal, window=window)
+        torch.cuda.synchronize()
+        say(f"varlen fwd+bwd q {lens_q} k {lens_k} {causal} window {window}: finite "
+              f"{all(bool(torch.isfinite(x).all()) for x in (out, *grads))}")
+
+
+def _decode_calls(be, dev: str) -> None:  # noqa: ANN001
+    """``decode_split`` in each layout (16 threads x 4 rows, 8 x 8, 32 x 1, element loads) and ``decode_merge``:
+    pages in shuffled order, lengths of one key, a page + 1 and no multiple of the page, empty splits."""
+    cases = [  # lens, page, Hq, Hk, Sq, D, dtype, splits, padded_d
+        ([1, 17, 300], 16, 8, 2, 1, 128, torch.bfloat16, None, 0),
+        ([16, 70], 16, 16, 2, 16, 64, torch.float16, 3, 0),
+        ([5, 100], 64, 4, 4, 1, 256, torch.float32, None, 0),
+        ([20, 150], 16, 4, 2, 2, 128, torch.bfloat16, 16, 0),
+        ([7, 50], 7, 6, 2, 4, 100, torch.bfloat16, 5, 0),
+        ([30, 90], 64, 8, 8, 1, 128, torch.float16, None, 4),
+    ]
+    for lens, page, Hq, Hk, Sq, D, dtype, splits, padded_d in cases:
+        per_seq = -(-max(lens) // page)
+        pool = len(lens) * per_seq
+        table = torch.randperm(pool, device=dev).to(torch.int32).view(len(lens), per_seq)
+        k_pages, v_pages = (torch.randn(pool, page, Hk, D + padded_d, device=dev).to(dtype)[..., :D]
+                            for _ in range(2))
+        q = torch.randn(len(lens), Hq, Sq, D, device=dev).to(dtype)
+        kv_lens = torch.tensor(lens, dtype=torch.int32, device=dev)
+        out, lse = be.attention_decode_paged(q, k_pages, v_pages, table, kv_lens, num_splits=splits)
+        torch.cuda.synchronize()
+        say(f"decode lens {lens} page {page} H{Hq}/{Hk} Sq{Sq} D{D} {dtype} splits {splits} padded {padded_d}: "
+              f"finite {bool(torch.isfinite(out).all() and torch.isfinite(lse).all())}")
+
+
+def _row_calls(be, dev: str) -> None:  # noqa: ANN001
+    """``softmax_stats`` (both modes), ``softmax_merge``, ``kd_scale``/``kd_part``/``kd_finalize`` (16-byte and
+    scalar loads, several parts per row, masked teacher logits, labels) and both ``reduce_sum_f32`` launches."""
     x = torch.randn(3, 1001, device=dev)
     for block in (None, 37):
         be.softmax_stats(x, block=block)
@@ -43,7 +108,7 @@ def main() -> None:
     m, l = be.softmax_stats(x)
     be.softmax_merge(m, l, m.flip(0), l.flip(0))
     torch.cuda.synchronize()
-    print("softmax_stats, softmax_merge: ok")
+    say("softmax_stats, softmax_merge: ok")
     multi = type(be)()
     multi.kd_part_cols = 64  # 5 parts of kd_part per row at V = 300 (the last one of 44 columns)
     kd_cases = [  # backend, V, dtype, labelled (16-byte loads at 1024, 5000 and 300, scalar loads at 1001)
@@ -58,11 +123,84 @@ def main() -> None:
         labels = torch.tensor([0, -100, V - 1, 5], device=dev) if labelled else None
         loss, ds = kd_be.kd_loss(s, t, temperature=2.0, alpha=0.5 if labelled else 1.0, labels=labels)
         torch.cuda.synchronize()
-        print(f"kd_loss V={V} {dtype} labelled={labelled} part={kd_be.kd_part_cols}: loss {float(loss):.4f}, "
+        say(f"kd_loss V={V} {dtype} labelled={labelled} part={kd_be.kd_part_cols}: loss {float(loss):.4f}, "
               f"ds finite {bool(torch.isfinite(ds).all())}")
     value, sched = be.reduce_sum(torch.randn(5000, device=dev))
-    print(f"reduce_sum n=5000: {float(value):.4f} ({sched.kind})")
-    print("sanitize: done")
+    say(f"reduce_sum n=5000: {float(value):.4f} ({sched.kind})")
+
+
+def run_calls() -> None:
+    """One tiny call of every kernel of the cupy backend, a line each, then ``DONE``."""
+    from implementations.cupy import backends  # needs CuPy and a GPU
+
+    be = backends()
+    torch.manual_seed(0)
+    for calls in (_attention_calls, _decode_calls, _row_calls):
+        calls(be, "cuda")
+    print(DONE, flush=True)
+
+
+def sanitize(tool: str, seconds: float) -> dict[str, object]:
+    """The calls under ``compute-sanitizer --tool tool``: its error count (None when it printed no summary),
+    exit status (None when stopped at ``seconds``), the calls that ran, whether the last one was reached, the
+    seconds taken, and the first lines of its report when it found an error or did not finish."""
+    command = ["compute-sanitizer", "--tool", tool, sys.executable, "-m", "benchmarks.kernel_tools.sanitize_cupy",
+               "--calls"]
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    start = time.monotonic()
+    # a session of its own, so that a run past its limit is stopped with the Python process the sanitizer runs
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          start_new_session=True) as process:
+        try:
+            text, _ = process.communicate(timeout=seconds)
+            status = process.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            text, _ = process.communicate()
+            status = None
+    lines = text.splitlines()
+    summary = [int(n) for n in ERROR_SUMMARY.findall(text)]
+    record: dict[str, object] = {
+        "tool": tool, "command": " ".join(command), "errors": summary[-1] if summary else None,
+        "exit_status": status, "finished": DONE in lines,
+        "calls": [line.removeprefix(CALL) for line in lines if line.startswith(CALL)],
+        "seconds": round(time.monotonic() - start, 1)}
+    if not record["finished"]:  # the output's end: the traceback, or where the run was stopped
+        record["report"] = lines[-KEPT_LINES:]
+    elif record["errors"] != 0:  # the sanitizer's first findings
+        record["report"] = [line for line in lines if line.startswith("=========")][:KEPT_LINES]
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", action="store_true", help="make the calls only (what runs under the sanitizer)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, from {', '.join(TOOLS)}")
+    parser.add_argument("--out", type=Path, default=Path("sanitize.json"))
+    parser.add_argument("--seconds", type=float, default=300, help="limit of each tool's run")
+    args = parser.parse_args()
+    if args.calls:
+        run_calls()
+        return
+    if args.seconds <= 0:
+        parser.error(f"--seconds must be positive, got {args.seconds}")
+    tools = args.tools.split(",")
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown:
+        parser.error(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
+    if shutil.which("compute-sanitizer") is None:
+        parser.error("compute-sanitizer is not on PATH (it comes with the CUDA toolkit)")
+    from benchmarks.kernel_tools.bench_triton import Recorder
+
+    rec = Recorder(args.out)
+    clean = True
+    for tool in tools:
+        record = sanitize(tool, args.seconds)
+        rec.put(tool, record)
+        clean = clean and record["errors"] == 0 and bool(record["finished"])
+        print(f"{tool}: {record['errors']} errors, exit status {record['exit_status']}, "
+              f"{len(record['calls'])} calls, finished {record['finished']}, {record['seconds']} s", flush=True)
+    sys.exit(0 if clean else 1)
 
 
 if __name__ == "__main__":
