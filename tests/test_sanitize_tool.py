@@ -19,12 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the stand-in: echoes the tool and the allocator setting it was run with, then behaves as FAKE_MODE says
 FAKE = """#!/usr/bin/env bash
 echo "call: tool=$2 caching_off=${PYTORCH_NO_CUDA_MEMORY_CACHING:-unset}"
-case "$FAKE_MODE" in
-  clean) echo "calls: done"; echo "========= ERROR SUMMARY: 0 errors" ;;
-  errors) echo "========= Invalid __global__ read of size 16 bytes"; echo "calls: done"
+case "$FAKE_MODE-$2" in
+  clean-racecheck) echo "calls: done"; echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" ;;
+  clean-*) echo "calls: done"; echo "========= ERROR SUMMARY: 0 errors" ;;
+  race-*) echo "========= Warning: Race reported between Write access at attn_fwd+0x1a0"; echo "calls: done"
+          echo "========= RACECHECK SUMMARY: 1 hazard displayed (0 errors, 1 warning)" ;;
+  errors-*) echo "========= Invalid __global__ read of size 16 bytes"; echo "calls: done"
           echo "========= ERROR SUMMARY: 2 errors" ;;
-  crash) echo "Traceback (most recent call last):" >&2; echo "========= ERROR SUMMARY: 0 errors"; exit 1 ;;
-  hang) sleep 60 ;;
+  crash-*) echo "Traceback (most recent call last):" >&2; echo "========= ERROR SUMMARY: 0 errors"; exit 1 ;;
+  hang-*) sleep 60 ;;
 esac
 """
 
@@ -48,7 +51,8 @@ def test_clean_run_passes_and_names_its_provenance(tmp_path: Path) -> None:
     assert data["provenance"]["commit"]
     for tool in ("memcheck", "racecheck"):
         record = data[tool]
-        assert record["errors"] == 0 and record["finished"] and record["exit_status"] == 0
+        assert record["errors"] == 0 and record["warnings"] == 0 and record["finished"]
+        assert record["exit_status"] == 0
         assert record["calls"] == [f"tool={tool} caching_off=1"]
         assert "report" not in record
 
@@ -58,6 +62,15 @@ def test_counted_errors_fail_with_the_report_kept(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert data["memcheck"]["errors"] == 2 and data["memcheck"]["finished"]
     assert "========= Invalid __global__ read of size 16 bytes" in data["memcheck"]["report"]
+
+
+def test_racecheck_warnings_fail(tmp_path: Path) -> None:
+    """racecheck counts a hazard of warning severity apart from errors, in a summary of its own."""
+    result, data = run_tool(tmp_path, "race", "--tools", "racecheck")
+    assert result.returncode == 1
+    record = data["racecheck"]
+    assert record["errors"] == 0 and record["warnings"] == 1 and record["finished"]
+    assert any("Race reported" in line for line in record["report"])
 
 
 def test_a_run_that_stops_early_fails_although_no_error_was_counted(tmp_path: Path) -> None:

@@ -30,8 +30,10 @@ import torch
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 CALL = "call: "
 DONE = "calls: done"
-#: the sanitizer's closing line, ``========= ERROR SUMMARY: 3 errors``
-ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) error")
+#: the sanitizer's closing line: ``========= ERROR SUMMARY: 3 errors``, and racecheck's
+#: ``========= RACECHECK SUMMARY: 2 hazards displayed (1 errors, 1 warnings)`` (error, warning counts)
+ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+RACECHECK_SUMMARY = re.compile(r"RACECHECK SUMMARY: .*\((\d+) errors?, (\d+) warnings?\)")
 #: report lines kept per tool when it found something
 KEPT_LINES = 60
 
@@ -141,9 +143,10 @@ def run_calls() -> None:
 
 
 def sanitize(tool: str, seconds: float) -> dict[str, object]:
-    """The calls under ``compute-sanitizer --tool tool``: its error count (None when it printed no summary),
-    exit status (None when stopped at ``seconds``), the calls that ran, whether the last one was reached, the
-    seconds taken, and the first lines of its report when it found an error or did not finish."""
+    """The calls under ``compute-sanitizer --tool tool``: the errors its summaries count (the largest; None when
+    it printed no summary), racecheck's warnings (hazards it does not count as errors), the exit status (None
+    when stopped at ``seconds``), the calls that ran, whether the last one was reached, the seconds taken, and
+    the first lines of its report when it found something or did not finish."""
     command = ["compute-sanitizer", "--tool", tool, sys.executable, "-m", "benchmarks.kernel_tools.sanitize_cupy",
                "--calls"]
     env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
@@ -159,15 +162,20 @@ def sanitize(tool: str, seconds: float) -> dict[str, object]:
             text, _ = process.communicate()
             status = None
     lines = text.splitlines()
-    summary = [int(n) for n in ERROR_SUMMARY.findall(text)]
+    errors = [int(n) for n in ERROR_SUMMARY.findall(text)]
+    warnings = []
+    for race_errors, race_warnings in RACECHECK_SUMMARY.findall(text):
+        errors.append(int(race_errors))
+        warnings.append(int(race_warnings))
     record: dict[str, object] = {
-        "tool": tool, "command": " ".join(command), "errors": summary[-1] if summary else None,
+        "tool": tool, "command": " ".join(command), "errors": max(errors, default=None),
+        "warnings": max(warnings, default=0),
         "exit_status": status, "finished": DONE in lines,
         "calls": [line.removeprefix(CALL) for line in lines if line.startswith(CALL)],
         "seconds": round(time.monotonic() - start, 1)}
     if not record["finished"]:  # the output's end: the traceback, or where the run was stopped
         record["report"] = lines[-KEPT_LINES:]
-    elif record["errors"] != 0:  # the sanitizer's first findings
+    elif record["errors"] != 0 or record["warnings"]:  # the sanitizer's first findings
         record["report"] = [line for line in lines if line.startswith("=========")][:KEPT_LINES]
     return record
 
@@ -197,8 +205,8 @@ def main() -> None:
     for tool in tools:
         record = sanitize(tool, args.seconds)
         rec.put(tool, record)
-        clean = clean and record["errors"] == 0 and bool(record["finished"])
-        print(f"{tool}: {record['errors']} errors, exit status {record['exit_status']}, "
+        clean = clean and record["errors"] == 0 and not record["warnings"] and bool(record["finished"])
+        print(f"{tool}: {record['errors']} errors, {record['warnings']} warnings, exit status {record['exit_status']}, "
               f"{len(record['calls'])} calls, finished {record['finished']}, {record['seconds']} s", flush=True)
     sys.exit(0 if clean else 1)
 
