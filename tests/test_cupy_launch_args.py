@@ -106,3 +106,11 @@ def test_decode_layout_and_splits(launches: list, D: int, heads: tuple[int, int]
     keys_per_split = int(args[13])
     assert got == expr
     assert keys_per_split % 16 == 0 and 6 * keys_per_split < 25 * 16 <= 7 * keys_per_split
+
+
+def test_a_tensor_off_the_launch_device_is_refused(launches: list) -> None:
+    """Tensors pass as bare addresses, so the launcher itself must refuse one that is not on the kernel's GPU."""
+    from implementations.cupy import _kernels
+
+    with pytest.raises(ValueError, match="kernel on cuda:0 was given a tensor on cpu"):
+        _kernels.pointer(torch.zeros(3), 0)

@@ -1,11 +1,12 @@
 """Host time of the CuPy launch path, and what the reduction's timing is made of, on one GPU.
 
 Run from the repository root on a GPU machine with CuPy: ``python3 -m benchmarks.kernel_tools.launch_cupy
---out FILE``; prints and writes the JSON. Host times are ``perf_counter`` microseconds per call
-over a loop of calls without synchronisation (what a launch costs the CPU: stream handles, DLPack views,
-context entry). GPU times of the cupy and triton reductions and ``torch.sum`` at 2^24, 2^26 and 2^28 floats
-are the harness's ``cuda_timing`` (eager, then CUDA-graph replay, which removes host time) and
-``triton.testing.do_bench``, in milliseconds: where eager exceeds graph replay, the call is host-bound.
+--out FILE``; prints and writes the JSON. Host times are ``perf_counter`` microseconds per call over a loop
+of calls without synchronisation (what a launch costs the CPU: stream handles, a DLPack view against the
+address argument the launches pass, context entry). GPU times of the cupy and triton reductions and
+``torch.sum`` at 2^24, 2^26 and 2^28 floats are the harness's ``cuda_timing`` (eager, then CUDA-graph replay,
+which removes host time) and ``triton.testing.do_bench``, in milliseconds: where eager exceeds graph replay,
+the call is host-bound.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> None:
     from triton.testing import do_bench
 
     from benchmarks.timing import cuda_timing
+    from conformance.codec import to_json
+    from conformance.provenance import collect
     from implementations.cupy import _kernels as K
     from implementations.cupy import backends as cupy_backends
     from implementations.cupy.backend import reduce_value
@@ -58,7 +61,8 @@ def main() -> None:
     ts = torch.cuda.current_stream()
     res["stream_from_external_us"] = host_us(lambda: cupy.cuda.Stream.from_external(ts))
     res["external_stream_new_us"] = host_us(lambda: cupy.cuda.ExternalStream(ts.cuda_stream, 0))
-    res["dlpack_as_cupy_us"] = host_us(lambda: K.as_cupy(x))
+    res["dlpack_as_cupy_us"] = host_us(lambda: cupy.from_dlpack(x))
+    res["pointer_arg_us"] = host_us(lambda: K.pointer(x, 0))
     res["device_ctx_us"] = host_us(device_ctx)
     res["device_and_cached_stream_ctx_us"] = host_us(device_and_stream_ctx)
     res["torch_empty_us"] = host_us(lambda: torch.empty((264,), device="cuda"))
@@ -77,9 +81,10 @@ def main() -> None:
             r[f"{name}_graph_method"] = graph.method[:80]
             r[f"{name}_do_bench_ms"] = do_bench(fn)
         res[f"n2^{n}"] = r
-    print(json.dumps(res, indent=1))
+    data = {"provenance": to_json(collect()), **res}
+    print(json.dumps(data, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
+    args.out.write_text(json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":
