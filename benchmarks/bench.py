@@ -55,6 +55,7 @@ from benchmarks.workloads import (
 )
 from conformance.cases import seed_for
 from conformance.codec import write_bench
+from conformance.console import text_console
 from conformance.memory import loglog_slope, peak_extra
 from conformance.probe import DiscoveryError, Listing, discover_isolated
 from conformance.provenance import collect, now
@@ -309,8 +310,8 @@ def run_plan(plan: list[tuple[Workload, RegistryEntry]], args: argparse.Namespac
     """Gate and time each (workload, backend) of ``plan`` into ``run.records``, rewriting ``args.output``
     after every record so an interrupted run keeps what it measured."""
     cache = ReferenceCache()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=progress_console, transient=True) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=progress_console, transient=True) as progress:
         task = progress.add_task("bench", total=len(plan))
         for workload, entry in plan:
             assert entry.backend is not None and run.device is not None
@@ -332,31 +333,31 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; 0 when the run completed (``--strict``: and every gate passed or was
     unsupported), 2 on bad arguments, 130 when interrupted (the JSON holds what was measured)."""
     args = parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = text_console(width=None if sys.stdout.isatty() else 200)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
-        console.print("[red]--device cuda: no CUDA device here[/red]")
+        console.print("--device cuda: no CUDA device here", style="red")
         return 2
     ops = args.op or list(OPS)
     tables = {op: matching(workloads(op, device, args.quick), args.patterns) for op in ops}
     if not args.no_timing and not any(tables.values()):
-        console.print(f"[red]{unmatched(args.patterns, ops, device, args.quick)}[/red]")
+        console.print(unmatched(args.patterns, ops, device, args.quick), style="red")
         return 2
     if args.gpus or args.jobs > 1:
         from benchmarks import spread
 
         return spread.run(sys.argv[1:] if argv is None else argv, args,
                           ops if args.no_timing else [op for op in ops if tables[op]])
-    progress_console = Console(stderr=True)
+    progress_console = text_console(stderr=True)
     try:
         entries = bench_backends(args.backend, ops, device)
     except (DiscoveryError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(str(exc), style="red")
         return 2
     available = [e for e in entries if e.available]
     for e in entries:
         if not e.available:
-            progress_console.print(f"[dim]backend {e.name} unavailable: {e.unavailable}[/dim]")
+            progress_console.print(f"backend {e.name} unavailable: {e.unavailable}", style="dim")
     provenance = collect()
     run = BenchRun(device=device, provenance=provenance, argv=sys.argv[1:] if argv is None else argv,
                    quick=args.quick, backends=[_listing(e) for e in entries],
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         run.interrupted = True
         write_bench(args.output, run)
-        console.print(f"[yellow]interrupted; {len(run.records)} records written to {args.output}[/yellow]")
+        console.print(f"interrupted; {len(run.records)} records written to {args.output}", style="yellow")
         return 130
     run.finished = now()
     write_bench(args.output, run)

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from conformance.codec import read_records
+from conformance.console import text_console
 from conformance.provenance import now
 from conformance.results import ORDER
 from conformance.results_lock import ResultsLock
@@ -48,11 +49,6 @@ def prepare_environment() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _console() -> Console:
-    """Names, reasons and paths are printed as text: no markup or emoji is read from them."""
-    return Console(emoji=False, highlight=False)
-
-
 def cmd_backends(args: argparse.Namespace) -> int:
     """List every backend found (each factory called in a child process): a compact table, or what each
     declares with ``--verbose``. Exits 1 when a backend asked for with ``--backend`` is unavailable."""
@@ -60,7 +56,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
     from conformance.probe import DiscoveryError, discover_isolated
 
-    console = _console()
+    console = text_console()
     try:
         listings = discover_isolated(args.backend_spec)
     except DiscoveryError as exc:
@@ -128,7 +124,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     """Run the conformance suite, one subprocess per backend, and print the verdicts. Exits 1 when a case is
     bad (failed, error, crashed, timeout, interrupted) or a backend's run did not finish, 2 on bad arguments
     or a selection that matches no case, 130 / 143 when stopped by SIGINT / SIGTERM."""
-    console = _console()
+    console = text_console()
     problems = _problems(args)
     for problem in problems:
         console.print(Text(f"attnspec conformance: {problem}", "red"))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from implementations.base import Backend, Capabilities
+from implementations.base import Backend, BackendUnavailable, Capabilities
 from implementations.schedule import Schedule, pairwise_tree
 from implementations.validate import rows_arg
 
@@ -92,6 +92,11 @@ def hangs_first() -> HostileSum:
 def markup_names() -> list[HostileSum]:
     """Names that rich would read as markup or emoji if they were printed as markup."""
     return [HostileSum("evil[/bold]name", lambda: None), HostileSum(":factory:", lambda: None)]
+
+
+def unavailable_with_markup() -> Backend:
+    """A factory whose reason holds what rich reads as markup and emoji, as a real install hint does."""
+    raise BackendUnavailable("needs pip install 'attnspec[liger]' [bold]now[/bold] :smile:")
 
 
 def factory_exits() -> Backend:

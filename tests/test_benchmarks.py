@@ -303,6 +303,19 @@ def test_a_factory_that_crashes_or_hangs_does_not_stop_the_bench(tmp_path: Path,
     assert {r.backend for r in run.records if r.gate is Status.PASSED} >= {"reference"}
 
 
+def test_names_and_reasons_are_printed_as_written(tmp_path: Path) -> None:
+    """Through the real CLI: an unavailable backend's install hint keeps its ``[liger]`` and a backend named
+    ``evil[/bold]name`` appears so in the summary (rich reads neither as markup)."""
+    done = subprocess.run([sys.executable, "-m", "reports.command", "bench", "--quick", "--device", "cpu",
+                           "--backend", "tests.hostile:markup_names", "--backend",
+                           "tests.hostile:unavailable_with_markup", "--op", "reduce_sum", "--output",
+                           str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=400, cwd=ROOT,
+                          env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "needs pip install 'attnspec[liger]' [bold]now[/bold] :smile:" in " ".join(done.stderr.split())
+    assert "evil[/bold]name" in done.stdout and ":factory:" in done.stdout
+
+
 def test_unknown_backend_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["--backend", "no-such-backend", "--output", str(tmp_path / "x.json")]) == 2
 
