@@ -1,5 +1,5 @@
 """CuPy raw-kernel backend: CUDA C++ sources (``*.cu`` beside this file) compiled by NVRTC through
-``cupy.RawModule`` and launched on torch's stream, with tensors shared through DLPack.
+``cupy.RawModule`` and launched on torch's stream, with tensors passed as their device addresses.
 
 ``backends()`` is the registry factory (``implementations.cupy:backends``). It raises
 :class:`~implementations.base.BackendUnavailable` with the reason when the kernels cannot run here: CuPy

@@ -1,8 +1,8 @@
 """The ``cupy`` backend: the CUDA C++ kernels of this package behind the attnspec contract.
 
 Every operation checks its inputs (:mod:`implementations.validate`), allocates outputs with
-:func:`implementations.base.new_output`, and launches kernels on torch's current CUDA stream; tensors go
-to CuPy through DLPack, never copied. See ``KERNELS.md`` for the kernels' designs and resources.
+:func:`implementations.base.new_output`, and launches kernels on torch's current CUDA stream; tensors are
+passed as their device addresses, never copied. See ``KERNELS.md`` for the kernels' designs and resources.
 """
 
 from __future__ import annotations
