@@ -56,6 +56,7 @@ from benchmarks.workloads import (
 from conformance.cases import seed_for
 from conformance.codec import write_bench
 from conformance.console import text_console
+from conformance.interrupts import interruptible
 from conformance.memory import loglog_slope, peak_extra
 from conformance.probe import DiscoveryError, Listing, discover_isolated
 from conformance.provenance import collect, now
@@ -332,6 +333,7 @@ def _listing(entry: RegistryEntry) -> BackendListing:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; 0 when the run completed (``--strict``: and every gate passed or was
     unsupported), 2 on bad arguments, 130 when interrupted (the JSON holds what was measured)."""
+    interruptible()
     args = parse_args(argv)
     console = text_console(width=None if sys.stdout.isatty() else 200)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

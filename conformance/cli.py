@@ -20,6 +20,7 @@ from rich.text import Text
 
 from conformance.codec import read_records
 from conformance.console import text_console
+from conformance.interrupts import interruptible
 from conformance.provenance import now
 from conformance.results import ORDER
 from conformance.results_lock import ResultsLock
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interruptible()
     prepare_environment()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)

@@ -38,6 +38,15 @@ def watch_signals(config: pytest.Config) -> SignalWatch:
     return watch
 
 
+def interruptible() -> None:
+    """Make SIGINT raise ``KeyboardInterrupt`` in this process even when it was started with SIGINT ignored
+    (Python keeps an inherited ignore, and a script's background job starts so): a step's limit
+    (``timeout --signal=INT``) and Ctrl-C then stop a command line, which records what it has. Called from
+    another thread (where no handler can be set) it does nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class BackendRaisedInterrupt(Exception):
     """The backend raised ``KeyboardInterrupt`` with no SIGINT or SIGTERM: its case fails, the run goes on."""
 

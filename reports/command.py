@@ -22,6 +22,7 @@ from conformance.cli import (
     cuda_available,
     prepare_environment,
 )
+from conformance.interrupts import interruptible
 
 BENCH_RESULTS = RESULTS_DIR / "bench.json"
 REPORT_DIR = Path("reports") / "out"
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interruptible()
     prepare_environment()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:  # argparse's REMAINDER refuses a remainder that starts with an option

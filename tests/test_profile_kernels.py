@@ -4,14 +4,11 @@ that fails, one that prints no CSV, one that names an unknown metric and then an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from benchmarks.kernel_tools.ncu_report import (
 )
 from benchmarks.kernel_tools.profile_targets import FULL, MARKER_NAME, SMALL, TARGETS, attention_shapes
 from implementations.torch_sdpa.cpu import TorchCPUBackend
+from tests.interrupting import interrupt_once_started
 
 ROOT = Path(__file__).resolve().parents[1]
 STALL = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
@@ -243,30 +241,16 @@ def test_a_target_past_its_limit_is_killed_and_recorded(tmp_path: Path) -> None:
 
 def test_an_interrupted_driver_kills_ncu_and_records_the_target(tmp_path: Path) -> None:
     """The step's limit interrupts the driver (``timeout --signal=INT``): ncu, in a session of its own, goes
-    with it, and the target being profiled is recorded as interrupted."""
+    with it, and the target being profiled is recorded as interrupted. A driver started with SIGINT ignored
+    kept running here until the test gave up (a fresh clone's README run started in the background)."""
     pid_file = tmp_path / "ncu.pid"
     # ncu would run for an hour: a driver that waited for it instead of killing it cannot pass
     env = fake_ncu(tmp_path, f"import os; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(3600)\n")
     out = tmp_path / "profile.json"
-    driver = subprocess.Popen([sys.executable, "-m", "benchmarks.kernel_tools.profile_kernels", "--out", str(out),
-                               "--sections", "triton-kd,cupy-kd"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert pid_file.exists() and pid_file.read_text(), "the driver did not start ncu within 120 s"
-        driver.send_signal(signal.SIGINT)
-        # seconds on an idle 2-core machine; the slack is for a loaded one
-        _, stderr = driver.communicate(timeout=120)
-        assert driver.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(pid_file.read_text()), 0)
-    finally:  # nothing of a failed run is left sleeping
-        driver.kill()
-        if pid_file.exists() and pid_file.read_text():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    done = interrupt_once_started([sys.executable, "-m", "benchmarks.kernel_tools.profile_kernels", "--out", str(out),
+                                   "--sections", "triton-kd,cupy-kd"], env, ROOT, pid_file)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not done.child_alive
     targets = json.loads(out.read_text())["targets"]
     assert list(targets) == ["triton-kd"] and targets["triton-kd"]["error"].startswith("interrupted")
     assert targets["triton-kd"]["cases"] == ["N8192-V131072-fp32", "N8192-V131072-bf16"]

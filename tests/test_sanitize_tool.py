@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.interrupting import interrupt_once_started
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the stand-in: echoes the tool and the allocator setting it was run with, then behaves as FAKE_MODE says
@@ -28,6 +30,7 @@ case "$FAKE_MODE-$2" in
           echo "========= ERROR SUMMARY: 2 errors" ;;
   crash-*) echo "Traceback (most recent call last):" >&2; echo "========= ERROR SUMMARY: 0 errors"; exit 1 ;;
   hang-*) sleep 60 ;;
+  sleep-*) echo $$ > "$FAKE_PID"; sleep 3600 ;;
 esac
 """
 
@@ -87,6 +90,24 @@ def test_a_hung_run_is_stopped_at_its_limit(tmp_path: Path) -> None:
     record = data["synccheck"]
     assert record["exit_status"] is None and not record["finished"] and record["errors"] is None
     assert record["seconds"] < 30
+
+
+def test_an_interrupt_stops_the_sanitizer_and_is_recorded(tmp_path: Path) -> None:
+    """The step's limit (SIGINT) reaches the driver even when it was started with SIGINT ignored; the
+    sanitizer's session is killed and the tool recorded as interrupted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "compute-sanitizer").write_text(FAKE)
+    (bin_dir / "compute-sanitizer").chmod(0o755)
+    pid_file, out = tmp_path / "sanitizer.pid", tmp_path / "sanitize.json"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_MODE": "sleep",
+           "FAKE_PID": str(pid_file)}
+    done = interrupt_once_started([sys.executable, "-m", "benchmarks.kernel_tools.sanitize_cupy", "--out", str(out),
+                                   "--tools", "racecheck,memcheck"], env, ROOT, pid_file)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not done.child_alive
+    data = json.loads(out.read_text())
+    assert data["racecheck"]["interrupted"] and not data["racecheck"]["finished"] and "memcheck" not in data
 
 
 @pytest.mark.parametrize("args, message", [(("--tools", "memcheck,leakcheck"), "unknown tool(s) leakcheck"),

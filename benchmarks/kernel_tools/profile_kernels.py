@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.kernel_tools.bench_triton import tool_arguments
+from benchmarks.kernel_tools.limited import Finished, run_limited
 from benchmarks.kernel_tools.ncu_report import (
     LIMIT_RULE,
     METRICS,
@@ -42,18 +40,10 @@ from benchmarks.kernel_tools.ncu_report import (
     unknown_metrics,
 )
 from benchmarks.kernel_tools.profile_targets import FULL, MARKER_NAME, SMALL, TARGETS, run_target
+from conformance.interrupts import interruptible
 
 #: characters of ncu's stderr kept per target
 STDERR_TAIL = 4000
-
-
-@dataclass(frozen=True)
-class Finished:
-    """How a limited subprocess ended: its exit status (None when killed at the limit) and output."""
-
-    returncode: int | None
-    stdout: str
-    stderr: str
 
 
 @dataclass
@@ -69,24 +59,6 @@ class TargetResult:
     csv: str = ""
     stderr_tail: str = ""
     kernels: list[KernelProfile] = field(default_factory=list)
-
-
-def run_limited(command: list[str], seconds: float) -> Finished:
-    """Run ``command`` in a session of its own; past ``seconds``, or when this process is interrupted, the
-    whole session (ncu and the profiled Python) is killed."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=max(seconds, 1.0))
-        return Finished(proc.returncode, stdout, stderr)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        return Finished(None, stdout, stderr + f"\nkilled at the limit of {seconds:.0f} s")
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
 
 
 def ncu_command(ncu: str, metrics: list[str], target: str, small: bool) -> list[str]:
@@ -191,6 +163,7 @@ def _summary(name: str, result: TargetResult) -> str:
 
 def main() -> int:
     args = tool_arguments(__doc__, "profile.json", ",".join(TARGETS), _more_arguments)
+    interruptible()
     if args.run:
         return 1 if run_target(args.run, SMALL if args.small else FULL) else 0
     if args.reparse:

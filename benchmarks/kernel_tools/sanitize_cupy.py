@@ -18,14 +18,15 @@ import math
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.kernel_tools.limited import run_limited
+from conformance.interrupts import interruptible
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 CALL = "call: "
@@ -151,16 +152,8 @@ def sanitize(tool: str, seconds: float) -> dict[str, object]:
                "--calls"]
     env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     start = time.monotonic()
-    # a session of its own, so that a run past its limit is stopped with the Python process the sanitizer runs
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          start_new_session=True) as process:
-        try:
-            text, _ = process.communicate(timeout=seconds)
-            status = process.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            text, _ = process.communicate()
-            status = None
+    done = run_limited(command, seconds, env)
+    text, status = done.stdout + done.stderr, done.returncode
     lines = text.splitlines()
     errors = [int(n) for n in ERROR_SUMMARY.findall(text)]
     warnings = []
@@ -187,6 +180,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("sanitize.json"))
     parser.add_argument("--seconds", type=float, default=300, help="limit of each tool's run")
     args = parser.parse_args()
+    interruptible()
     if args.calls:
         run_calls()
         return
@@ -203,7 +197,11 @@ def main() -> None:
     rec = Recorder(args.out)
     clean = True
     for tool in tools:
-        record = sanitize(tool, args.seconds)
+        try:
+            record = sanitize(tool, args.seconds)
+        except KeyboardInterrupt:  # the step's limit: the sanitizer's session is gone, record and stop
+            rec.put(tool, {"tool": tool, "errors": None, "finished": False, "interrupted": True})
+            sys.exit(1)
         rec.put(tool, record)
         clean = clean and record["errors"] == 0 and not record["warnings"] and bool(record["finished"])
         print(f"{tool}: {record['errors']} errors, {record['warnings']} warnings, exit status {record['exit_status']}, "
