@@ -241,8 +241,8 @@ def test_a_target_past_its_limit_is_killed_and_recorded(tmp_path: Path) -> None:
 
 def test_an_interrupted_driver_kills_ncu_and_records_the_target(tmp_path: Path) -> None:
     """The step's limit interrupts the driver (``timeout --signal=INT``): ncu, in a session of its own, goes
-    with it, and the target being profiled is recorded as interrupted. A driver started with SIGINT ignored
-    kept running here until the test gave up (a fresh clone's README run started in the background)."""
+    with it, and the target being profiled is recorded as interrupted; the driver is started with SIGINT
+    ignored, as a script's background job is, and must take the interrupt all the same."""
     pid_file = tmp_path / "ncu.pid"
     # ncu would run for an hour: a driver that waited for it instead of killing it cannot pass
     env = fake_ncu(tmp_path, f"import os; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(3600)\n")

@@ -35,14 +35,19 @@ esac
 """
 
 
-def run_tool(tmp_path: Path, mode: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+def fake_sanitizer_env(tmp_path: Path, mode: str) -> dict[str, str]:
+    """An environment whose PATH finds the stand-in, behaving as ``mode`` says."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "compute-sanitizer"
     fake.write_text(FAKE)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_MODE": mode}
+
+
+def run_tool(tmp_path: Path, mode: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "sanitize.json"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_MODE": mode}
+    env = fake_sanitizer_env(tmp_path, mode)
     result = subprocess.run([sys.executable, "-m", "benchmarks.kernel_tools.sanitize_cupy", "--out", str(out), *args],
                             cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     return result, json.loads(out.read_text()) if out.exists() else {}
@@ -95,13 +100,8 @@ def test_a_hung_run_is_stopped_at_its_limit(tmp_path: Path) -> None:
 def test_an_interrupt_stops_the_sanitizer_and_is_recorded(tmp_path: Path) -> None:
     """The step's limit (SIGINT) reaches the driver even when it was started with SIGINT ignored; the
     sanitizer's session is killed and the tool recorded as interrupted."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "compute-sanitizer").write_text(FAKE)
-    (bin_dir / "compute-sanitizer").chmod(0o755)
     pid_file, out = tmp_path / "sanitizer.pid", tmp_path / "sanitize.json"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_MODE": "sleep",
-           "FAKE_PID": str(pid_file)}
+    env = {**fake_sanitizer_env(tmp_path, "sleep"), "FAKE_PID": str(pid_file)}
     done = interrupt_once_started([sys.executable, "-m", "benchmarks.kernel_tools.sanitize_cupy", "--out", str(out),
                                    "--tools", "racecheck,memcheck"], env, ROOT, pid_file)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]

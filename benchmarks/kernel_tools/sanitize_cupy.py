@@ -62,7 +62,7 @@ def _attention_calls(be, dev: str) -> None:  # noqa: ANN001
         grads = be.attention_backward(q, k, v, out, lse, torch.randn_like(out), causal=causal, window=window)
         torch.cuda.synchronize()
         say(f"attention fwd+bwd B{B} H{Hq}/{Hk} {Sq}x{Sk} D{D} {causal} window {window}: finite "
-              f"{all(bool(torch.isfinite(x).all()) for x in (out, *grads))}")
+            f"{all(bool(torch.isfinite(x).all()) for x in (out, *grads))}")
     lens_q, lens_k = [5, 0, 70, 33], [9, 4, 40, 0]
     cu_q, cu_k = (torch.tensor([0, *np.cumsum(n)], dtype=torch.int32, device=dev) for n in (lens_q, lens_k))
     q, dout = (torch.randn(sum(lens_q), 4, 64, device=dev, dtype=torch.bfloat16) for _ in range(2))
@@ -73,7 +73,7 @@ def _attention_calls(be, dev: str) -> None:  # noqa: ANN001
                                              causal=causal, window=window)
         torch.cuda.synchronize()
         say(f"varlen fwd+bwd q {lens_q} k {lens_k} {causal} window {window}: finite "
-              f"{all(bool(torch.isfinite(x).all()) for x in (out, *grads))}")
+            f"{all(bool(torch.isfinite(x).all()) for x in (out, *grads))}")
 
 
 def _decode_calls(be, dev: str) -> None:  # noqa: ANN001
@@ -98,7 +98,7 @@ def _decode_calls(be, dev: str) -> None:  # noqa: ANN001
         out, lse = be.attention_decode_paged(q, k_pages, v_pages, table, kv_lens, num_splits=splits)
         torch.cuda.synchronize()
         say(f"decode lens {lens} page {page} H{Hq}/{Hk} Sq{Sq} D{D} {dtype} splits {splits} padded {padded_d}: "
-              f"finite {bool(torch.isfinite(out).all() and torch.isfinite(lse).all())}")
+            f"finite {bool(torch.isfinite(out).all() and torch.isfinite(lse).all())}")
 
 
 def _row_calls(be, dev: str) -> None:  # noqa: ANN001
@@ -127,7 +127,7 @@ def _row_calls(be, dev: str) -> None:  # noqa: ANN001
         loss, ds = kd_be.kd_loss(s, t, temperature=2.0, alpha=0.5 if labelled else 1.0, labels=labels)
         torch.cuda.synchronize()
         say(f"kd_loss V={V} {dtype} labelled={labelled} part={kd_be.kd_part_cols}: loss {float(loss):.4f}, "
-              f"ds finite {bool(torch.isfinite(ds).all())}")
+            f"ds finite {bool(torch.isfinite(ds).all())}")
     value, sched = be.reduce_sum(torch.randn(5000, device=dev))
     say(f"reduce_sum n=5000: {float(value):.4f} ({sched.kind})")
 
